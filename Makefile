@@ -1,0 +1,49 @@
+# Every target creates .venv and installs what it needs on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test unit lint format bench docs simulator clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: the embedded demo (simulator + worker + producer, no servers needed)
+run: $(STAMP)
+	$(BIN)/subswitch demo
+
+## test: lint, type-check, then every test (integration tests need Redis and RabbitMQ)
+test: lint
+	$(BIN)/pytest
+
+## unit: the tests that need no broker
+unit: $(STAMP)
+	$(BIN)/pytest -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## docs: regenerate the JSON Schemas and the AsyncAPI document under docs/
+docs: $(STAMP)
+	$(BIN)/python -m subswitch.schemas docs
+
+## bench: every benchmark; results under bench/results/
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+simulator: $(STAMP)
+	$(BIN)/subswitch simulator
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,383 @@
+"""The message contract between producers and workers (schema version 1).
+
+This module is the only thing ``producers`` and ``worker`` share about messages:
+the two command models, the result event, the outcomes, and the names of the
+queues, the task and the events exchange. Everything here is a frozen pydantic v2
+model or a constant; nothing here talks to a broker, a store or the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, NamedTuple
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+
+SCHEMA_VERSION: Final = 1
+
+#: Celery task name every command travels under (one command per message).
+APPLY_TASK: Final = "subswitch.apply"
+#: Celery task name for bulk messages that carry many commands each.
+APPLY_BATCH_TASK: Final = "subswitch.apply_batch"
+#: Topic exchange the worker publishes one result event per command to.
+EVENTS_EXCHANGE: Final = "subswitch.events"
+#: Queue that keeps messages the worker could not decode, validate or authorise.
+DEAD_LETTER_QUEUE: Final = "subswitch.dead"
+EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
+EVENT_SOURCE: Final = "subswitch/worker"
+
+MAX_INT64: Final = 2**63 - 1
+# Fixed namespace so event ids are stable across processes, machines and releases.
+_EVENT_ID_NAMESPACE: Final = uuid.UUID("6f1c2a52-7e0c-4bb4-9d8e-5b1f3c0a9e11")
+
+
+class Lane(StrEnum):
+    """Priority lane; each lane is one queue."""
+
+    URGENT = "urgent"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+    @property
+    def queue(self) -> str:
+        """The broker queue of this lane, e.g. ``subswitch.urgent``."""
+        return f"subswitch.{self.value}"
+
+
+class Outcome(StrEnum):
+    """Terminal outcome of one command."""
+
+    APPLIED = "applied"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+    EXPIRED = "expired"
+
+    @property
+    def routing_key(self) -> str:
+        """Routing key of the result event on the events exchange."""
+        return f"command.{self.value}"
+
+
+CommandId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+# Never '/', '.', '%' or spaces: the org id becomes a URL path segment upstream.
+OrgId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Int64Id = Annotated[StrictInt, Field(ge=1, le=MAX_INT64)]
+BlockId = Annotated[StrictInt, Field(ge=1, le=2)]
+_NoControl = r"^[^\x00-\x1f\x7f]*$"
+Reason = Annotated[str, StringConstraints(max_length=255, pattern=_NoControl)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NoControl)]
+CorrelationId = Annotated[str, StringConstraints(max_length=128, pattern=_NoControl)]
+
+
+def _new_command_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _CommandBase(_Frozen):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    command_id: CommandId = Field(default_factory=_new_command_id)
+    org_id: OrgId
+    subscription_id: Int64Id
+    active: StrictBool
+    issued_at: AwareDatetime = Field(default_factory=_now)
+    not_after: AwareDatetime | None = None
+    priority: Lane = Lane.NORMAL
+    source: Source
+    correlation_id: CorrelationId | None = None
+
+    @property
+    def lane(self) -> Lane:
+        """The lane (and so the queue) this command travels on."""
+        return self.priority
+
+    @property
+    def order_key(self) -> tuple[int, str]:
+        """``(issued_at in µs since the epoch, command_id)``: orders commands per target."""
+        return (_epoch_micros(self.issued_at), self.command_id)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what the command asks of its target.
+
+        Two messages with one ``command_id`` are the same command when their
+        fingerprints match. Envelope fields (``issued_at``, ``priority``,
+        ``source``...) are left out on purpose: a producer that re-sends after a
+        lost acknowledgement without pinning ``issued_at`` still sends a duplicate,
+        not a conflicting command.
+        """
+        intent = self.model_dump(mode="json", include=self._intent_fields())
+        canonical = json.dumps(intent, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def _intent_fields(cls) -> set[str]:
+        return {"type", "org_id", "subscription_id", "active"}
+
+
+class ChangeServiceStatus(_CommandBase):
+    """Activate (``active=True``) or deactivate a service of a subscription."""
+
+    type: Literal["ChangeServiceStatus"] = "ChangeServiceStatus"
+    service_id: Int64Id
+
+    @property
+    def target(self) -> Target:
+        """The ``(org, subscription, kind, id)`` this command changes."""
+        return Target(self.org_id, self.subscription_id, "service", self.service_id)
+
+    @classmethod
+    def _intent_fields(cls) -> set[str]:
+        return super()._intent_fields() | {"service_id"}
+
+
+class ChangeBlockStatus(_CommandBase):
+    """Put a barring on (``active=True``) or lift it; block ids are 1 or 2."""
+
+    type: Literal["ChangeBlockStatus"] = "ChangeBlockStatus"
+    block_id: BlockId
+    reason: Reason | None = None
+
+    @property
+    def target(self) -> Target:
+        """The ``(org, subscription, kind, id)`` this command changes."""
+        return Target(self.org_id, self.subscription_id, "block", self.block_id)
+
+    @classmethod
+    def _intent_fields(cls) -> set[str]:
+        return super()._intent_fields() | {"block_id", "reason"}
+
+
+Command = Annotated[ChangeServiceStatus | ChangeBlockStatus, Field(discriminator="type")]
+COMMAND_ADAPTER: Final[TypeAdapter[ChangeServiceStatus | ChangeBlockStatus]] = TypeAdapter(Command)
+
+_COMMAND_TYPES: Final = ("ChangeServiceStatus", "ChangeBlockStatus")
+# On the wire these must be explicit: a worker never invents an id or a timestamp.
+_WIRE_REQUIRED: Final = ("type", "schema_version", "command_id", "issued_at", "source")
+
+
+class Target(NamedTuple):
+    """What one command changes: a service or a block of one subscription."""
+
+    org_id: str
+    subscription_id: int
+    kind: Literal["service", "block"]
+    ident: int
+
+    @property
+    def subject(self) -> str:
+        """CloudEvents subject, e.g. ``orgs/telco/subscriptions/7/blocks/1``."""
+        return f"orgs/{self.org_id}/subscriptions/{self.subscription_id}/{self.kind}s/{self.ident}"
+
+
+class InvalidCommand(ValueError):
+    """A message is not a valid command; ``str()`` is one line naming what is wrong."""
+
+    def __init__(self, message: str, *, command_id: str | None = None) -> None:
+        super().__init__(message)
+        self.command_id = command_id
+
+
+def parse_command(data: Any) -> ChangeServiceStatus | ChangeBlockStatus:
+    """Validate a command as received from a queue (a dict, JSON text or bytes).
+
+    Raises:
+        InvalidCommand: with a one-line reason and the ``command_id`` if readable.
+    """
+    if isinstance(data, str | bytes | bytearray):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise InvalidCommand(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidCommand(f"a command is a JSON object, got {type(data).__name__}")
+    command_id = _readable_command_id(data)
+    missing = [name for name in _WIRE_REQUIRED if name not in data]
+    if missing:
+        raise InvalidCommand(f"missing field(s): {', '.join(missing)}", command_id=command_id)
+    try:
+        return COMMAND_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise InvalidCommand(describe_validation_error(exc), command_id=command_id) from None
+
+
+def _readable_command_id(data: dict[str, Any]) -> str | None:
+    candidate = data.get("command_id")
+    try:
+        return TypeAdapter(CommandId).validate_python(candidate)
+    except ValidationError:
+        return None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each offending field, e.g. ``block_id: Input should be ...``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if loc and loc[0] in _COMMAND_TYPES:  # the union's tag says nothing to the reader
+            loc = loc[1:]
+        location = ".".join(str(part) for part in loc) or "command"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+# --- result events -------------------------------------------------------------------
+
+
+class EventError(_Frozen):
+    """Why a command failed or was rejected (upstream ``ErrorMessage`` fields or ours)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    code: int | None = None
+    status: str | None = None
+    message: str
+    detail_msg: str | None = Field(default=None, alias="detailMsg")
+
+
+class EventData(_Frozen):
+    """The ``data`` of a result event. Target fields are null only for a message
+    so malformed that they could not be read."""
+
+    command_id: str | None
+    command_type: str | None
+    org_id: str | None
+    subscription_id: int | None
+    block_id: int | None = None
+    service_id: int | None = None
+    active: bool | None
+    reason: str | None = None
+    outcome: Outcome
+    attempts: int = Field(ge=0)
+    upstream_status: int | None = None
+    error: EventError | None = None
+    issued_at: datetime | None
+    completed_at: datetime
+    priority: Lane | None
+    source: str | None
+    correlation_id: str | None = None
+
+
+class ResultEvent(_Frozen):
+    """One terminal event per command: a CloudEvents 1.0 structured-mode JSON object."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str = EVENT_SOURCE
+    type: str
+    time: datetime
+    subject: str
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: EventData
+
+    @property
+    def outcome(self) -> Outcome:
+        """The command's outcome."""
+        return self.data.outcome
+
+    def to_json(self) -> bytes:
+        """The event body as published (``detailMsg`` keeps its upstream spelling)."""
+        return self.model_dump_json(by_alias=True).encode()
+
+
+def event_id(command_id: str | None, fingerprint: str) -> str:
+    """Stable event id: a redelivered event keeps it; a conflicting reuse of a
+    ``command_id`` (another fingerprint) gets another."""
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{command_id or ''}\n{fingerprint}"))
+
+
+def result_event(
+    command: ChangeServiceStatus | ChangeBlockStatus,
+    *,
+    outcome: Outcome,
+    attempts: int,
+    completed_at: datetime,
+    upstream_status: int | None = None,
+    error: EventError | None = None,
+    fingerprint: str | None = None,
+) -> ResultEvent:
+    """Build the result event of a valid command.
+
+    ``fingerprint`` overrides the command's own for the event id; leave it unset.
+    """
+    data = EventData(
+        command_id=command.command_id,
+        command_type=command.type,
+        org_id=command.org_id,
+        subscription_id=command.subscription_id,
+        block_id=getattr(command, "block_id", None),
+        service_id=getattr(command, "service_id", None),
+        active=command.active,
+        reason=getattr(command, "reason", None),
+        outcome=outcome,
+        attempts=attempts,
+        upstream_status=upstream_status,
+        error=error,
+        issued_at=command.issued_at,
+        completed_at=completed_at,
+        priority=command.priority,
+        source=command.source,
+        correlation_id=command.correlation_id,
+    )
+    return ResultEvent(
+        id=event_id(command.command_id, fingerprint or command.fingerprint()),
+        type=f"subswitch.command.{outcome.value}",
+        time=completed_at,
+        subject=command.target.subject,
+        data=data,
+    )
+
+
+def rejected_message_event(
+    raw: bytes, *, reason: str, command_id: str | None, completed_at: datetime
+) -> ResultEvent:
+    """The ``rejected`` event of a message that is not a valid command."""
+    data = EventData(
+        command_id=command_id,
+        command_type=None,
+        org_id=None,
+        subscription_id=None,
+        active=None,
+        outcome=Outcome.REJECTED,
+        attempts=0,
+        error=EventError(message=reason),
+        issued_at=None,
+        completed_at=completed_at,
+        priority=None,
+        source=None,
+    )
+    return ResultEvent(
+        id=event_id(command_id, hashlib.sha256(raw).hexdigest()),
+        type=f"subswitch.command.{Outcome.REJECTED.value}",
+        time=completed_at,
+        subject=f"commands/{command_id or 'unknown'}",
+        data=data,
+    )
+
+
+def _epoch_micros(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

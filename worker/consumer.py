@@ -1,0 +1,74 @@
+"""A Celery consumer that dead-letters what it cannot run instead of dropping it.
+
+Celery's own consumer logs and acks (or rejects) a message it cannot decode, a
+message for an unknown task and a malformed task message: on most brokers that
+loses it silently. Here each goes to ``subswitch.dead`` with its reason, and is
+reported as ``rejected`` (with the command id when the message carries one).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from kombu.message import Message
+from pydantic import TypeAdapter, ValidationError
+
+from contract import CommandId
+
+logger = logging.getLogger(__name__)
+
+_COMMAND_ID = TypeAdapter(CommandId)
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, with its four give-up paths turned into dead letters."""
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        """The body could not be decoded (not JSON, pickle, unknown content type)."""
+        self._dead_letter(message, f"undecodable message ({message.content_type}): {exc}")
+
+    def on_unknown_message(self, body: Any, message: Message) -> None:
+        """Not a Celery task message."""
+        self._dead_letter(message, "not a task message")
+
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
+        """A task name this worker does not run."""
+        name = (message.headers or {}).get("task", "?")
+        self._dead_letter(message, f"unknown task {name!r}")
+
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
+        """A task message Celery cannot parse."""
+        self._dead_letter(message, f"invalid task message: {exc}")
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
+
+        command_id = _command_id(message)
+        try:
+            executor = get_runtime(self.app).executor
+            executor.reject_message(
+                _raw_body(message), reason=reason, command_id=command_id, token=uuid.uuid4().hex
+            )
+        except Exception:
+            # Keep the message rather than lose it; it comes back once the store
+            # and broker answer again.
+            logger.exception("could not dead-letter a message; requeueing it")
+            message.reject(requeue=True)
+            return
+        message.ack()
+
+
+def _command_id(message: Message) -> str | None:
+    candidate = (message.headers or {}).get("id")
+    try:
+        return _COMMAND_ID.validate_python(candidate)
+    except ValidationError:
+        return None
+
+
+def _raw_body(message: Message) -> bytes:
+    body = message.body
+    return body if isinstance(body, bytes) else str(body).encode()

@@ -1,0 +1,269 @@
+"""What happens to one delivered command: the worker's policy in one place.
+
+The Celery task is a thin shell around :meth:`Executor.handle`; everything it
+decides (idempotency, ordering, retries, which event goes out) happens here against
+small interfaces, so it runs the same under Celery and in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from contract import (
+    ChangeBlockStatus,
+    ChangeServiceStatus,
+    EventError,
+    InvalidCommand,
+    Outcome,
+    ResultEvent,
+    parse_command,
+    rejected_message_event,
+    result_event,
+)
+from worker import keys
+from worker.policy import RetryPolicy
+from worker.store import (
+    Busy,
+    Conflict,
+    Finished,
+    Go,
+    OutOfTime,
+    RedisStore,
+    Superseded,
+)
+from worker.upstream.errors import PermanentError, TransientError, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+Command = ChangeServiceStatus | ChangeBlockStatus
+
+
+class Upstream(Protocol):
+    """The two writes the worker makes (``worker.upstream.MasStackClient`` has them)."""
+
+    def change_service_status(
+        self, org_id: str, subscription_id: int, service_id: int, *,
+        active: bool, idempotency_key: str, request_id: str | None = None,
+    ) -> int: ...
+
+    def change_block_status(
+        self, org_id: str, subscription_id: int, block_id: int, *,
+        active: bool, reason: str | None = None, idempotency_key: str,
+        request_id: str | None = None,
+    ) -> int: ...
+
+
+class EventSink(Protocol):
+    """Where result events go (the ``subswitch.events`` exchange)."""
+
+    def publish(self, event: bytes, *, routing_key: str, event_id: str) -> None:
+        """Publish one event body; return only once the broker has it."""
+
+
+class DeadLetterSink(Protocol):
+    """Where messages that are not valid commands are kept, with the reason."""
+
+    def dead_letter(self, body: bytes, *, reason: str, headers: Mapping[str, Any]) -> None:
+        """Keep ``body`` for inspection; return only once the broker has it."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    """This delivery is done with; acknowledge the message."""
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Deliver the command again after ``delay_s`` seconds."""
+
+    delay_s: float
+    reason: str
+
+
+Decision = Ack | RetryLater
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Executor:
+    """Turns one delivery of a command into at most one upstream write and a decision."""
+
+    def __init__(
+        self,
+        *,
+        store: RedisStore,
+        upstream: Upstream,
+        events: EventSink,
+        dead_letters: DeadLetterSink,
+        policy: RetryPolicy,
+        lease_ms: int,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._store = store
+        self._upstream = upstream
+        self._events = events
+        self._dead_letters = dead_letters
+        self._policy = policy
+        self._lease_ms = lease_ms
+        self._clock = clock
+
+    def handle(self, payload: Any, *, token: str) -> Decision:
+        """Handle one delivery; ``token`` is unique to this delivery."""
+        try:
+            command = parse_command(payload)
+        except InvalidCommand as exc:
+            return self.reject_message(_as_bytes(payload), reason=str(exc),
+                                       command_id=exc.command_id, token=token)
+        return self._handle_command(command, token)
+
+    def reject_message(
+        self, raw: bytes, *, reason: str, command_id: str | None, token: str
+    ) -> Decision:
+        """Dead-letter a message that is no valid command and report it ``rejected``."""
+        logger.warning("rejected message (command_id=%s): %s", command_id, reason)
+        self._dead_letters.dead_letter(raw, reason=reason, headers={"command_id": command_id})
+        event = rejected_message_event(
+            raw, reason=reason, command_id=command_id, completed_at=self._clock()
+        )
+        key = keys.rejected(event.id)
+        return self._publish(self._store.record(key, token=token, event=event.to_json()), key)
+
+    def _handle_command(self, command: Command, token: str) -> Decision:
+        fingerprint = command.fingerprint()
+        expired = command.not_after is not None and self._clock() > command.not_after
+        step = self._store.begin(command, fingerprint=fingerprint, token=token,
+                                 lease_ms=self._lease_ms,
+                                 max_attempts=self._policy.max_attempts, expired=expired)
+        job = _Job(command, fingerprint, token)
+        if isinstance(step, Go):
+            return self._attempt(job, step.attempt)
+        if isinstance(step, Busy):
+            return RetryLater(self._policy.busy_delay(), "target busy")
+        if isinstance(step, Finished):
+            return self._publish(step, keys.command(command.command_id))
+        if isinstance(step, Conflict):
+            return self._reject_conflict(job)
+        if isinstance(step, Superseded):
+            reason = "a newer command on the same target was already applied"
+            return self._finish(job, Outcome.SUPERSEDED, step.attempts, EventError(message=reason))
+        return self._out_of_time(job, step)
+
+    def _attempt(self, job: _Job, attempt: int) -> Decision:
+        try:
+            status = self._send(job.command)
+        except TransientError as exc:
+            return self._after_transient(job, attempt, exc)
+        except PermanentError as exc:
+            return self._finish(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
+        return self._finish(job, Outcome.APPLIED, attempt, None, status, applied=True)
+
+    def _after_transient(self, job: _Job, attempt: int, exc: TransientError) -> Decision:
+        command = job.command
+        delay = self._policy.next_delay(attempt, exc, now=self._clock(), not_after=command.not_after)
+        if delay is None:
+            return self._finish(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
+        last_error = json.dumps({"error": _event_error(exc).model_dump(by_alias=True),
+                                 "upstream_status": exc.status})
+        self._store.release(command.command_id, command.target, token=job.token,
+                            last_error=last_error)
+        logger.info("attempt %d of %s failed (%s); retrying in %.2fs",
+                    attempt, command.command_id, exc, delay)
+        return RetryLater(delay, str(exc))
+
+    def _out_of_time(self, job: _Job, step: OutOfTime) -> Decision:
+        if step.reason == "expired" and step.attempts == 0:
+            error = EventError(message="not_after passed before the command could be applied")
+            return self._finish(job, Outcome.EXPIRED, 0, error)
+        error, status = _stored_error(step.last_error, step.reason)
+        return self._finish(job, Outcome.FAILED, step.attempts, error, status)
+
+    def _reject_conflict(self, job: _Job) -> Decision:
+        command_id = job.command.command_id
+        message = f"command_id {command_id!r} was already used with a different payload"
+        event = result_event(job.command, outcome=Outcome.REJECTED, attempts=0,
+                             completed_at=self._clock(), error=EventError(message=message),
+                             fingerprint=job.fingerprint)
+        key = keys.conflict(command_id, job.fingerprint)
+        return self._publish(self._store.record(key, token=job.token, event=event.to_json()), key)
+
+    def _finish(
+        self,
+        job: _Job,
+        outcome: Outcome,
+        attempts: int,
+        error: EventError | None,
+        upstream_status: int | None = None,
+        *,
+        applied: bool = False,
+    ) -> Decision:
+        event = result_event(job.command, outcome=outcome, attempts=attempts,
+                             completed_at=self._clock(), upstream_status=upstream_status,
+                             error=error)
+        finished = self._store.finish(job.command, fingerprint=job.fingerprint, token=job.token,
+                                      event=event.to_json(), applied=applied)
+        return self._publish(finished, keys.command(job.command.command_id))
+
+    def _publish(self, finished: Finished, key: str) -> Decision:
+        event = ResultEvent.model_validate_json(finished.event)
+        if finished.claim == "busy":
+            return RetryLater(self._policy.busy_delay(), "event being published elsewhere")
+        if finished.claim == "publish":
+            self._events.publish(finished.event, routing_key=event.outcome.routing_key,
+                                 event_id=event.id)
+            self._store.mark_published(key)
+        return Ack(event.outcome)
+
+    def _send(self, command: Command) -> int:
+        if isinstance(command, ChangeBlockStatus):
+            return self._upstream.change_block_status(
+                command.org_id, command.subscription_id, command.block_id,
+                active=command.active, reason=command.reason,
+                idempotency_key=command.command_id,
+            )
+        return self._upstream.change_service_status(
+            command.org_id, command.subscription_id, command.service_id,
+            active=command.active, idempotency_key=command.command_id,
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    command: Command
+    fingerprint: str
+    token: str
+
+
+def _event_error(exc: UpstreamError) -> EventError:
+    upstream = getattr(exc, "error", None)
+    if upstream is None:
+        return EventError(message=str(exc))
+    return EventError(code=upstream.code, status=upstream.status,
+                      message=upstream.message or str(exc), detail_msg=upstream.detail_msg)
+
+
+def _stored_error(last_error: str | None, reason: str) -> tuple[EventError, int | None]:
+    fallback = "not_after passed" if reason == "expired" else "no attempts left"
+    if not last_error:
+        return EventError(message=fallback), None
+    stored = json.loads(last_error)
+    error = EventError.model_validate(stored["error"])
+    return error.model_copy(update={"message": f"{fallback}; last error: {error.message}"}), stored[
+        "upstream_status"
+    ]
+
+
+def _as_bytes(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, sort_keys=True, default=str).encode()

@@ -1,0 +1,49 @@
+"""Every Redis key the worker writes, with its lifetime. One place, units in the names."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from contract import Target
+
+PREFIX: Final = "subswitch"
+
+#: A command's record (fingerprint, state, attempts, terminal event) outlives its
+#: last change by the configured retention (default 24 h): duplicates inside it
+#: never reach the upstream again.
+DEFAULT_RETENTION_S: Final = 24 * 3600
+#: A target's newest applied order key. Kept far longer than command records: a
+#: late, older command must still find it to be superseded.
+TARGET_RETENTION_S: Final = 30 * 24 * 3600
+#: How long a finished delivery may take to publish its event before another
+#: delivery of the same command takes the job over.
+PUBLISH_CLAIM_MS: Final = 30_000
+
+
+def command(command_id: str) -> str:
+    """Hash: fp, state, attempts, deliveries, last_error, event, published, claim."""
+    return f"{PREFIX}:cmd:{command_id}"
+
+
+def conflict(command_id: str, fingerprint: str) -> str:
+    """Hash like :func:`command`, for a message that reused a command id."""
+    return f"{PREFIX}:conflict:{command_id}:{fingerprint}"
+
+
+def _target_suffix(target: Target) -> str:
+    return f"{target.org_id}:{target.subscription_id}:{target.kind}:{target.ident}"
+
+
+def target(target: Target) -> str:
+    """Hash: ``us`` and ``id`` of the newest command applied to the target."""
+    return f"{PREFIX}:target:{_target_suffix(target)}"
+
+
+def target_lock(target: Target) -> str:
+    """String with a lease (PX): the delivery token of the command in flight."""
+    return f"{PREFIX}:lock:{_target_suffix(target)}"
+
+
+def rejected(event_id: str) -> str:
+    """Hash like :func:`command`, for a message that is not a valid command."""
+    return f"{PREFIX}:rejected:{event_id}"

@@ -1,0 +1,87 @@
+"""Per-process resources of a worker: one store client, one upstream client, sinks.
+
+Built lazily on first use in each process (prefork children must not share the
+parent's sockets) and shared by every thread of the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from celery import Celery
+
+from subswitch.settings import Settings
+from worker import upstream
+from worker.executor import Executor
+from worker.factory import request_budget_s
+from worker.policy import RetryPolicy
+from worker.sinks import KombuDeadLetters, KombuEventSink
+from worker.store import RedisStore
+
+logger = logging.getLogger(__name__)
+
+# Extra lease beyond the longest attempt: store round trips and scheduling hiccups.
+_LEASE_MARGIN_S = 10.0
+
+
+@dataclass
+class Runtime:
+    """What one worker process needs to execute commands."""
+
+    executor: Executor
+    store: RedisStore
+    client: upstream.MasStackClient
+    pid: int
+
+    def close(self) -> None:
+        """Close the upstream and store connections."""
+        self.client.close()
+        self.store.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime(app: Celery) -> Runtime:
+    """This process's runtime, built on first use."""
+    global _runtime  # noqa: PLW0603 - one runtime per process, by design
+    current = _runtime
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = build_runtime(app)
+        return _runtime
+
+
+def close_runtime() -> None:
+    """Close this process's runtime, if it has one."""
+    global _runtime  # noqa: PLW0603
+    with _lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            _runtime.close()
+        _runtime = None
+
+
+def build_runtime(app: Celery) -> Runtime:
+    """Wire the executor to real Redis, upstream and broker from the app's settings."""
+    settings: Settings = app.conf.subswitch_settings
+    store = RedisStore.from_url(app.conf.subswitch_store_url, retention_s=settings.retention_seconds)
+    client = upstream.from_settings(settings)
+    policy = RetryPolicy.within_window(
+        max_attempts=settings.max_attempts, redelivery_window_s=settings.visibility_timeout
+    )
+    executor = Executor(
+        store=store,
+        upstream=client,
+        events=KombuEventSink(app=app),
+        dead_letters=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
+        policy=policy,
+        lease_ms=int((request_budget_s(settings) + _LEASE_MARGIN_S) * 1000),
+    )
+    logger.info("worker runtime ready: upstream %s, %r", settings.upstream_url, store)
+    return Runtime(executor=executor, store=store, client=client, pid=os.getpid())

@@ -1,0 +1,89 @@
+"""Where the worker publishes: result events and dead letters, on the Celery broker.
+
+Both publish through the Celery app's producer pool (one connection pool per
+process, reused) and return only once the broker accepted the message: with
+RabbitMQ, ``confirm_publish`` makes ``publish`` wait for the broker's confirm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from contract import DEAD_LETTER_QUEUE, EVENT_CONTENT_TYPE
+from subswitch.broker import DEAD_LETTER, EVENTS, dead_letter_queue
+
+_RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2}
+
+
+class KombuEventSink:
+    """Publishes CloudEvents bodies to the ``subswitch.events`` topic exchange."""
+
+    def __init__(self, *, app: Celery) -> None:
+        self._app = app
+
+    def publish(self, event: bytes, *, routing_key: str, event_id: str) -> None:
+        """Publish one structured-mode CloudEvent (persistent, confirmed)."""
+        with self._app.producer_pool.acquire(block=True) as producer:
+            producer.publish(
+                event,
+                exchange=EVENTS,
+                routing_key=routing_key,
+                declare=[EVENTS],
+                content_type=EVENT_CONTENT_TYPE,
+                content_encoding="utf-8",
+                delivery_mode=2,
+                message_id=event_id,
+                retry=True,
+                retry_policy=_RETRY_POLICY,
+            )
+
+
+class KombuDeadLetters:
+    """Keeps rejected messages in the durable ``subswitch.dead`` queue."""
+
+    def __init__(self, *, app: Celery, queue_type: str = "quorum") -> None:
+        self._app = app
+        self._queue = dead_letter_queue(broker_url=app.conf.broker_url, queue_type=queue_type)
+
+    def dead_letter(self, body: bytes, *, reason: str, headers: Mapping[str, Any]) -> None:
+        """Publish ``body`` unchanged, with the reason in the ``x-subswitch-reason`` header."""
+        kept = {key: value for key, value in headers.items() if value is not None}
+        with self._app.producer_pool.acquire(block=True) as producer:
+            producer.publish(
+                body,
+                exchange=DEAD_LETTER,
+                routing_key=DEAD_LETTER_QUEUE,
+                declare=[self._queue],
+                content_type="application/octet-stream",
+                content_encoding="binary",
+                delivery_mode=2,
+                headers={**kept, "x-subswitch-reason": reason},
+                retry=True,
+                retry_policy=_RETRY_POLICY,
+            )
+
+
+@dataclass
+class InMemoryEventSink:
+    """Test double: keeps published events in order."""
+
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def publish(self, event: bytes, *, routing_key: str, event_id: str) -> None:
+        """Record ``(routing_key, event)``."""
+        self.published.append((routing_key, event))
+
+
+@dataclass
+class InMemoryDeadLetters:
+    """Test double: keeps dead letters in order."""
+
+    letters: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def dead_letter(self, body: bytes, *, reason: str, headers: Mapping[str, Any]) -> None:
+        """Record ``(body, reason)``."""
+        self.letters.append((body, reason))

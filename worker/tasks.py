@@ -1,0 +1,72 @@
+"""The Celery task: a thin shell that hands each delivery to the executor."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_shutdown
+
+from contract import APPLY_TASK
+from worker.executor import RetryLater
+
+logger = logging.getLogger(__name__)
+
+# Backoff for trouble that is not the upstream's (store or broker unreachable, a
+# bug): the command is never dropped, only retried more slowly.
+_TROUBLE_BASE_S = 0.5
+_TROUBLE_MAX_S = 30.0
+
+
+def register(app: Celery) -> None:
+    """Register ``subswitch.apply`` on ``app``."""
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=APPLY_TASK,
+        bind=True,
+        max_retries=None,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
+    def apply(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str:
+        return run_apply(self, args, kwargs)
+
+    worker_process_shutdown.connect(_close_runtime, weak=False)
+
+
+def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Execute one delivery of ``subswitch.apply``; retries go back through the broker."""
+    from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
+
+    executor = get_runtime(task.app).executor
+    token = uuid.uuid4().hex
+    try:
+        if len(args) != 1 or kwargs:
+            reason = "subswitch.apply takes exactly one positional argument, the command"
+            decision = executor.reject_message(
+                repr((args, kwargs)).encode(), reason=reason, command_id=None, token=token
+            )
+        else:
+            decision = executor.handle(args[0], token=token)
+    except Exception as exc:
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("delivery failed, retrying in %.1fs", delay)
+        raise task.retry(countdown=delay, exc=exc) from None
+    if isinstance(decision, RetryLater):
+        raise task.retry(countdown=decision.delay_s)
+    return decision.outcome.value
+
+
+def _trouble_delay(retries: int) -> float:
+    ceiling = min(_TROUBLE_MAX_S, _TROUBLE_BASE_S * 2 ** min(retries, 10))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _close_runtime(**_: Any) -> None:
+    from worker.runtime import close_runtime  # noqa: PLC0415
+
+    close_runtime()

@@ -1,0 +1,51 @@
+"""Build a :class:`MasStackClient` from :class:`subswitch.settings.Settings`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+from worker.upstream.auth import token_provider_from_settings
+from worker.upstream.client import MasStackClient
+
+if TYPE_CHECKING:
+    from subswitch.settings import Settings
+
+
+def timeout_from_settings(settings: Settings) -> httpx.Timeout:
+    """The connect/read/write/pool timeouts the settings ask for."""
+    return httpx.Timeout(
+        connect=settings.connect_timeout,
+        read=settings.read_timeout,
+        write=settings.write_timeout,
+        pool=settings.pool_timeout,
+    )
+
+
+def from_settings(
+    settings: Settings, *, transport: httpx.BaseTransport | None = None
+) -> MasStackClient:
+    """A client for ``settings.upstream_url`` with the configured auth and timeouts.
+
+    Token requests (service-account auth) go through their own small HTTP client,
+    closed with the returned client. ``transport`` replaces both clients' transport
+    (tests). Raises :class:`~worker.upstream.errors.ConfigurationError` on bad settings.
+    """
+    timeout = timeout_from_settings(settings)
+    token_http = httpx.Client(
+        timeout=timeout, transport=transport, follow_redirects=False, trust_env=False
+    )
+    try:
+        client = MasStackClient(
+            base_url=settings.upstream_url,
+            auth=token_provider_from_settings(settings, http=token_http),
+            timeout=timeout,
+            auth_roles=settings.auth_roles,
+            transport=transport,
+        )
+    except BaseException:
+        token_http.close()
+        raise
+    client._close_also(token_http.close)  # the factory is part of the client module
+    return client
