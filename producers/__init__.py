@@ -1,12 +1,12 @@
 """The producer SDK: enqueue subswitch commands and follow their result events.
 
-    from producers import CommandProducer
+from producers import CommandProducer
 
-    with CommandProducer.from_env() as producer:
-        command_id = producer.change_block_status(
-            org_id="telco", subscription_id=214748364, block_id=1, active=True,
-            reason="stolen", priority="urgent", source="fraud-engine",
-        )
+with CommandProducer.from_env() as producer:
+    command_id = producer.change_block_status(
+        org_id="telco", subscription_id=214748364, block_id=1, active=True,
+        reason="stolen", priority="urgent", source="fraud-engine",
+    )
 """
 
 from producers.commands import (

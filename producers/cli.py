@@ -1,9 +1,370 @@
-"""``subswitch`` commands of the producers side."""
+"""``subswitch`` commands of the producers side: enqueue commands, follow result events.
+
+Every error is one line on stderr, never a traceback. Exit status:
+
+- 0: enqueued (with ``--wait``: the outcome is ``applied`` or ``superseded``);
+- 1: with ``--wait``, the outcome is ``failed``, ``rejected`` or ``expired``;
+- 2: bad input (nothing enqueued), or no result event within ``--timeout``;
+- 3: the broker could not be reached, or the connection was lost.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+
+import click
 import typer
+from pydantic import ValidationError
+from rich.console import Console
+from typer.core import TyperCommand
+from typer.exceptions import TyperException
+
+from contract import Lane, Outcome, ResultEvent, describe_validation_error
+from producers.commands import (
+    AnyCommand,
+    Envelope,
+    block_status_command,
+    service_status_command,
+)
+from producers.errors import BrokerError, InvalidCommandError
+from producers.events import EventStream
+from producers.producer import CommandProducer
+from producers.publisher import CeleryPublisher, resolve_broker_url
+from producers.render import EventTable, json_line, summary
+from subswitch.embedded import EmbeddedRedisError
+from subswitch.settings import Settings
+
+if TYPE_CHECKING:
+    # typer >= 0.2x vendors click: its commands take and make typer's own Context.
+    from typer._click import Context as ClickContext
+
+# typer's vendored click raises TyperException subclasses; older typer, click's own.
+_USAGE_ERRORS: Final = (TyperException, click.UsageError)
+
+EXIT_OK: Final = 0
+EXIT_OUTCOME_FAILED: Final = 1
+EXIT_BAD_INPUT: Final = 2
+EXIT_TIMEOUT: Final = 2
+EXIT_BROKER: Final = 3
+SUCCESSFUL_OUTCOMES: Final = frozenset({Outcome.APPLIED, Outcome.SUPERSEDED})
+
+_SEND_EPILOG: Final = (
+    "Exit status: 0 enqueued (with --wait: applied or superseded); "
+    "1 failed, rejected or expired (--wait); "
+    "2 bad input (nothing enqueued) or no result within --timeout (--wait); "
+    "3 broker unreachable."
+)
+_EVENTS_EPILOG: Final = (
+    "Exit status: 0 done (--count reached, --timeout over, or interrupted); "
+    "2 --timeout over before --count events; 3 broker unreachable."
+)
+
+OrgArg = Annotated[str, typer.Argument(help="Organisation id (goes into the upstream URL).")]
+SubscriptionArg = Annotated[int, typer.Argument(help="Subscription id, 1 to 2^63-1.")]
+ServiceArg = Annotated[int, typer.Argument(help="Service id, 1 to 2^63-1.")]
+BlockOpt = Annotated[int, typer.Option("--block-id", help="Barring: 1 or 2.")]
+ReasonOpt = Annotated[str | None, typer.Option(help="Why, up to 255 characters.")]
+PriorityOpt = Annotated[Lane | None, typer.Option(help="Lane: urgent, normal (default) or bulk.")]
+CommandIdOpt = Annotated[
+    str | None, typer.Option(help="Idempotency key; a UUID4 unless given.", show_default=False)
+]
+IssuedAtOpt = Annotated[
+    str | None, typer.Option(help="RFC 3339 timestamp with offset; default now.")
+]
+NotAfterOpt = Annotated[str | None, typer.Option(help="RFC 3339 timestamp: not applied after it.")]
+SourceOpt = Annotated[
+    str | None, typer.Option(help="Who issues it; default $SUBSWITCH_SOURCE, else subswitch.")
+]
+CorrelationOpt = Annotated[str | None, typer.Option(help="Your own reference (case id...).")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="Wait for the result event and print it: exit 0 applied or superseded, "
+        "1 failed, rejected or expired, 2 no result within --timeout.",
+    ),
+]
+TimeoutOpt = Annotated[float, typer.Option(min=0, help="Seconds --wait waits.")]
+
+
+class OneLineErrors(TyperCommand):
+    """A command whose usage errors are one line on stderr (exit 2), not a rich panel."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: ClickContext | None = None,
+        **extra: Any,
+    ) -> ClickContext:
+        """Parse arguments; a usage error ends the process with one line."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _USAGE_ERRORS as exc:
+            fail(exc.format_message(), exc.exit_code)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def read_settings() -> Settings:
+    """The ``SUBSWITCH_*`` settings, or exit 2 naming the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fail(f"invalid configuration: {describe_validation_error(exc)}", EXIT_BAD_INPUT)
 
 
 def register(app: typer.Typer) -> None:
     """Add this side's commands to the ``subswitch`` CLI."""
+    for name, function in (
+        ("block", block),
+        ("unblock", unblock),
+        ("activate", activate),
+        ("deactivate", deactivate),
+    ):
+        app.command(name, cls=OneLineErrors, epilog=_SEND_EPILOG)(function)
+    app.command("events", cls=OneLineErrors, epilog=_EVENTS_EPILOG)(events)
+
+
+def block(
+    *,
+    org_id: OrgArg,
+    subscription_id: SubscriptionArg,
+    block_id: BlockOpt,
+    reason: ReasonOpt = None,
+    priority: PriorityOpt = None,
+    command_id: CommandIdOpt = None,
+    issued_at: IssuedAtOpt = None,
+    not_after: NotAfterOpt = None,
+    source: SourceOpt = None,
+    correlation_id: CorrelationOpt = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Put a barring on a subscription (ChangeBlockStatus, active=true)."""
+    settings = read_settings()
+    envelope = Envelope(
+        priority=priority,
+        command_id=command_id,
+        issued_at=issued_at,
+        not_after=not_after,
+        source=source,
+        correlation_id=correlation_id,
+    )
+    command = _validated(
+        lambda: block_status_command(
+            org_id=org_id,
+            subscription_id=subscription_id,
+            block_id=block_id,
+            active=True,
+            reason=reason,
+            default_source=settings.source,
+            **envelope,
+        )
+    )
+    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
+
+
+def unblock(
+    *,
+    org_id: OrgArg,
+    subscription_id: SubscriptionArg,
+    block_id: BlockOpt,
+    reason: ReasonOpt = None,
+    priority: PriorityOpt = None,
+    command_id: CommandIdOpt = None,
+    issued_at: IssuedAtOpt = None,
+    not_after: NotAfterOpt = None,
+    source: SourceOpt = None,
+    correlation_id: CorrelationOpt = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Lift a barring from a subscription (ChangeBlockStatus, active=false)."""
+    settings = read_settings()
+    envelope = Envelope(
+        priority=priority,
+        command_id=command_id,
+        issued_at=issued_at,
+        not_after=not_after,
+        source=source,
+        correlation_id=correlation_id,
+    )
+    command = _validated(
+        lambda: block_status_command(
+            org_id=org_id,
+            subscription_id=subscription_id,
+            block_id=block_id,
+            active=False,
+            reason=reason,
+            default_source=settings.source,
+            **envelope,
+        )
+    )
+    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
+
+
+def activate(
+    *,
+    org_id: OrgArg,
+    subscription_id: SubscriptionArg,
+    service_id: ServiceArg,
+    priority: PriorityOpt = None,
+    command_id: CommandIdOpt = None,
+    issued_at: IssuedAtOpt = None,
+    not_after: NotAfterOpt = None,
+    source: SourceOpt = None,
+    correlation_id: CorrelationOpt = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Activate a service of a subscription (ChangeServiceStatus, active=true)."""
+    settings = read_settings()
+    envelope = Envelope(
+        priority=priority,
+        command_id=command_id,
+        issued_at=issued_at,
+        not_after=not_after,
+        source=source,
+        correlation_id=correlation_id,
+    )
+    command = _validated(
+        lambda: service_status_command(
+            org_id=org_id,
+            subscription_id=subscription_id,
+            service_id=service_id,
+            active=True,
+            default_source=settings.source,
+            **envelope,
+        )
+    )
+    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
+
+
+def deactivate(
+    *,
+    org_id: OrgArg,
+    subscription_id: SubscriptionArg,
+    service_id: ServiceArg,
+    priority: PriorityOpt = None,
+    command_id: CommandIdOpt = None,
+    issued_at: IssuedAtOpt = None,
+    not_after: NotAfterOpt = None,
+    source: SourceOpt = None,
+    correlation_id: CorrelationOpt = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Deactivate a service of a subscription (ChangeServiceStatus, active=false)."""
+    settings = read_settings()
+    envelope = Envelope(
+        priority=priority,
+        command_id=command_id,
+        issued_at=issued_at,
+        not_after=not_after,
+        source=source,
+        correlation_id=correlation_id,
+    )
+    command = _validated(
+        lambda: service_status_command(
+            org_id=org_id,
+            subscription_id=subscription_id,
+            service_id=service_id,
+            active=False,
+            default_source=settings.source,
+            **envelope,
+        )
+    )
+    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
+
+
+def events(
+    *,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line instead of a table.")
+    ] = False,
+    outcome: Annotated[
+        list[Outcome] | None, typer.Option(help="Only these outcomes (repeatable).")
+    ] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after N events.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0, help="Stop after S seconds.")] = None,
+) -> None:
+    """Follow result events as the workers publish them (from now on)."""
+    settings = read_settings()
+    show = _print_json if as_json else EventTable(Console(highlight=False)).add
+    raise typer.Exit(_follow(settings, show, outcome, count, timeout))
+
+
+def _validated(build: Callable[[], AnyCommand]) -> AnyCommand:
+    try:
+        return build()
+    except InvalidCommandError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+
+
+def _enqueue(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float) -> int:
+    try:
+        return _send(settings, command, wait=wait, timeout=timeout)
+    except (BrokerError, EmbeddedRedisError) as exc:
+        fail(str(exc), EXIT_BROKER)
+
+
+def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float) -> int:
+    """Send ``command`` (bound to the events first when waiting); the exit status."""
+    broker_url = resolve_broker_url(settings)
+    with ExitStack() as stack:
+        stream = stack.enter_context(EventStream(broker_url=broker_url)) if wait else None
+        publisher = CeleryPublisher(
+            broker_url=broker_url,
+            visibility_timeout=settings.visibility_timeout,
+            queue_type=settings.rabbitmq_queue_type,
+        )
+        producer = stack.enter_context(
+            CommandProducer(publisher=publisher, default_source=settings.source)
+        )
+        producer.send(command)
+        typer.echo(command.command_id)
+        if stream is None:
+            return EXIT_OK
+        return _await_result(stream, command.command_id, timeout)
+
+
+def _await_result(stream: EventStream, command_id: str, timeout: float) -> int:
+    event = stream.wait_for({command_id}, timeout).get(command_id)
+    if event is None:
+        fail(f"no result for {command_id} within {timeout:g} s; it is enqueued", EXIT_TIMEOUT)
+    Console(highlight=False, soft_wrap=True).print(summary(event))
+    return EXIT_OK if event.outcome in SUCCESSFUL_OUTCOMES else EXIT_OUTCOME_FAILED
+
+
+def _follow(
+    settings: Settings,
+    show: Callable[[ResultEvent], None],
+    outcomes: list[Outcome] | None,
+    count: int | None,
+    timeout: float | None,
+) -> int:
+    """Print events until ``count`` of them or ``timeout`` s; the exit status."""
+    seen = 0
+    try:
+        with EventStream(broker_url=resolve_broker_url(settings), outcomes=outcomes) as stream:
+            for event in stream.iter(timeout=timeout):
+                show(event)
+                seen += 1
+                if seen == count:
+                    return EXIT_OK
+    except (BrokerError, EmbeddedRedisError) as exc:
+        fail(str(exc), EXIT_BROKER)
+    if count is not None:
+        fail(f"{seen} of {count} events within {timeout:g} s", EXIT_TIMEOUT)
+    return EXIT_OK
+
+
+def _print_json(event: ResultEvent) -> None:
+    typer.echo(json_line(event))  # click.echo flushes: each event shows at once

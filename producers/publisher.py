@@ -7,14 +7,13 @@ from typing import Any, Final, Protocol
 
 from amqp.exceptions import AMQPError
 from celery import Celery
-from kombu import Queue
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from contract import APPLY_TASK, Lane, parse_command
+from contract import APPLY_TASK, parse_command
 from producers.commands import AnyCommand
 from producers.errors import PublishError, redact_url, scrub
-from subswitch.broker import celery_config, lane_queue
+from subswitch.broker import celery_config
 from subswitch.embedded import ensure_embedded_redis
 from subswitch.settings import Settings
 
@@ -67,9 +66,6 @@ class CeleryPublisher:
                 queue_type=queue_type,
             )
         )
-        self._queues = {
-            lane: lane_queue(lane, broker_url=broker_url, queue_type=queue_type) for lane in Lane
-        }
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CeleryPublisher:
@@ -91,7 +87,9 @@ class CeleryPublisher:
         Raises:
             PublishError: the broker did not take the message (one line, no secrets).
         """
-        queue = self._queues[command.lane]
+        # The name resolves to the app's task_queues entry, which is the worker's own
+        # declaration (subswitch.broker.lane_queue); Celery declares it once per connection.
+        queue = command.lane.queue
         try:
             self._app.send_task(
                 APPLY_TASK,
@@ -111,10 +109,10 @@ class CeleryPublisher:
     def __repr__(self) -> str:
         return f"CeleryPublisher(broker_url={redact_url(self._broker_url)!r})"
 
-    def _describe_failure(self, command: AnyCommand, queue: Queue, exc: BaseException) -> str:
+    def _describe_failure(self, command: AnyCommand, queue: str, exc: BaseException) -> str:
         reason = scrub(str(exc) or type(exc).__name__, self._broker_url)
         return (
-            f"could not enqueue command {command.command_id} on {queue.name} "
+            f"could not enqueue command {command.command_id} on {queue} "
             f"at {redact_url(self._broker_url)}: {reason}"
         )
 

@@ -75,7 +75,9 @@ def load_trusted_account(path: Path | str) -> TrustedAccount:
         key_id, client_email = document["private_key_id"], document["client_email"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         # the cause may quote the key material, so it is not chained into the message
-        raise ValueError(f"{path}: not a usable service-account file ({type(exc).__name__})") from None
+        raise ValueError(
+            f"{path}: not a usable service-account file ({type(exc).__name__})"
+        ) from None
     if not isinstance(key, rsa.RSAPrivateKey) or not isinstance(key_id, str):
         raise ValueError(f"{path}: service account needs an RSA key and a private_key_id")
     return TrustedAccount(key_id, str(client_email), key.public_key())

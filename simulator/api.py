@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +29,6 @@ from starlette.types import Receive
 from simulator.errors import ApiError, error_response
 from simulator.faults import (
     DROP,
-    HTTP_FAULTS,
     LOST_RESPONSE,
     SLOW,
     AbandonedResponse,
@@ -140,7 +139,7 @@ class V2Api:
         key = self._target(request.path_params, record.kind)
         active, reason = parse_write_body(record.body, record.kind)
         if record.kind == "service" and not SERVICES[key[3]].changeable:
-            raise ApiError(400, "Bad Request", f"service {key[3]} is not changeable")
+            raise ApiError(400, f"service {key[3]} is not changeable")
         sim = self._sim
         sim.store.apply(key, active, reason, sim.clock())
         record.applied = True
@@ -149,7 +148,7 @@ class V2Api:
     # shared steps
 
     async def _inject(self, request: Request, *, write: bool) -> tuple[str | None, Response | None]:
-        """Injected delay and fault: the fault's name and, unless the request goes on, its answer."""
+        """Injected delay and fault: the fault, and its answer unless the request goes on."""
         faults = self._sim.faults
         delay = faults.delay_s()
         if delay:
@@ -167,28 +166,28 @@ class V2Api:
 
     def _authenticate(self, request: Request) -> None:
         if not self._sim.auth.authorized(request.headers.get("authorization")):
-            raise ApiError(401, "Unauthorized", "missing, invalid or expired bearer token")
+            raise ApiError(401, "missing, invalid or expired bearer token")
 
     def _subscription(self, params: dict[str, str]) -> tuple[str, int]:
         org_id, subscription_id = params["org_id"], parse_id(params["subscription_id"])
         if subscription_id is None:
-            raise ApiError(400, "Bad Request", "subscriptionId must be a positive integer")
+            raise ApiError(400, "subscriptionId must be a positive integer")
         if not self._sim.store.has_subscription(org_id, subscription_id):
-            raise ApiError(404, "Not Found", f"no subscription {subscription_id} in org {org_id}")
+            raise ApiError(404, f"no subscription {subscription_id} in org {org_id}")
         return org_id, subscription_id
 
     def _target(self, params: dict[str, str], kind: str) -> TargetKey:
         item_id = parse_id(params["item_id"])
         if kind == "block":
             if item_id not in BLOCKS:
-                raise ApiError(400, "Bad Request", "blockId must be 1 or 2")
+                raise ApiError(400, "blockId must be 1 or 2")
             org_id, subscription_id = self._subscription(params)
             return (org_id, subscription_id, "block", item_id)
         if item_id is None:
-            raise ApiError(400, "Bad Request", "serviceId must be a positive integer")
+            raise ApiError(400, "serviceId must be a positive integer")
         org_id, subscription_id = self._subscription(params)
         if item_id not in SERVICES:
-            raise ApiError(404, "Not Found", f"no service {item_id} on this subscription")
+            raise ApiError(404, f"no service {item_id} on this subscription")
         return (org_id, subscription_id, "service", item_id)
 
 
@@ -205,15 +204,15 @@ def parse_write_body(body: bytes, kind: str) -> tuple[bool, str | None]:
     try:
         document = json.loads(body)
     except ValueError:
-        raise ApiError(400, "Bad Request", "body is not valid JSON") from None
+        raise ApiError(400, "body is not valid JSON") from None
     if not isinstance(document, dict):
-        raise ApiError(400, "Bad Request", "body must be a JSON object")
+        raise ApiError(400, "body must be a JSON object")
     active = document.get("active")
     if type(active) is not bool:
-        raise ApiError(400, "Bad Request", "'active' is required and must be a boolean")
+        raise ApiError(400, "'active' is required and must be a boolean")
     reason = document.get("reason") if kind == "block" else None
     if reason is not None and not isinstance(reason, str):
-        raise ApiError(400, "Bad Request", "'reason' must be a string")
+        raise ApiError(400, "'reason' must be a string")
     return active, reason
 
 
@@ -224,16 +223,16 @@ def parse_services_query(raw: str | None) -> set[bool] | None:
     try:
         query = json.loads(raw)
     except ValueError:
-        raise ApiError(400, "Bad Request", "query must be a JSON object") from None
+        raise ApiError(400, "query must be a JSON object") from None
     if not isinstance(query, dict) or set(query) - {"filter", "include"}:
-        raise ApiError(400, "Bad Request", 'query takes only "filter" and "include"')
+        raise ApiError(400, 'query takes only "filter" and "include"')
     for name in ("filter", "include"):
         values = query.get(name, [])
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise ApiError(400, "Bad Request", f'query "{name}" must be a list of strings')
+            raise ApiError(400, f'query "{name}" must be a list of strings')
     unknown = set(query.get("filter", [])) - set(_QUERY_FILTERS)
     if unknown:
-        raise ApiError(400, "Bad Request", f"unknown filter(s) {sorted(unknown)}")
+        raise ApiError(400, f"unknown filter(s) {sorted(unknown)}")
     filters = query.get("filter", [])
     return {_QUERY_FILTERS[name] for name in filters} if filters else None
 
@@ -251,14 +250,12 @@ async def read_body(receive: Receive) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _client_left_within(receive: Callable[[], Awaitable[object]], seconds: float) -> bool:
+async def _client_left_within(receive: Receive, seconds: float) -> bool:
     """Wait ``seconds``; True as soon as the client disconnects instead."""
 
     async def disconnected() -> None:
-        while True:
-            message = await receive()
-            if isinstance(message, dict) and message.get("type") == "http.disconnect":
-                return
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
     try:
         await asyncio.wait_for(disconnected(), timeout=seconds)
@@ -281,4 +278,6 @@ def _record(request: Request, kind: Kind, now: float, body: bytes) -> WriteRecor
         headers.get("x-request-id"),
         headers.get("x-auth-roles"),
     )
-    return WriteRecord(now, request.method, request.scope["path"], target, body, extras)
+    return WriteRecord(
+        now, request.method, request.scope["path"], target=target, body=body, headers=extras
+    )

@@ -10,19 +10,26 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+MESSAGES = {
+    400: "Invalid request",
+    401: "Authentication required",
+    404: "Resource not found",
+}
+_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
 
 class ApiError(Exception):
     """Raised inside a handler to answer with an ``ErrorMessage``."""
 
-    def __init__(self, status: int, message: str, detail: str) -> None:
-        super().__init__(f"{status} {message}: {detail}")
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
         self.status = status
-        self.message = message
         self.detail = detail
 
     def response(self) -> Response:
-        """The error as an HTTP answer."""
-        return error_response(self.status, self.message, self.detail)
+        """The error as an HTTP answer (a 401 also carries a Bearer challenge)."""
+        headers = _CHALLENGE if self.status == HTTPStatus.UNAUTHORIZED else None
+        return error_response(self.status, MESSAGES[self.status], self.detail, headers)
 
 
 def error_response(

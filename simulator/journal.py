@@ -39,6 +39,7 @@ class WriteRecord:
         time: float,
         method: str,
         path: str,
+        *,
         target: tuple[str, int | None, str, int | None],
         body: bytes,
         headers: tuple[str | None, str | None, str | None],

@@ -45,6 +45,13 @@ SERVICES: dict[int, ServiceSpec] = {
 BLOCKS: dict[int, BlockSpec] = {1: BlockSpec(1, "ROBO"), 2: BlockSpec(2, "PERDIDA")}
 
 
+def as_kind(raw: str) -> Kind | None:
+    """``raw`` as a target kind, or None if it is neither ``service`` nor ``block``."""
+    if raw == "service":
+        return "service"
+    return "block" if raw == "block" else None
+
+
 def rfc3339(epoch: float) -> str:
     """``epoch`` as an RFC 3339 UTC timestamp with milliseconds."""
     millis = int(epoch * 1000) % 1000

@@ -9,6 +9,7 @@ is the only one, and every guarantee holds embedded too.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import subprocess
 import time
@@ -67,10 +68,9 @@ def stop_embedded_redis(data_dir: Path) -> None:
     """Shut the embedded Redis of ``data_dir`` down (persisting its data), if running."""
     socket_path = data_dir.expanduser().resolve() / SOCKET_NAME
     if _answers(socket_path):
-        try:
+        # The server closes the connection as it exits.
+        with contextlib.suppress(redis.ConnectionError):
             redis.Redis(unix_socket_path=str(socket_path)).shutdown()
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it exits
 
 
 @contextmanager

@@ -35,8 +35,19 @@ def worker(
     """Run a worker (Celery, threads pool) that applies commands upstream."""
     queues = ",".join(lane.queue for lane in parse_lanes(lanes))
     app = create_app(Settings())
-    argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency),
-            "--queues", queues, "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queues,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if hostname:
         argv += ["--hostname", hostname]
     app.worker_main(argv=argv)

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 _COMMAND_ID = TypeAdapter(CommandId)
 
 
-class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+class DeadLetteringConsumer(Consumer):
     """Celery's consumer, with its four give-up paths turned into dead letters."""
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:

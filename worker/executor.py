@@ -47,13 +47,25 @@ class Upstream(Protocol):
     """The two writes the worker makes (``worker.upstream.MasStackClient`` has them)."""
 
     def change_service_status(
-        self, org_id: str, subscription_id: int, service_id: int, *,
-        active: bool, idempotency_key: str, request_id: str | None = None,
+        self,
+        org_id: str,
+        subscription_id: int,
+        service_id: int,
+        *,
+        active: bool,
+        idempotency_key: str,
+        request_id: str | None = None,
     ) -> int: ...
 
     def change_block_status(
-        self, org_id: str, subscription_id: int, block_id: int, *,
-        active: bool, reason: str | None = None, idempotency_key: str,
+        self,
+        org_id: str,
+        subscription_id: int,
+        block_id: int,
+        *,
+        active: bool,
+        reason: str | None = None,
+        idempotency_key: str,
         request_id: str | None = None,
     ) -> int: ...
 
@@ -121,8 +133,9 @@ class Executor:
         try:
             command = parse_command(payload)
         except InvalidCommand as exc:
-            return self.reject_message(_as_bytes(payload), reason=str(exc),
-                                       command_id=exc.command_id, token=token)
+            return self.reject_message(
+                _as_bytes(payload), reason=str(exc), command_id=exc.command_id, token=token
+            )
         return self._handle_command(command, token)
 
     def reject_message(
@@ -140,9 +153,14 @@ class Executor:
     def _handle_command(self, command: Command, token: str) -> Decision:
         fingerprint = command.fingerprint()
         expired = command.not_after is not None and self._clock() > command.not_after
-        step = self._store.begin(command, fingerprint=fingerprint, token=token,
-                                 lease_ms=self._lease_ms,
-                                 max_attempts=self._policy.max_attempts, expired=expired)
+        step = self._store.begin(
+            command,
+            fingerprint=fingerprint,
+            token=token,
+            lease_ms=self._lease_ms,
+            max_attempts=self._policy.max_attempts,
+            expired=expired,
+        )
         job = _Job(command, fingerprint, token)
         if isinstance(step, Go):
             return self._attempt(job, step.attempt)
@@ -168,15 +186,24 @@ class Executor:
 
     def _after_transient(self, job: _Job, attempt: int, exc: TransientError) -> Decision:
         command = job.command
-        delay = self._policy.next_delay(attempt, exc, now=self._clock(), not_after=command.not_after)
+        delay = self._policy.next_delay(
+            attempt, exc, now=self._clock(), not_after=command.not_after
+        )
         if delay is None:
             return self._finish(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
-        last_error = json.dumps({"error": _event_error(exc).model_dump(by_alias=True),
-                                 "upstream_status": exc.status})
-        self._store.release(command.command_id, command.target, token=job.token,
-                            last_error=last_error)
-        logger.info("attempt %d of %s failed (%s); retrying in %.2fs",
-                    attempt, command.command_id, exc, delay)
+        last_error = json.dumps(
+            {"error": _event_error(exc).model_dump(by_alias=True), "upstream_status": exc.status}
+        )
+        self._store.release(
+            command.command_id, command.target, token=job.token, last_error=last_error
+        )
+        logger.info(
+            "attempt %d of %s failed (%s); retrying in %.2fs",
+            attempt,
+            command.command_id,
+            exc,
+            delay,
+        )
         return RetryLater(delay, str(exc))
 
     def _out_of_time(self, job: _Job, step: OutOfTime) -> Decision:
@@ -189,9 +216,14 @@ class Executor:
     def _reject_conflict(self, job: _Job) -> Decision:
         command_id = job.command.command_id
         message = f"command_id {command_id!r} was already used with a different payload"
-        event = result_event(job.command, outcome=Outcome.REJECTED, attempts=0,
-                             completed_at=self._clock(), error=EventError(message=message),
-                             fingerprint=job.fingerprint)
+        event = result_event(
+            job.command,
+            outcome=Outcome.REJECTED,
+            attempts=0,
+            completed_at=self._clock(),
+            error=EventError(message=message),
+            fingerprint=job.fingerprint,
+        )
         key = keys.conflict(command_id, job.fingerprint)
         return self._publish(self._store.record(key, token=job.token, event=event.to_json()), key)
 
@@ -205,11 +237,21 @@ class Executor:
         *,
         applied: bool = False,
     ) -> Decision:
-        event = result_event(job.command, outcome=outcome, attempts=attempts,
-                             completed_at=self._clock(), upstream_status=upstream_status,
-                             error=error)
-        finished = self._store.finish(job.command, fingerprint=job.fingerprint, token=job.token,
-                                      event=event.to_json(), applied=applied)
+        event = result_event(
+            job.command,
+            outcome=outcome,
+            attempts=attempts,
+            completed_at=self._clock(),
+            upstream_status=upstream_status,
+            error=error,
+        )
+        finished = self._store.finish(
+            job.command,
+            fingerprint=job.fingerprint,
+            token=job.token,
+            event=event.to_json(),
+            applied=applied,
+        )
         return self._publish(finished, keys.command(job.command.command_id))
 
     def _publish(self, finished: Finished, key: str) -> Decision:
@@ -217,21 +259,28 @@ class Executor:
         if finished.claim == "busy":
             return RetryLater(self._policy.busy_delay(), "event being published elsewhere")
         if finished.claim == "publish":
-            self._events.publish(finished.event, routing_key=event.outcome.routing_key,
-                                 event_id=event.id)
+            self._events.publish(
+                finished.event, routing_key=event.outcome.routing_key, event_id=event.id
+            )
             self._store.mark_published(key)
         return Ack(event.outcome)
 
     def _send(self, command: Command) -> int:
         if isinstance(command, ChangeBlockStatus):
             return self._upstream.change_block_status(
-                command.org_id, command.subscription_id, command.block_id,
-                active=command.active, reason=command.reason,
+                command.org_id,
+                command.subscription_id,
+                command.block_id,
+                active=command.active,
+                reason=command.reason,
                 idempotency_key=command.command_id,
             )
         return self._upstream.change_service_status(
-            command.org_id, command.subscription_id, command.service_id,
-            active=command.active, idempotency_key=command.command_id,
+            command.org_id,
+            command.subscription_id,
+            command.service_id,
+            active=command.active,
+            idempotency_key=command.command_id,
         )
 
 
@@ -246,8 +295,12 @@ def _event_error(exc: UpstreamError) -> EventError:
     upstream = getattr(exc, "error", None)
     if upstream is None:
         return EventError(message=str(exc))
-    return EventError(code=upstream.code, status=upstream.status,
-                      message=upstream.message or str(exc), detail_msg=upstream.detail_msg)
+    return EventError(
+        code=upstream.code,
+        status=upstream.status,
+        message=upstream.message or str(exc),
+        detail_msg=upstream.detail_msg,
+    )
 
 
 def _stored_error(last_error: str | None, reason: str) -> tuple[EventError, int | None]:

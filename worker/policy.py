@@ -34,7 +34,9 @@ class RetryPolicy:
     @classmethod
     def within_window(cls, *, max_attempts: int, redelivery_window_s: float) -> RetryPolicy:
         """A policy whose delays stay inside the broker's redelivery window."""
-        return cls(max_attempts=max_attempts, max_delay_s=min(60.0, redelivery_window_s * WINDOW_SHARE))
+        return cls(
+            max_attempts=max_attempts, max_delay_s=min(60.0, redelivery_window_s * WINDOW_SHARE)
+        )
 
     def backoff(self, attempt: int, *, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

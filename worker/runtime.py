@@ -24,7 +24,7 @@ from worker.store import RedisStore
 logger = logging.getLogger(__name__)
 
 # Extra lease beyond the longest attempt: store round trips and scheduling hiccups.
-_LEASE_MARGIN_S = 10.0
+_LEASE_MARGIN_S = 2.0
 
 
 @dataclass
@@ -70,7 +70,9 @@ def close_runtime() -> None:
 def build_runtime(app: Celery) -> Runtime:
     """Wire the executor to real Redis, upstream and broker from the app's settings."""
     settings: Settings = app.conf.subswitch_settings
-    store = RedisStore.from_url(app.conf.subswitch_store_url, retention_s=settings.retention_seconds)
+    store = RedisStore.from_url(
+        app.conf.subswitch_store_url, retention_s=settings.retention_seconds
+    )
     client = upstream.from_settings(settings)
     policy = RetryPolicy.within_window(
         max_attempts=settings.max_attempts, redelivery_window_s=settings.visibility_timeout

@@ -207,8 +207,17 @@ class RedisStore:
     ) -> BeginResult:
         """Decide what this delivery of ``command`` does next (see the module doc)."""
         target = command.target
-        args = [fingerprint, token, lease_ms, max_attempts, self._retention_s,
-                command.order_key[0], command.command_id, int(expired), self._claim_ms]
+        args = [
+            fingerprint,
+            token,
+            lease_ms,
+            max_attempts,
+            self._retention_s,
+            command.order_key[0],
+            command.command_id,
+            int(expired),
+            self._claim_ms,
+        ]
         reply = self._run(self._begin, self._keys(command.command_id, target), args)
         return _parse_begin(reply)
 
@@ -230,9 +239,17 @@ class RedisStore:
 
         If another delivery finished first, its event wins and is returned.
         """
-        args = [token, fingerprint, event, int(applied), command.order_key[0],
-                command.command_id, self._retention_s, self._target_retention_s,
-                self._claim_ms]
+        args = [
+            token,
+            fingerprint,
+            event,
+            int(applied),
+            command.order_key[0],
+            command.command_id,
+            self._retention_s,
+            self._target_retention_s,
+            self._claim_ms,
+        ]
         reply = self._run(self._finish, self._keys(command.command_id, command.target), args)
         return Finished(claim=_text(reply[0]), event=_bytes(reply[1]))
 

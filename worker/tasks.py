@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
 from contract import APPLY_TASK
@@ -24,7 +27,7 @@ _TROUBLE_MAX_S = 30.0
 def register(app: Celery) -> None:
     """Register ``subswitch.apply`` on ``app``."""
 
-    @app.task(  # type: ignore[untyped-decorator]
+    @app.task(
         name=APPLY_TASK,
         bind=True,
         max_retries=None,
@@ -52,13 +55,30 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
             )
         else:
             decision = executor.handle(args[0], token=token)
-    except Exception as exc:
+    except Exception:
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed, retrying in %.1fs", delay)
-        raise task.retry(countdown=delay, exc=exc) from None
+        retry_later(task, delay)
     if isinstance(decision, RetryLater):
-        raise task.retry(countdown=decision.delay_s)
+        retry_later(task, decision.delay_s)
     return decision.outcome.value
+
+
+def retry_later(task: Task[Any, Any], delay_s: float) -> NoReturn:
+    """Deliver this message again after ``delay_s`` seconds, through the broker.
+
+    RabbitMQ's native delayed delivery (quorum queues) counts whole seconds and
+    refuses less than one, so shorter waits happen here, in this thread, and the
+    message goes back at once. If the new message cannot be published, Celery would
+    drop the original (``Reject(requeue=False)``); it is requeued instead.
+    """
+    countdown = math.ceil(delay_s) if delay_s >= 1 else 0
+    if countdown == 0 and delay_s > 0:
+        time.sleep(delay_s)
+    try:
+        raise task.retry(countdown=countdown)
+    except Reject as exc:
+        raise Reject(exc.reason, requeue=True) from None  # type: ignore[attr-defined]
 
 
 def _trouble_delay(retries: int) -> float:

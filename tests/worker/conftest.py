@@ -27,14 +27,26 @@ class ScriptedUpstream:
     writes: list[dict[str, Any]] = field(default_factory=list)
 
     def change_service_status(
-        self, org_id: str, subscription_id: int, service_id: int, *,
-        active: bool, idempotency_key: str, request_id: str | None = None,
+        self,
+        org_id: str,
+        subscription_id: int,
+        service_id: int,
+        *,
+        active: bool,
+        idempotency_key: str,
+        request_id: str | None = None,
     ) -> int:
         return self._answer(kind="service", ident=service_id, active=active, key=idempotency_key)
 
     def change_block_status(
-        self, org_id: str, subscription_id: int, block_id: int, *,
-        active: bool, reason: str | None = None, idempotency_key: str,
+        self,
+        org_id: str,
+        subscription_id: int,
+        block_id: int,
+        *,
+        active: bool,
+        reason: str | None = None,
+        idempotency_key: str,
         request_id: str | None = None,
     ) -> int:
         return self._answer(kind="block", ident=block_id, active=active, key=idempotency_key)
@@ -88,17 +100,29 @@ def harness(redis_client: fakeredis.FakeRedis) -> Harness:
     upstream = ScriptedUpstream()
     events, dead = InMemoryEventSink(), InMemoryDeadLetters()
     policy = RetryPolicy(max_attempts=4, base_delay_s=0.5, max_delay_s=10.0)
-    executor = Executor(store=store, upstream=upstream, events=events, dead_letters=dead,
-                        policy=policy, lease_ms=30_000, clock=clock)
+    executor = Executor(
+        store=store,
+        upstream=upstream,
+        events=events,
+        dead_letters=dead,
+        policy=policy,
+        lease_ms=30_000,
+        clock=clock,
+    )
     return Harness(executor, store, upstream, events, dead, clock)
 
 
 @pytest.fixture
 def block() -> Callable[..., ChangeBlockStatus]:
     def make(**overrides: Any) -> ChangeBlockStatus:
-        fields: dict[str, Any] = {"org_id": "telco", "subscription_id": 7, "block_id": 1,
-                                  "active": True, "source": "tests",
-                                  "issued_at": datetime(2026, 11, 22, 9, 0, tzinfo=UTC)}
+        fields: dict[str, Any] = {
+            "org_id": "telco",
+            "subscription_id": 7,
+            "block_id": 1,
+            "active": True,
+            "source": "tests",
+            "issued_at": datetime(2026, 11, 22, 9, 0, tzinfo=UTC),
+        }
         fields.update(overrides)
         return ChangeBlockStatus(**fields)
 
@@ -108,9 +132,14 @@ def block() -> Callable[..., ChangeBlockStatus]:
 @pytest.fixture
 def service() -> Callable[..., ChangeServiceStatus]:
     def make(**overrides: Any) -> ChangeServiceStatus:
-        fields: dict[str, Any] = {"org_id": "telco", "subscription_id": 7, "service_id": 1,
-                                  "active": False, "source": "tests",
-                                  "issued_at": datetime(2026, 11, 22, 9, 0, tzinfo=UTC)}
+        fields: dict[str, Any] = {
+            "org_id": "telco",
+            "subscription_id": 7,
+            "service_id": 1,
+            "active": False,
+            "source": "tests",
+            "issued_at": datetime(2026, 11, 22, 9, 0, tzinfo=UTC),
+        }
         fields.update(overrides)
         return ChangeServiceStatus(**fields)
 

@@ -217,8 +217,9 @@ class ServiceAccountTokenProvider:
 
     def token(self) -> str:
         """A valid access token, fetched when there is none or it is about to expire."""
+        now = self._clock()
         cached = self._cached  # one read: the token and its deadline change together
-        if cached is not None and self._clock() < cached.refresh_at:
+        if cached is not None and now < cached.refresh_at:
             return cached.value.get_secret_value()
         fetches_seen = self._completed_fetches
         with self._lock:

@@ -81,7 +81,9 @@ def test_local_protocol_error_is_permanent_and_does_not_quote_the_request(
     make_client: ClientFactory,
 ) -> None:
     # Given a transport refusing to send a header (h11 quotes the offending value)
-    client, _ = make_client(raising(httpx.LocalProtocolError, "Illegal header value b'Bearer s3cr3t'"))
+    client, _ = make_client(
+        raising(httpx.LocalProtocolError, "Illegal header value b'Bearer s3cr3t'")
+    )
     # When a block is changed
     with pytest.raises(PermanentError) as caught:
         client.change_block_status("telco", 7, 2, active=True, idempotency_key="k")

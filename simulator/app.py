@@ -1,0 +1,36 @@
+"""The simulator as a Starlette ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+
+from simulator.admin import AdminApi
+from simulator.api import V2Api
+from simulator.config import SimulatorConfig
+from simulator.errors import http_exception
+from simulator.oauth import oauth_routes
+from simulator.runtime import Simulator
+
+
+def create_app(config: SimulatorConfig, *, clock: Callable[[], float] | None = None) -> Starlette:
+    """A simulator app for ``config``; ``clock`` (epoch seconds) replaces ``time.time``.
+
+    The clock dates writes, buckets them per second and decides token expiry; injected
+    delays always take real time. ``simulator_of(app)`` reaches the state behind it.
+    Raises ValueError if a configured service-account file cannot be used.
+    """
+    sim = Simulator.build(config, clock)
+    routes = [*V2Api(sim).routes(), *oauth_routes(sim), *AdminApi(sim).routes()]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
+    app.state.simulator = sim
+    return app
+
+
+def simulator_of(app: Starlette) -> Simulator:
+    """The state behind an app made by :func:`create_app`."""
+    sim = app.state.simulator
+    assert isinstance(sim, Simulator)
+    return sim

@@ -1,0 +1,5 @@
+"""``python -m subswitch``: the CLI."""
+
+from subswitch.cli import main
+
+main()

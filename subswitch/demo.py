@@ -1,0 +1,230 @@
+"""``subswitch demo`` (and ``make run``): the whole pipeline on one machine, no servers.
+
+It starts the simulator and a worker as child processes on the embedded broker and
+store (or on SUBSWITCH_BROKER_URL / SUBSWITCH_STORE_URL when set), enqueues a
+realistic mix of commands and prints each result event as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from contract import ResultEvent
+from producers import CommandProducer
+from producers.events import EventStream
+from producers.render import EventTable
+from simulator.testing import spawned_simulator
+from subswitch.embedded import ensure_embedded_redis
+from subswitch.settings import Settings
+
+DEMO_TOKEN = "demo-token"  # noqa: S105 - the local simulator's throwaway token
+_READY_MARK = " ready."
+_WORKER_START_S = 60.0
+_EVENT_WAIT_S = 60.0
+
+
+def run_demo(settings: Settings, console: Console) -> int:
+    """Run the demo; 0 when every command reached the outcome it was meant to."""
+    broker_url, store_url = _urls(settings)
+    with ExitStack() as stack:
+        console.print("[bold]subswitch demo[/]: starting the simulator and a worker...")
+        sim = stack.enter_context(spawned_simulator("--token", DEMO_TOKEN, "--latency-ms", "20"))
+        env = {
+            "SUBSWITCH_BROKER_URL": broker_url,
+            "SUBSWITCH_STORE_URL": store_url,
+            "SUBSWITCH_UPSTREAM_URL": sim.base_url,
+            "SUBSWITCH_UPSTREAM_TOKEN": DEMO_TOKEN,
+        }
+        stack.enter_context(_worker(env, settings.data_dir / "demo-worker.log"))
+        events = stack.enter_context(EventStream(broker_url=broker_url))
+        producer = stack.enter_context(
+            CommandProducer.from_settings(settings.model_copy(update={"broker_url": broker_url}))
+        )
+        console.print(f"simulator at {sim.base_url}; worker log in {settings.data_dir}\n")
+        return _play(producer, events, EventTable(console), console)
+
+
+def _urls(settings: Settings) -> tuple[str, str]:
+    if settings.broker_url and settings.store_url:
+        return settings.broker_url, settings.store_url
+    embedded = ensure_embedded_redis(settings.data_dir)
+    return settings.broker_url or embedded.broker_url, settings.store_url or embedded.store_url
+
+
+@contextmanager
+def _worker(env: dict[str, str], log_path: Path) -> Iterator[None]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "subswitch", "worker", "--concurrency", "8"]
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        argv,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ready = threading.Event()
+    threading.Thread(target=_copy_log, args=(process, log_path, ready), daemon=True).start()
+    try:
+        if not ready.wait(_WORKER_START_S):
+            raise RuntimeError(f"the worker did not start; see {log_path}")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _copy_log(process: subprocess.Popen[str], log_path: Path, ready: threading.Event) -> None:
+    assert process.stdout is not None
+    with log_path.open("w") as log:
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            if _READY_MARK in line:
+                ready.set()
+
+
+def _play(
+    producer: CommandProducer, events: EventStream, table: EventTable, console: Console
+) -> int:
+    now = datetime.now(UTC)
+    run = now.strftime("%H%M%S")
+    block = producer.change_block_status
+    service = producer.change_service_status
+    expected: dict[str, str] = {}
+
+    def send(outcome: str, command_id: str) -> str:
+        expected[command_id] = outcome
+        return command_id
+
+    fraud = send(
+        "applied",
+        block(
+            org_id="telco",
+            subscription_id=101,
+            block_id=1,
+            active=True,
+            reason="stolen",
+            priority="urgent",
+            source="fraud-engine",
+            command_id=f"demo-{run}-fraud-8812",
+            correlation_id="case-8812",
+        ),
+    )
+    block(
+        org_id="telco",
+        subscription_id=101,
+        block_id=1,
+        active=True,
+        reason="stolen",
+        priority="urgent",
+        source="fraud-engine",
+        command_id=fraud,
+        correlation_id="case-8812",
+    )
+    send(
+        "applied",
+        service(
+            org_id="telco",
+            subscription_id=102,
+            service_id=2,
+            active=False,
+            source="billing",
+            correlation_id="dunning-42",
+        ),
+    )
+    send(
+        "applied",
+        block(
+            org_id="acme",
+            subscription_id=7,
+            block_id=2,
+            active=True,
+            reason="lost",
+            source="self-care",
+        ),
+    )
+    for n in range(201, 206):
+        send(
+            "applied",
+            service(
+                org_id="telco",
+                subscription_id=n,
+                service_id=3,
+                active=True,
+                priority="bulk",
+                source="batch:roaming-2026-11",
+            ),
+        )
+    send(
+        "failed",
+        block(
+            org_id="telco", subscription_id=999_999, block_id=1, active=True, source="fraud-engine"
+        ),
+    )
+    send(
+        "failed",
+        service(org_id="telco", subscription_id=103, service_id=4, active=True, source="billing"),
+    )
+    send(
+        "expired",
+        block(
+            org_id="telco",
+            subscription_id=104,
+            block_id=1,
+            active=True,
+            source="billing",
+            not_after=now - timedelta(seconds=1),
+        ),
+    )
+    first = _show(events.wait_for(list(expected), timeout=_EVENT_WAIT_S), table)
+    console.print("\nnow a stale unblock issued an hour ago, and a reuse of the fraud command id:")
+    stale = block(
+        org_id="telco",
+        subscription_id=101,
+        block_id=1,
+        active=False,
+        issued_at=now - timedelta(hours=1),
+        source="self-care",
+    )
+    block(
+        org_id="telco",
+        subscription_id=101,
+        block_id=1,
+        active=False,
+        command_id=fraud,
+        source="fraud-engine",
+    )
+    late = {stale: "superseded", fraud: "rejected"}
+    second = _show(events.wait_for(list(late), timeout=_EVENT_WAIT_S), table)
+    return _verdict([(expected, first), (late, second)], console)
+
+
+def _show(found: dict[str, ResultEvent], table: EventTable) -> dict[str, ResultEvent]:
+    for event in sorted(found.values(), key=lambda event: event.time):
+        table.add(event)
+    return found
+
+
+def _verdict(phases: list[tuple[dict[str, str], dict[str, ResultEvent]]], console: Console) -> int:
+    misses = [
+        f"{command_id}: expected {want}, got {got.outcome.value if got else 'no event'}"
+        for expected, found in phases
+        for command_id, want in expected.items()
+        if (got := found.get(command_id)) is None or got.outcome.value != want
+    ]
+    for miss in misses:
+        console.print(f"[red]unexpected[/] {miss}")
+    if not misses:
+        console.print(
+            "\nevery command reached its expected outcome (the duplicate was not applied twice)."
+        )
+    return 1 if misses else 0

@@ -1,0 +1,134 @@
+"""Real worker processes for integration tests, and a way to know they are idle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import kombu
+import redis
+from celery import Celery
+
+from contract import Lane
+from subswitch.broker import celery_config, is_amqp
+
+READY_MARK = " ready."
+
+
+class WorkerProcess:
+    """``subswitch worker`` in a child process, with its output kept for failures."""
+
+    def __init__(self, env: Mapping[str, str], *, concurrency: int, name: str) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "subswitch",
+            "worker",
+            "-c",
+            str(concurrency),
+            "--hostname",
+            f"{name}@%h",
+            "--loglevel",
+            "INFO",
+        ]
+        self.process = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: deque[str] = deque(maxlen=400)
+        self._ready = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if READY_MARK in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the worker consumes, or fail with its output."""
+        if not self._ready.wait(timeout):
+            raise AssertionError("worker did not start:\n" + self.log())
+
+    def log(self) -> str:
+        """The worker's recent output."""
+        return "".join(self.output)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no acks, like an OOM kill or a lost machine."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextmanager
+def running_worker(
+    env: Mapping[str, str], *, concurrency: int = 8, name: str = "w1"
+) -> Iterator[WorkerProcess]:
+    """A started worker, stopped on exit."""
+    worker = WorkerProcess(env, concurrency=concurrency, name=name)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def queued_messages(broker_url: str, store_url: str) -> int:
+    """Messages waiting in the lane queues (ready, not yet delivered)."""
+    if not is_amqp(broker_url):
+        client = redis.Redis.from_url(store_url if broker_url == store_url else broker_url)
+        return sum(int(client.llen(lane.queue)) for lane in Lane)
+    with kombu.Connection(broker_url) as connection:
+        channel = connection.default_channel
+        return sum(channel.queue_declare(lane.queue, passive=True).message_count for lane in Lane)
+
+
+def busy_tasks(broker_url: str) -> int:
+    """Tasks the workers hold: running, reserved or waiting for a retry delay."""
+    app = Celery("probe", set_as_current=False)
+    app.conf.update(celery_config(broker_url=broker_url, visibility_timeout=300))
+    inspect = app.control.inspect(timeout=1.0)
+    total = 0
+    for probe in (inspect.active, inspect.reserved, inspect.scheduled):
+        replies = probe() or {}
+        total += sum(len(tasks) for tasks in replies.values())
+    app.close()
+    return total
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)  # poll interval, bounded by the deadline
+
+
+def wait_idle(broker_url: str, store_url: str, *, timeout: float = 60.0) -> None:
+    """Wait until no command is queued or held by a worker (twice in a row)."""
+
+    def idle() -> bool:
+        return queued_messages(broker_url, store_url) == 0 and busy_tasks(broker_url) == 0
+
+    wait_until(lambda: idle() and idle(), timeout=timeout, what="the workers to be idle")
