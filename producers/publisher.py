@@ -8,6 +8,7 @@ from typing import Any, Final, Protocol
 from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu.exceptions import KombuError
+from kombu.pools import ProducerPool
 from redis.exceptions import RedisError
 
 from contract import APPLY_TASK, parse_command
@@ -48,10 +49,12 @@ def resolve_broker_url(settings: Settings) -> str:
 class CeleryPublisher:
     """Sends each command as a ``subswitch.apply`` Celery task on its lane's queue.
 
-    One minimal Celery app per publisher: its producer pool keeps the broker connection
-    open across sends. The lane queue is declared (once per connection) with the same
-    arguments the worker uses, so a command sent before any worker ever ran is kept.
-    On RabbitMQ ``publish`` returns only after the broker confirmed the message.
+    One minimal Celery app per publisher, and a connection and producer pool of its
+    own: connections stay open across sends and close with ``close()``. (Celery's
+    ``app.pool`` is shared process-wide by broker URL and survives ``app.close()``, along
+    with its memory of which queues it declared.) The lane queue is declared, once per
+    connection, with the worker's own arguments, so a command sent before any worker
+    ever ran is kept. On RabbitMQ ``publish`` returns once the broker confirmed it.
     """
 
     def __init__(
@@ -66,6 +69,10 @@ class CeleryPublisher:
                 queue_type=queue_type,
             )
         )
+        self._connections = self._app.connection_for_write().Pool(
+            limit=self._app.conf.broker_pool_limit
+        )
+        self._producers = ProducerPool(self._connections)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CeleryPublisher:
@@ -78,8 +85,13 @@ class CeleryPublisher:
 
     @property
     def app(self) -> Celery:
-        """The Celery app whose producer pool carries the messages."""
+        """The Celery app that builds the task messages."""
         return self._app
+
+    @property
+    def producer_pool(self) -> ProducerPool:
+        """The pool of producers (and their connections) the messages go through."""
+        return self._producers
 
     def publish(self, command: AnyCommand) -> None:
         """Send ``command``; the Celery task id is its ``command_id``.
@@ -91,19 +103,22 @@ class CeleryPublisher:
         # declaration (subswitch.broker.lane_queue); Celery declares it once per connection.
         queue = command.lane.queue
         try:
-            self._app.send_task(
-                APPLY_TASK,
-                args=[command.model_dump(mode="json")],
-                task_id=command.command_id,
-                queue=queue,
-                retry=True,
-                retry_policy=RETRY_POLICY,
-            )
+            with self._producers.acquire(block=True) as producer:
+                self._app.send_task(
+                    APPLY_TASK,
+                    args=[command.model_dump(mode="json")],
+                    task_id=command.command_id,
+                    queue=queue,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=RETRY_POLICY,
+                )
         except BROKER_FAILURES as exc:
             raise PublishError(self._describe_failure(command, queue, exc)) from exc
 
     def close(self) -> None:
-        """Close the pooled broker connections."""
+        """Close the pooled broker connections (those lent to pooled producers too)."""
+        self._connections.force_close_all()
         self._app.close()
 
     def __repr__(self) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from contract import EventError, Outcome, ResultEvent
@@ -17,16 +16,17 @@ OUTCOME_STYLES = {
     Outcome.REJECTED: "red",
     Outcome.EXPIRED: "yellow",
 }
+#: Fixed-width columns, so rows printed one at a time line up; the rest follows.
 _COLUMNS = (
-    ("time", 23),
-    ("outcome", 10),
-    ("command_id", 36),
-    ("type", 19),
-    ("subject", 40),
-    ("http", 4),
-    ("tries", 5),
-    ("error", 20),
+    ("TIME", 24),
+    ("OUTCOME", 10),
+    ("HTTP", 4),
+    ("TRIES", 5),
+    ("COMMAND_ID", 36),
+    ("TYPE", 19),
 )
+_TAIL = ("SUBJECT", "ERROR")
+_GAP = "  "
 
 
 def describe_error(error: EventError | None) -> str:
@@ -60,32 +60,49 @@ def json_line(event: ResultEvent) -> str:
 
 
 class EventTable:
-    """Prints one aligned table row per event, with a header above the first."""
+    """Prints one aligned row per event as it arrives, under a header.
+
+    Rows are never wrapped nor cropped (soft wrap): one event, one line, whole.
+    """
 
     def __init__(self, console: Console) -> None:
         self._console = console
         self._header_shown = False
 
     def add(self, event: ResultEvent) -> None:
-        """Print ``event`` as a row."""
-        table = Table(box=None, show_header=not self._header_shown, pad_edge=False)
-        for name, width in _COLUMNS:
-            table.add_column(name.upper(), min_width=width, no_wrap=True, overflow="ellipsis")
-        table.add_row(*_cells(event))
-        self._console.print(table)
-        self._header_shown = True
+        """Print ``event`` as a row (and the header before the first)."""
+        if not self._header_shown:
+            header = [name for name, _ in _COLUMNS] + list(_TAIL)
+            self._print(_row([Text(name, style="bold") for name in header]))
+            self._header_shown = True
+        self._print(_row(_cells(event)))
+
+    def _print(self, line: Text) -> None:
+        self._console.print(line, soft_wrap=True)
 
 
-def _cells(event: ResultEvent) -> list[str | Text]:
+def _row(cells: list[Text]) -> Text:
+    line = Text()
+    for index, cell in enumerate(cells):
+        padded = cell.copy()
+        if index < len(_COLUMNS):
+            padded.pad_right(max(0, _COLUMNS[index][1] - cell.cell_len))
+        line.append_text(padded)
+        line.append(_GAP)
+    line.rstrip()
+    return line
+
+
+def _cells(event: ResultEvent) -> list[Text]:
     data = event.data
     moment = event.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
     return [
-        moment,
+        Text(moment),
         Text(data.outcome.value, style=OUTCOME_STYLES[data.outcome]),
-        data.command_id or "?",
-        data.command_type or "?",
-        event.subject,
-        "" if data.upstream_status is None else str(data.upstream_status),
-        str(data.attempts),
-        describe_error(data.error),
+        Text("-" if data.upstream_status is None else str(data.upstream_status)),
+        Text(str(data.attempts)),
+        Text(data.command_id or "?"),
+        Text(data.command_type or "?"),
+        Text(event.subject),
+        Text(describe_error(data.error), style="red"),
     ]

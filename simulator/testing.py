@@ -122,11 +122,12 @@ class AdminClient:
 
 @dataclass(frozen=True)
 class SimulatorHandle:
-    """A running simulator: its URLs, an admin client and (in-process only) the app."""
+    """A running simulator: its URLs, an admin client, and the app (in-process) or pid."""
 
     root_url: str
     admin: AdminClient
     app: Starlette | None = None
+    pid: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -147,18 +148,22 @@ def running_simulator(
     startup_timeout: float = 10.0,
     log_level: str = "warning",
 ) -> Iterator[SimulatorHandle]:
-    """Serve a simulator on a free loopback port in a background thread."""
+    """Serve a simulator on a free loopback port in a background thread.
+
+    The thread is named ``simulator <root URL>``; it has ended when the block exits.
+    """
     app = create_app(config or SimulatorConfig(), clock=clock)
     sock = bind_socket("127.0.0.1", 0)
+    url = socket_url(sock)
     server = uvicorn.Server(uvicorn_config(app, log_level=log_level, graceful_shutdown_s=1))
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="simulator", daemon=True
+        target=server.run, kwargs={"sockets": [sock]}, name=f"simulator {url}", daemon=True
     )
     thread.start()
     try:
         _await_startup(server, thread, startup_timeout)
-        with AdminClient(socket_url(sock)) as admin:
-            yield SimulatorHandle(socket_url(sock), admin, app)
+        with AdminClient(url) as admin:
+            yield SimulatorHandle(url, admin, app)
     finally:
         server.should_exit = True
         thread.join(timeout=startup_timeout)
@@ -222,7 +227,7 @@ def spawned_simulator(
     try:
         url = _OutputPump(process.stdout).await_url(startup_timeout)
         with AdminClient(url) as admin:
-            yield SimulatorHandle(url, admin)
+            yield SimulatorHandle(url, admin, pid=process.pid)
     finally:
         _stop(process)
 

@@ -82,10 +82,16 @@ class WorkerProcess:
 
 @contextmanager
 def running_worker(
-    env: Mapping[str, str], *, concurrency: int = 8, name: str = "w1"
+    env: Mapping[str, str],
+    *,
+    concurrency: int = 8,
+    name: str = "w1",
+    started: list[WorkerProcess] | None = None,
 ) -> Iterator[WorkerProcess]:
-    """A started worker, stopped on exit."""
+    """A started worker, stopped on exit (and added to ``started``, for its logs)."""
     worker = WorkerProcess(env, concurrency=concurrency, name=name)
+    if started is not None:
+        started.append(worker)
     try:
         worker.wait_ready()
         yield worker

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
-import logging
 import re
 from collections.abc import Iterator
 from datetime import UTC
@@ -30,8 +29,6 @@ import httpx
 import pydantic
 
 from worker.upstream.models import ErrorMessage
-
-logger = logging.getLogger(__name__)
 
 #: Statuses that say the request was refused before being processed, yet may pass later.
 _REFUSED_FOR_NOW: Final = frozenset({408, 429, 503})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,8 @@ class ClientFactory:
 
 
 @pytest.fixture
-def make_client() -> Iterator[ClientFactory]:
-    yield ClientFactory()
+def make_client() -> ClientFactory:
+    return ClientFactory()
 
 
 @dataclass(frozen=True)

@@ -148,10 +148,10 @@ def test_non_changeable_service_is_400_with_error_message_fields(
 
 def test_wrong_static_token_is_an_authentication_error(sim: SimulatorHandle) -> None:
     # Given a client with a token the simulator does not know
-    with MasStackClient(base_url=sim.base_url, auth=StaticToken(SecretStr("wrong"))) as client:
-        # When it writes / Then it gets a permanent auth error and nothing is applied
-        with pytest.raises(AuthenticationError) as caught:
-            client.change_block_status("telco", 7, 1, active=True, idempotency_key="k")
+    client = MasStackClient(base_url=sim.base_url, auth=StaticToken(SecretStr("wrong")))
+    # When it writes / Then it gets a permanent auth error and nothing is applied
+    with client, pytest.raises(AuthenticationError) as caught:
+        client.change_block_status("telco", 7, 1, active=True, idempotency_key="k")
     assert caught.value.status == 401
     assert sim.admin.stats()["writes_applied"] == 0
 

@@ -227,7 +227,7 @@ def test_default_timeouts_and_pool_limits() -> None:
     # Then its timeouts are the documented defaults and the pool fits 64 threads
     http = client._http
     assert http.timeout == httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0)
-    assert DEFAULT_TIMEOUT == http.timeout
+    assert http.timeout == DEFAULT_TIMEOUT
     pool = http._transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 100
     assert pool._max_keepalive_connections == 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ def test_bad_org_ids_are_refused(
     # Given a client
     client, recorder = client_and_recorder
     # When any call gets an org id that is not one safe path segment
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: client.change_block_status(org_id, 7, 1, active=True, idempotency_key="k"),
         lambda: client.change_service_status(org_id, 7, 1, active=True, idempotency_key="k"),
         lambda: client.list_blocks(org_id, 7),
@@ -68,12 +69,13 @@ def test_bad_subscription_ids_are_refused(
     # Given a client
     client, recorder = client_and_recorder
     # When a write and a read get a subscription id outside 1..2^63-1 or not an int
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: client.change_block_status(
             "telco", subscription_id, 1, active=True, idempotency_key="k"
         ),
         lambda: client.list_services("telco", subscription_id),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(InvalidRequestError) as caught:
             call()
         # Then it is refused before sending
@@ -110,10 +112,11 @@ def test_bad_idempotency_keys_are_refused(
 ) -> None:
     client, recorder = client_and_recorder
     # When writes get an idempotency key outside 1-128 chars of [A-Za-z0-9._:-]
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: client.change_block_status("telco", 7, 1, active=True, idempotency_key=key),
         lambda: client.change_service_status("telco", 7, 1, active=True, idempotency_key=key),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(InvalidRequestError) as caught:
             call()
         # Then they are refused before sending
@@ -177,10 +180,11 @@ def test_non_bool_active_is_refused(
     client_and_recorder: tuple[MasStackClient, Recorder], active: Any
 ) -> None:
     client, recorder = client_and_recorder
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: client.change_block_status("telco", 7, 1, active=active, idempotency_key="k"),
         lambda: client.change_service_status("telco", 7, 1, active=active, idempotency_key="k"),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(InvalidRequestError) as caught:
             call()
         assert_refused_before_sending(recorder, caught, "active")

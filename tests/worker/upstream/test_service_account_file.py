@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.worker.upstream.conftest import RsaKey
 from worker.upstream import ConfigurationError, ServiceAccount
@@ -99,9 +101,6 @@ def test_invalid_private_key(tmp_path: Path, key: str) -> None:
 
 def test_non_rsa_key_is_refused(tmp_path: Path) -> None:
     # Given an EC key where RSA is required (RS256)
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     pem = (
         ec.generate_private_key(ec.SECP256R1())
         .private_bytes(

@@ -233,7 +233,11 @@ def gate_answer_on_all_threads_checking(
                 all_checked.set()
 
     clock.on_call = note_reader
-    endpoint.before_answer = lambda: all_checked.wait(timeout=10) or None
+
+    def hold_answer() -> None:
+        all_checked.wait(timeout=10)
+
+    endpoint.before_answer = hold_answer
     return all_checked
 
 

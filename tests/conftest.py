@@ -1,0 +1,175 @@
+"""Shared fixtures: the real brokers integration tests run against.
+
+- ``redis_url`` (session): ``redis://127.0.0.1:6379/15`` once Redis answers a PING.
+- ``clean_redis_url``: the same, DB 15 flushed, held for this test alone (see below).
+- ``amqp_url`` (session): ``amqp://guest:guest@127.0.0.1:5672//`` once RabbitMQ accepts
+  a connection.
+- ``clean_amqp_url``: the same, subswitch queues deleted, held for this test alone.
+- ``broker_url``: ``clean_redis_url`` then ``clean_amqp_url`` (ids ``redis``, ``rabbitmq``).
+
+A broker that does not answer skips the test locally and fails it when ``CI=true``.
+
+The queue names are fixed by the contract, so two test sessions on one broker (two
+checkouts, two engineers) would consume and purge each other's messages. The ``clean_*``
+fixtures therefore hold a per-broker lock for the duration of the test: a lock key in
+the Redis test DB, an exclusive queue on RabbitMQ (released by the broker if the
+process dies). Start workers and consumers inside the test or in fixtures that depend
+on these, so they are gone before the lock is released. To run without waiting on
+other sessions, give yours its own namespace: ``SUBSWITCH_TEST_REDIS_DB`` (default 15),
+``SUBSWITCH_TEST_AMQP_VHOST`` (default ``/``; it must exist and allow guest).
+
+Tests using any of these fixtures are marked ``integration`` automatically (marking
+them explicitly too is fine), so ``pytest -m "not integration"`` needs no broker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Final, NoReturn
+from urllib.parse import quote
+
+import amqp.exceptions
+import pytest
+import redis
+from kombu import Connection
+from kombu.exceptions import KombuError
+
+from contract import DEAD_LETTER_QUEUE, Lane
+from subswitch.broker import is_amqp
+
+REDIS_HOST: Final = "127.0.0.1"
+REDIS_PORT: Final = 6379
+#: A DB of its own, flushed per test, so tests never touch a developer's data in DB 0.
+REDIS_TEST_DB: Final = int(os.environ.get("SUBSWITCH_TEST_REDIS_DB", "15"))
+REDIS_URL: Final = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
+AMQP_VHOST: Final = os.environ.get("SUBSWITCH_TEST_AMQP_VHOST", "/")
+AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/" + (
+    "/" if AMQP_VHOST == "/" else quote(AMQP_VHOST, safe="")
+)
+SUBSWITCH_QUEUES: Final = (*(lane.queue for lane in Lane), DEAD_LETTER_QUEUE)
+BROKER_FIXTURES: Final = frozenset(
+    {"redis_url", "clean_redis_url", "amqp_url", "clean_amqp_url", "broker_url"}
+)
+LOCK_NAME: Final = "subswitch.test-lock"
+#: Longer than any test may run (pytest timeout 120 s): a crashed holder's lock expires.
+LOCK_TTL_MS: Final = 300_000
+LOCK_WAIT_S: Final = 300.0
+_LOCK_POLL_S: Final = 0.05
+_RELEASE_IF_OURS: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def broker_unavailable(message: str) -> NoReturn:
+    """Skip the test, or fail it on CI (``CI=true``), where brokers must be up."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def purge_subswitch_queues(url: str) -> None:
+    """Leave no message in ``subswitch.urgent/normal/bulk/dead`` on the broker at ``url``.
+
+    On RabbitMQ the queues are deleted, so the next declaration starts afresh whatever
+    arguments an earlier run used (and a test can observe "no queue yet"); on Redis
+    they are emptied (a list without messages does not exist anyway).
+    """
+    with Connection(url, connect_timeout=2) as connection:
+        channel = connection.default_channel
+        for name in SUBSWITCH_QUEUES:
+            if is_amqp(url):
+                channel.queue_delete(name)
+            else:
+                channel.queue_purge(name)
+
+
+def _wait_for_lock(acquire: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not acquire():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} stayed locked by another test session for {LOCK_WAIT_S} s")
+        time.sleep(_LOCK_POLL_S)  # polling a lock another process holds
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the Redis test DB (not flushed, not locked: see ``clean_redis_url``)."""
+    client = redis.Redis(
+        host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB, socket_connect_timeout=1,
+        socket_timeout=1,
+    )  # fmt: skip
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        broker_unavailable(
+            f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT}: start it to run integration tests"
+        )
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def clean_redis_url(redis_url: str) -> Iterator[str]:
+    """``redis_url``, flushed, used by this test alone until it ends."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    token = uuid.uuid4().hex
+    _wait_for_lock(
+        lambda: client.set(LOCK_NAME, token, nx=True, px=LOCK_TTL_MS), f"Redis {redis_url}"
+    )
+    try:
+        with client.pipeline(transaction=True) as pipe:  # the flush keeps our lock
+            pipe.flushdb().set(LOCK_NAME, token, px=LOCK_TTL_MS).execute()
+        yield redis_url
+    finally:
+        client.eval(_RELEASE_IF_OURS, 1, LOCK_NAME, token)
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """URL of the RabbitMQ test vhost (not purged, not locked: see ``clean_amqp_url``)."""
+    try:
+        with Connection(AMQP_URL, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1)
+    except (KombuError, OSError):
+        broker_unavailable(
+            "RabbitMQ not reachable at 127.0.0.1:5672: start it to run integration tests"
+        )
+    return AMQP_URL
+
+
+@pytest.fixture
+def clean_amqp_url(amqp_url: str) -> Iterator[str]:
+    """``amqp_url`` with the subswitch queues deleted, used by this test alone."""
+    with Connection(amqp_url, connect_timeout=2) as connection:
+
+        def acquire() -> bool:
+            try:  # only one connection at a time may hold an exclusive queue
+                connection.channel().queue_declare(LOCK_NAME, exclusive=True)
+            except amqp.exceptions.ResourceLocked:
+                return False
+            return True
+
+        _wait_for_lock(acquire, f"RabbitMQ vhost {AMQP_VHOST!r}")
+        purge_subswitch_queues(amqp_url)
+        yield amqp_url  # closing the connection releases the lock
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each broker in turn, clean and locked for this test."""
+    fixture = "clean_redis_url" if request.param == "redis" else "clean_amqp_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a broker fixture as ``integration``."""
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
