@@ -57,7 +57,7 @@ _SEND_EPILOG: Final = (
     "3 broker unreachable."
 )
 _EVENTS_EPILOG: Final = (
-    "Exit status: 0 done (--count reached, --timeout over, or interrupted); "
+    "Exit status: 0 done (--count reached or --timeout over); 130 interrupted; "
     "2 --timeout over before --count events; 3 broker unreachable."
 )
 

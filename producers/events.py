@@ -119,6 +119,8 @@ class EventStream:
     def iter(self, *, timeout: float | None = None) -> Iterator[ResultEvent]:
         """Yield events as they arrive, until ``timeout`` seconds have passed (or forever).
 
+        On Redis the end may come up to a second late: the transport polls each second.
+
         Raises:
             BrokerError: the connection to the broker was lost.
         """

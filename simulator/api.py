@@ -105,14 +105,15 @@ class V2Api:
     # writes
 
     async def _write(self, request: Request, kind: Kind) -> Response:
+        # Logged and counted in flight from arrival, before the body is even read.
         sim = self._sim
         now = sim.clock()
-        body = await read_body(request.receive)
-        record = _record(request, kind, now, body)
+        record = _record(request, kind, now)
         sim.journal.append(record)
         target = f"{record.org_id}/{record.subscription_id}/{kind}/{record.item_id}"
         sim.stats.write_started(target, now)
         try:
+            record.body = await read_body(request.receive)
             return await self._answer_write(request, record)
         finally:
             sim.stats.write_finished(target)
@@ -264,7 +265,7 @@ async def _client_left_within(receive: Receive, seconds: float) -> bool:
     return True
 
 
-def _record(request: Request, kind: Kind, now: float, body: bytes) -> WriteRecord:
+def _record(request: Request, kind: Kind, now: float) -> WriteRecord:
     params = request.path_params
     headers = request.headers
     target = (
@@ -279,5 +280,5 @@ def _record(request: Request, kind: Kind, now: float, body: bytes) -> WriteRecor
         headers.get("x-auth-roles"),
     )
     return WriteRecord(
-        now, request.method, request.scope["path"], target=target, body=body, headers=extras
+        now, request.method, request.scope["path"], target=target, body=b"", headers=extras
     )

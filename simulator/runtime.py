@@ -52,7 +52,10 @@ class Simulator:
         )
 
     def reset(self, *, faults: bool = False) -> None:
-        """Seed state again, empty log and stats; with ``faults``, no faults either."""
+        """Seed state again, empty log and stats, fault stream restarted from its seed.
+
+        With ``faults``, the faults are cleared too.
+        """
         self.store.clear()
         self.journal.clear()
         self.stats.reset(self.clock())

@@ -181,18 +181,24 @@ def _await_startup(server: uvicorn.Server, thread: threading.Thread, timeout: fl
 
 
 class _OutputPump:
-    """Reads a child's output: lines go to a queue, and the last ones are kept."""
+    """Drains a child's output so it never blocks on a full pipe.
+
+    Lines go to a queue until the announcement is seen; the last lines are kept for
+    error messages either way.
+    """
 
     def __init__(self, stream: Any) -> None:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.tail: deque[str] = deque(maxlen=200)
+        self._announced = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         self._thread.start()
 
     def _pump(self, stream: Any) -> None:
         for line in stream:
             self.tail.append(line)
-            self.lines.put(line)
+            if not self._announced.is_set():
+                self.lines.put(line)
         self.lines.put(None)
 
     def await_url(self, timeout: float) -> str:
@@ -206,6 +212,7 @@ class _OutputPump:
             if line is None:
                 raise RuntimeError("simulator exited:\n" + "".join(self.tail))
             if line.startswith(ANNOUNCEMENT):
+                self._announced.set()
                 return line[len(ANNOUNCEMENT) :].strip()
 
 

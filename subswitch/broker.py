@@ -79,6 +79,11 @@ def celery_config(
             # Redis: an unacked message is handed to another worker after this many
             # seconds. Every retry delay and task time limit stays well below it.
             "visibility_timeout": visibility_timeout,
+            # ...and kombu looks for such messages only every interval x throttle
+            # seconds (100 s by default): look often enough that a killed worker's
+            # commands come back soon after the window closes.
+            "unacked_restore_interval": max(1, min(10, visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
             # RabbitMQ: wait for the broker's confirm, so a publish that returns was
             # accepted (a memory or disk alarm otherwise loses it silently, #5410).
             "confirm_publish": True,

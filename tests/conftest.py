@@ -36,6 +36,8 @@ import pytest
 import redis
 from kombu import Connection
 from kombu.exceptions import KombuError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from contract import DEAD_LETTER_QUEUE, Lane
 from subswitch.broker import is_amqp
@@ -100,7 +102,7 @@ def redis_url() -> str:
     """URL of the Redis test DB (not flushed, not locked: see ``clean_redis_url``)."""
     client = redis.Redis(
         host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB, socket_connect_timeout=1,
-        socket_timeout=1,
+        socket_timeout=1, retry=Retry(NoBackoff(), 0),
     )  # fmt: skip
     try:
         client.ping()
@@ -135,7 +137,7 @@ def amqp_url() -> str:
     """URL of the RabbitMQ test vhost (not purged, not locked: see ``clean_amqp_url``)."""
     try:
         with Connection(AMQP_URL, connect_timeout=2) as connection:
-            connection.ensure_connection(max_retries=1)
+            connection.ensure_connection(max_retries=1, interval_start=0)
     except (KombuError, OSError):
         broker_unavailable(
             "RabbitMQ not reachable at 127.0.0.1:5672: start it to run integration tests"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -34,6 +35,8 @@ def worker(
 ) -> None:
     """Run a worker (Celery, threads pool) that applies commands upstream."""
     queues = ",".join(lane.queue for lane in parse_lanes(lanes))
+    # One INFO line per HTTP request drowns the worker's own log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(Settings())
     argv = [
         "worker",

@@ -12,7 +12,8 @@ SUB = "/v2/orgs/telco/subscriptions/7"
 
 def _write(client: TestClient, path: str, body: dict[str, object], key: str | None = None) -> int:
     headers = AUTH | ({"Idempotency-Key": key} if key else {})
-    return client.patch(f"{SUB}/{path}", json=body, headers=headers).status_code
+    status: int = client.patch(f"{SUB}/{path}", json=body, headers=headers).status_code
+    return status
 
 
 def test_health(client: TestClient) -> None:

@@ -180,7 +180,9 @@ def test_unknown_paths_are_404_error_messages(client: TestClient) -> None:
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "dev-token"},
      {"Authorization": "Basic ZGV2LXRva2Vu"}],
 )  # fmt: skip
-@pytest.mark.parametrize(("method", "path"), [("GET", f"{SUB}/blocks"), ("PATCH", f"{SUB}/blocks/1")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", f"{SUB}/blocks"), ("PATCH", f"{SUB}/blocks/1")]
+)
 def test_requests_without_a_valid_token_are_401(
     client: TestClient, headers: dict[str, str], method: str, path: str
 ) -> None:
@@ -212,7 +214,11 @@ def test_no_auth_accepts_requests_without_token(make_client: ClientFactory) -> N
 
 def test_write_log_records_headers(client: TestClient) -> None:
     # When a write carries an idempotency key, a request id and roles
-    headers = AUTH | {"Idempotency-Key": "cmd-1", "X-Request-ID": "req-9", "x-auth-roles": "API_KEY"}
+    headers = AUTH | {
+        "Idempotency-Key": "cmd-1",
+        "X-Request-ID": "req-9",
+        "x-auth-roles": "API_KEY",
+    }
     client.patch(f"{SUB}/blocks/2", json={"active": True, "reason": "perdido"}, headers=headers)
     # Then the write log keeps them with the outcome
     (write,) = client.get("/admin/writes").json()["writes"]
@@ -236,6 +242,4 @@ def test_large_subscription_counts_without_materialising(make_client: ClientFact
     # Then the last exists, the next does not, and only the written target is stored
     assert (listed.status_code, written.status_code, beyond.status_code) == (200, 201, 404)
     targets = client.get("/admin/state").json()["targets"]
-    assert [(t["subscription_id"], t["kind"], t["id"]) for t in targets] == [
-        (10**12, "service", 3)
-    ]
+    assert [(t["subscription_id"], t["kind"], t["id"]) for t in targets] == [(10**12, "service", 3)]

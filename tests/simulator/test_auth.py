@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,16 @@ def test_issued_token_works_until_it_expires(account_file: Path, clock: FakeCloc
 def test_revoking_invalidates_issued_tokens_only(account_file: Path, clock: FakeClock) -> None:
     # Given an issued token in use
     auth = _authenticator(account_file, clock)
-    old = f"Bearer {auth.grant(token_form(make_assertion(account_file, now=START)))['access_token']}"
+    old = (
+        f"Bearer {auth.grant(token_form(make_assertion(account_file, now=START)))['access_token']}"
+    )
     assert auth.authorized(old)
     # When every issued token is revoked
     auth.revoke_all()
     # Then the old token fails, static tokens and newly issued ones work
-    new = f"Bearer {auth.grant(token_form(make_assertion(account_file, now=START)))['access_token']}"
+    new = (
+        f"Bearer {auth.grant(token_form(make_assertion(account_file, now=START)))['access_token']}"
+    )
     assert auth.authorized(old) is False
     assert auth.authorized("Bearer dev-token") is True
     assert auth.authorized(new) is True
@@ -109,14 +114,15 @@ def test_bad_assertions_are_invalid_grants(
 ) -> None:
     # Given an assertion that is broken in one way
     trusted_kid = load_trusted_account(account_file).key_id
-    assertion = {
+    makers: dict[str, Callable[[], str]] = {
         "not-a-jwt": lambda: "abc.def",
         "unknown-kid": lambda: make_assertion(other_account_file, now=START),
         "wrong-key": lambda: make_assertion(other_account_file, kid=trusted_kid, now=START),
         "expired": lambda: make_assertion(account_file, now=START - 600),
         "no-iss": lambda: make_assertion(account_file, now=START, iss=None),
         "no-exp": lambda: make_assertion(account_file, now=START, exp=None),
-    }[case]()
+    }
+    assertion = makers[case]()
     # When it is presented
     refusal = _refusal(_authenticator(account_file, clock), token_form(assertion))
     # Then it is an invalid grant, and the description never quotes a key

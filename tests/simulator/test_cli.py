@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from simulator import cli
 from simulator.config import Faults, SimulatorConfig
+from subswitch.cli import app as subswitch_app
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200", "NO_COLOR": "1"}
@@ -58,10 +59,8 @@ def test_help_lists_every_fault_and_server_option() -> None:
 
 def test_subswitch_has_the_simulator_command() -> None:
     # Given the assembled subswitch CLI
-    from subswitch.cli import app
-
     # When its simulator help is shown
-    result = runner.invoke(app, ["simulator", "--help"], env=WIDE)
+    result = runner.invoke(subswitch_app, ["simulator", "--help"], env=WIDE)
     # Then the fault options are there
     assert result.exit_code == 0
     assert "--p-lost-response" in result.output

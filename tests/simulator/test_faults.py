@@ -244,14 +244,12 @@ def test_latency_delays_reads_and_writes(sim: SimulatorHandle) -> None:
 def test_seed_makes_faults_reproducible() -> None:
     # Given two simulators with the same seed and 50% 500s
     config = SimulatorConfig(seed=5, faults=Faults(p_500=0.5))
-    outcomes = []
+    outcomes: list[list[int]] = []
     for _ in range(2):
         with running_simulator(config) as sim, httpx.Client(base_url=sim.base_url) as client:
             # When each gets the same 20 writes
-            outcomes.append(
-                [client.patch(BLOCK, json={"active": True}, headers=AUTH).status_code
-                 for _ in range(20)]  # fmt: skip
-            )
+            answers = [client.patch(BLOCK, json={"active": True}, headers=AUTH) for _ in range(20)]
+            outcomes.append([answer.status_code for answer in answers])
     # Then they fail at the same places, and both outcomes occur
     assert outcomes[0] == outcomes[1]
     assert set(outcomes[0]) == {201, 500}

@@ -10,7 +10,6 @@ import pytest
 from starlette.testclient import TestClient
 
 from simulator.testing import SimulatorHandle
-
 from tests.simulator.helpers import START, ClientFactory, FakeClock, make_assertion, token_form
 
 BLOCKS = "/v2/orgs/telco/subscriptions/7/blocks"
