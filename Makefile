@@ -38,9 +38,9 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m subswitch.schemas docs
 
-## bench: every benchmark; results under bench/results/
+## bench: the benchmarks; results under bench/results/
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python bench/simulator_bench.py
 
 simulator: $(STAMP)
 	$(BIN)/subswitch simulator

@@ -2,14 +2,22 @@
 
 Run: ``python bench/simulator_bench.py [--seconds 10] [--connections 64] [--processes 3]``
 
-The simulator runs as its own process (``python -m simulator``) on a loopback port; the
-load comes from separate client processes, each running httpx AsyncClients on uvloop,
-all starting at the same instant. Every write goes to its own target with a bearer
-token, an Idempotency-Key and a JSON body, as the worker sends them. The run is bounded
-in time and in number of writes. Writes/s is reported as the clients saw it and as the
-simulator counted it (``/admin/stats``), with the simulator's CPU time per write (Linux)
-to show its headroom: on a small machine the httpx clients, not the simulator, are the
-limit. The table goes to ``bench/results/simulator.md`` and to standard output.
+The simulator runs as its own process (``python -m simulator``) on a loopback port. The
+load comes from separate client processes that all start at the same instant; every
+write goes to its own target with a bearer token, an Idempotency-Key and a JSON body,
+as the worker sends them. Each run is bounded in time and in number of writes.
+
+Two phases, one after the other, against the same simulator:
+
+- ``httpx``: httpx AsyncClients on uvloop, as the worker talks to the upstream.
+- ``raw``: a minimal keep-alive HTTP/1.1 client on asyncio streams, the same requests
+  at a fraction of the client CPU. On a small machine the clients and the simulator
+  share the cores and httpx's client-side cost is the limit; this phase shows what
+  the simulator itself sustains.
+
+For each phase: writes/s as the clients saw it and as the simulator counted it
+(``/admin/stats``), latency, and the simulator's CPU time per write (Linux). The table
+goes to ``bench/results/simulator.md`` and to standard output.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import multiprocessing
 import os
 import platform
@@ -27,15 +36,16 @@ import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
+from simulator.testing import SimulatorHandle, spawned_simulator
+
 try:
     import uvloop
-except ImportError:  # the simulator runs without it too, only slower
+except ImportError:  # the bench runs without it too, only slower
     uvloop = None
-
-from simulator.testing import SimulatorHandle, spawned_simulator
 
 TOKEN = "bench-token"  # a throwaway token of the simulator this script starts
 SUBSCRIPTIONS = 1_000_000
@@ -43,6 +53,20 @@ RESULTS = Path(__file__).resolve().parent / "results" / "simulator.md"
 TARGET_WRITES_PER_S = 2000
 POOL_SIZE = 4  # connections per httpx.AsyncClient
 START_DELAY_S = 3.0  # time for every client process to import and get ready
+PHASES = ("httpx", "raw")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One client process's share of the load."""
+
+    kind: str
+    base_url: str
+    connections: int
+    seconds: float
+    budget: int
+    lane: int
+    start_at: float
 
 
 @dataclass(frozen=True)
@@ -56,15 +80,44 @@ class ClientResult:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One client process's share of the load."""
+class Phase:
+    """One phase: its clients' results and what the simulator saw."""
 
-    base_url: str
-    connections: int
-    seconds: float
-    budget: int
-    lane: int
-    start_at: float
+    kind: str
+    results: list[ClientResult]
+    stats: dict[str, object]
+    server_cpu_s: float | None
+
+
+class _Progress:
+    """Shared by the writers of one process: one event loop, so no locks."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.issued = 0
+        self.ok = 0
+        self.failed = 0
+        self.latencies_ms: list[float] = []
+        self.started = time.perf_counter()
+
+    def take(self) -> int | None:
+        if self.issued >= self.plan.budget:
+            return None
+        self.issued += 1
+        return self.issued - 1
+
+    def target(self, n: int) -> tuple[str, bytes]:
+        """The path (under /v2) and JSON body of write ``n``."""
+        subscription = (self.plan.lane * self.plan.budget + n) % SUBSCRIPTIONS + 1
+        body = json.dumps({"active": n % 4 < 2, "reason": "bench"}).encode()
+        return f"/orgs/telco/subscriptions/{subscription}/blocks/{n % 2 + 1}", body
+
+    def done(self, began: float, ok: bool) -> None:
+        self.latencies_ms.append((time.perf_counter() - began) * 1000)
+        if ok:
+            self.ok += 1
+        else:
+            self.failed += 1
 
 
 def run_client(plan: Plan) -> ClientResult:
@@ -88,71 +141,99 @@ def _avoid_failed_import_per_request() -> None:
         sys.modules["sniffio"] = shim
 
 
-class _Progress:
-    """Shared by the writers of one process: one event loop, so no locks."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.issued = 0
-        self.ok = 0
-        self.failed = 0
-        self.latencies_ms: list[float] = []
-
-    def take(self) -> int | None:
-        if self.issued >= self.budget:
-            return None
-        self.issued += 1
-        return self.issued - 1
-
-
 async def _drive(plan: Plan) -> ClientResult:
+    progress = _Progress(plan)
+    if plan.kind == "httpx":
+        await _drive_httpx(plan, progress)
+    else:
+        await _drive_raw(plan, progress)
+    elapsed = time.perf_counter() - progress.started
+    return ClientResult(progress.ok, progress.failed, elapsed, progress.latencies_ms)
+
+
+async def _start(plan: Plan, progress: _Progress) -> float:
+    await asyncio.sleep(max(0.0, plan.start_at - time.time()))
+    progress.started = time.perf_counter()
+    return progress.started + plan.seconds
+
+
+async def _drive_httpx(plan: Plan, progress: _Progress) -> None:
     # httpcore's pool does work proportional to its size on every request, so the
     # connections are spread over several small clients rather than one big one.
     pools = max(1, plan.connections // POOL_SIZE)
     limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
-    headers = {"Authorization": f"Bearer {TOKEN}", "x-auth-roles": "API_KEY"}
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     clients = [
-        httpx.AsyncClient(base_url=plan.base_url, limits=limits, headers=headers, timeout=10)
+        httpx.AsyncClient(
+            base_url=plan.base_url, limits=limits, headers=headers, timeout=10, trust_env=False
+        )
         for _ in range(pools)
     ]
-    progress = _Progress(plan.budget)
-    await asyncio.sleep(max(0.0, plan.start_at - time.time()))
-    started = time.perf_counter()
-    deadline = started + plan.seconds
+    deadline = await _start(plan, progress)
     try:
-        await asyncio.gather(
-            *(
-                _writer(clients[n % pools], progress, deadline, plan.lane)
-                for n in range(plan.connections)
-            )
+        writers = (
+            _httpx_writer(clients[n % pools], progress, deadline) for n in range(plan.connections)
         )
+        await asyncio.gather(*writers)
     finally:
         for client in clients:
             await client.aclose()
-    elapsed = time.perf_counter() - started
-    return ClientResult(progress.ok, progress.failed, elapsed, progress.latencies_ms)
 
 
-async def _writer(
-    client: httpx.AsyncClient, progress: _Progress, deadline: float, lane: int
-) -> None:
+async def _httpx_writer(client: httpx.AsyncClient, progress: _Progress, deadline: float) -> None:
     while time.perf_counter() < deadline and (n := progress.take()) is not None:
-        subscription = (lane * progress.budget + n) % SUBSCRIPTIONS + 1
+        path, body = progress.target(n)
         began = time.perf_counter()
         try:
-            response = await client.patch(
-                f"/orgs/telco/subscriptions/{subscription}/blocks/{n % 2 + 1}",
-                json={"active": n % 4 < 2, "reason": "bench"},
-                headers={"Idempotency-Key": f"bench-{lane}-{n}"},
-            )
+            key = {"Idempotency-Key": f"bench-{progress.plan.lane}-{n}"}
+            response = await client.patch(path, content=body, headers=key)
             ok = response.status_code == 201
         except httpx.HTTPError:
             ok = False
-        progress.latencies_ms.append((time.perf_counter() - began) * 1000)
-        if ok:
-            progress.ok += 1
-        else:
-            progress.failed += 1
+        progress.done(began, ok)
+
+
+async def _drive_raw(plan: Plan, progress: _Progress) -> None:
+    url = urlsplit(plan.base_url)
+    streams = [
+        await asyncio.open_connection(url.hostname, url.port) for _ in range(plan.connections)
+    ]
+    deadline = await _start(plan, progress)
+    try:
+        await asyncio.gather(*(_raw_writer(r, w, url.path, progress, deadline) for r, w in streams))
+    finally:
+        for _, writer in streams:
+            writer.close()
+
+
+async def _raw_writer(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    prefix: str,
+    progress: _Progress,
+    deadline: float,
+) -> None:
+    while time.perf_counter() < deadline and (n := progress.take()) is not None:
+        path, body = progress.target(n)
+        head = (
+            f"PATCH {prefix}{path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nIdempotency-Key: bench-raw-{progress.plan.lane}-{n}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        began = time.perf_counter()
+        writer.write(head.encode() + body)
+        answer = await reader.readuntil(b"\r\n\r\n")
+        length = _content_length(answer)
+        if length:
+            await reader.readexactly(length)
+        progress.done(began, answer.startswith(b"HTTP/1.1 201 "))
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
@@ -162,6 +243,41 @@ def _cpu_seconds(pid: int | None) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _warm_up(sim: SimulatorHandle) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=sim.base_url, headers=headers, trust_env=False) as client:
+        for n in range(200):
+            client.patch(f"/orgs/acme/subscriptions/{n + 1}/services/3", json={"active": True})
+
+
+def _plans(args: argparse.Namespace, sim: SimulatorHandle, kind: str) -> list[Plan]:
+    start_at = time.time() + START_DELAY_S
+    share, extra = divmod(args.connections, args.processes)
+    budget = args.max_writes // args.processes
+    return [
+        Plan(kind, sim.base_url, share + (lane < extra), args.seconds, budget, lane, start_at)
+        for lane in range(args.processes)
+    ]
+
+
+def _phase(args: argparse.Namespace, sim: SimulatorHandle, kind: str) -> Phase:
+    sim.admin.reset()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
+        cpu_before = _cpu_seconds(sim.pid)
+        results = list(pool.map(run_client, _plans(args, sim, kind)))
+        cpu_after = _cpu_seconds(sim.pid)
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return Phase(kind, results, sim.admin.stats(), cpu)
+
+
+def _run(args: argparse.Namespace) -> list[Phase]:
+    options = ("--token", TOKEN, "--subscriptions", str(SUBSCRIPTIONS), "--log-level", "warning")
+    with spawned_simulator(*options) as sim:
+        _warm_up(sim)
+        return [_phase(args, sim, kind) for kind in PHASES]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -179,88 +295,61 @@ def _server_rate(stats: dict[str, object]) -> float:
     return float(statistics.median(counts)) if counts else float("nan")
 
 
-def _warm_up(sim: SimulatorHandle) -> None:
-    with httpx.Client(
-        base_url=sim.base_url, headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as client:
-        for n in range(200):
-            client.patch(f"/orgs/acme/subscriptions/{n + 1}/services/3", json={"active": True})
-    sim.admin.reset()
-
-
-def _load(args: argparse.Namespace, sim: SimulatorHandle) -> list[ClientResult]:
-    start_at = time.time() + START_DELAY_S
-    share, extra = divmod(args.connections, args.processes)
-    plans = [
-        Plan(
-            sim.base_url,
-            share + (lane < extra),
-            args.seconds,
-            args.max_writes // args.processes,
-            lane,
-            start_at,
-        )
-        for lane in range(args.processes)
-    ]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
-        return list(pool.map(run_client, plans))
-
-
-def _run(args: argparse.Namespace) -> str:
-    options = ("--token", TOKEN, "--subscriptions", str(SUBSCRIPTIONS), "--log-level", "warning")
-    with spawned_simulator(*options) as sim:
-        _warm_up(sim)
-        cpu_before = _cpu_seconds(sim.pid)
-        results = _load(args, sim)
-        cpu_after = _cpu_seconds(sim.pid)
-        stats = sim.admin.stats()
-    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
-    return _report(args, results, stats, cpu)
-
-
-def _report(
-    args: argparse.Namespace,
-    results: list[ClientResult],
-    stats: dict[str, object],
-    server_cpu_s: float | None,
-) -> str:
+def _column(phase: Phase) -> list[str]:
+    results, stats = phase.results, phase.stats
     ok = sum(r.ok for r in results)
     elapsed = max(r.elapsed_s for r in results)
     latencies = [value for r in results for value in r.latencies_ms]
     writes = stats["writes_total"]
     assert isinstance(writes, int)
-    cpu_per_write = server_cpu_s / writes * 1e6 if server_cpu_s and writes else float("nan")
-    p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
-    rows = [
-        (
-            "client processes x connections",
-            f"{args.processes} x {args.connections // args.processes}",
-        ),
-        ("duration (s)", f"{elapsed:.1f}"),
-        ("writes answered 201 / failed", f"{ok} / {sum(r.failed for r in results)}"),
-        ("**writes/s at the client**", f"**{ok / elapsed:,.0f}**"),
-        ("writes/s at the simulator (median full second)", f"{_server_rate(stats):,.0f}"),
-        ("max writes in one second (simulator)", f"{stats['max_writes_in_any_second']}"),
-        ("writes applied (simulator)", f"{stats['writes_applied']}"),
-        ("latency p50 / p99 (ms)", f"{p50:.1f} / {p99:.1f}"),
-        ("simulator CPU per write (us)", f"{cpu_per_write:.0f}"),
-        ("simulator capacity at one full core (writes/s)", f"{1e6 / cpu_per_write:,.0f}"),
-        ("target", f">= {TARGET_WRITES_PER_S:,} writes/s"),
+    cpu_us = phase.server_cpu_s / writes * 1e6 if phase.server_cpu_s and writes else float("nan")
+    return [
+        f"{elapsed:.1f}",
+        f"{ok} / {sum(r.failed for r in results)}",
+        f"**{ok / elapsed:,.0f}**",
+        f"{_server_rate(stats):,.0f}",
+        f"{stats['max_writes_in_any_second']}",
+        f"{stats['writes_applied']}",
+        f"{_percentile(latencies, 0.5):.1f} / {_percentile(latencies, 0.99):.1f}",
+        f"{cpu_us:.0f}",
+        f"{1e6 / cpu_us:,.0f}",
     ]
+
+
+MEASURES = (
+    "duration (s)",
+    "writes answered 201 / failed",
+    "**writes/s at the clients**",
+    "writes/s at the simulator (median full second)",
+    "max writes in one second (simulator)",
+    "writes applied (simulator)",
+    "latency p50 / p99 (ms)",
+    "simulator CPU per write (us)",
+    "simulator ceiling at one full core (writes/s)",
+)
+
+
+def _report(args: argparse.Namespace, phases: list[Phase]) -> str:
+    columns = [_column(phase) for phase in phases]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    header = " | ".join(f"{phase.kind} clients" for phase in phases)
     return "\n".join(
         [
             "# Simulator benchmark: PATCH writes/s at zero injected latency",
             "",
-            f"Machine: {machine}; clients and simulator share it. Loopback, auth on,",
-            "one simulator process (uvicorn, uvloop, httptools).",
+            f"Machine: {machine}; clients and simulator share it. Loopback, auth on, one",
+            "simulator process (uvicorn, uvloop, httptools). "
+            f"{args.processes} client processes, {args.connections} connections in total.",
             f"Command: `python bench/simulator_bench.py --seconds {args.seconds:g} "
             f"--connections {args.connections} --processes {args.processes}`",
+            f"Target: >= {TARGET_WRITES_PER_S:,} writes/s.",
             "",
-            "| measure | value |",
-            "|---|---|",
-            *(f"| {name} | {value} |" for name, value in rows),
+            f"| measure | {header} |",
+            "|---|" + "---|" * len(phases),
+            *(
+                f"| {measure} | " + " | ".join(column[row] for column in columns) + " |"
+                for row, measure in enumerate(MEASURES)
+            ),
             "",
         ]
     )
@@ -269,12 +358,12 @@ def _report(
 def main() -> int:
     """Run the benchmark, write the results file, print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="load duration")
+    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per phase")
     parser.add_argument("--connections", type=int, default=64, help="in total")
     parser.add_argument("--processes", type=int, default=3, help="client processes")
-    parser.add_argument("--max-writes", type=int, default=400_000, help="upper bound")
+    parser.add_argument("--max-writes", type=int, default=400_000, help="upper bound per phase")
     args = parser.parse_args()
-    table = _run(args)
+    table = _report(args, _run(args))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(table, encoding="utf-8")
     print(table)

@@ -9,8 +9,20 @@ Shapes (all JSON):
   ``{"org_id", "subscription_id", "kind", "id", "active", "reason",
   "date_last_modified", "writes_applied"}``.
 - ``GET /admin/writes?since=SEQ&limit=N`` -> ``{"writes": [Write...], "next": SEQ}``:
-  records with ``seq > since`` in arrival order; pass ``next`` as ``since`` to go on.
-- ``GET /admin/stats`` -> see :meth:`simulator.stats.Stats.snapshot`.
+  every PATCH attempt with ``seq > since`` in arrival order (``limit`` defaults to
+  10,000, at most 100,000); pass ``next`` as ``since`` to go on. ``Write`` is
+  ``{"seq", "time", "method", "path", "org_id", "subscription_id", "kind", "id", "body",
+  "idempotency_key", "request_id", "auth_roles", "status", "applied", "fault"}``;
+  ``status`` is null when no answer was delivered (drop, lost_response, a slow answer
+  the client gave up on) or while still in flight; ``fault`` is one of ``drop``,
+  ``lost_response``, ``http_429``, ``http_500``, ``http_502``, ``http_503``,
+  ``http_504``, ``slow`` or null.
+- ``GET /admin/stats`` -> ``{"writes_total", "writes_applied",
+  "max_in_flight_per_target": {"org/sub/kind/id": n}, "max_in_flight_any",
+  "max_in_flight_total", "in_flight_now", "applied_per_idempotency_key_max",
+  "duplicate_applies": {key: n}, "writes_per_second": {"<epoch s>": n},
+  "max_writes_in_any_second", "started_at"}``; ``max_in_flight_any`` is the largest
+  per-target value, ``max_in_flight_total`` counts all targets together.
 - ``GET /admin/faults`` -> the faults; ``PUT /admin/faults`` merges a partial object.
 - ``POST /admin/reset[?faults=1]`` and ``POST /admin/tokens/revoke``.
 """

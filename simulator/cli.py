@@ -28,9 +28,10 @@ class LogLevel(enum.StrEnum):
     debug = "debug"
 
 
-def _fault(field: str, **limits: float) -> typer.models.OptionInfo:
+def _fault(field: str, *names: str, **limits: float) -> typer.models.OptionInfo:
     description = Faults.model_fields[field].description
     option: typer.models.OptionInfo = typer.Option(
+        *names,
         help=description,
         rich_help_panel=FAULTS_PANEL,
         **limits,  # type: ignore[arg-type]
@@ -61,7 +62,10 @@ def simulator(
         ),
     ] = None,
     no_auth: Annotated[
-        bool, typer.Option(help="Accept requests without a token.", rich_help_panel=AUTH_PANEL)
+        bool,
+        typer.Option(
+            "--no-auth", help="Accept requests without a token.", rich_help_panel=AUTH_PANEL
+        ),
     ] = False,
     service_account_file: Annotated[
         list[Path] | None,
@@ -80,13 +84,17 @@ def simulator(
     seed: Annotated[int | None, typer.Option(help="Seed of the fault random stream.")] = None,
     write_log_cap: Annotated[int, typer.Option(min=1, help="Write-log entries kept.")] = 1_000_000,
     log_level: Annotated[LogLevel, typer.Option(help="Server log level.")] = LogLevel.info,
-    access_log: Annotated[bool, typer.Option(help="Log every request (slow).")] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log every request (slow).")
+    ] = False,
     latency_ms: Annotated[float, _fault("latency_ms", min=0)] = 0.0,
     jitter_ms: Annotated[float, _fault("jitter_ms", min=0)] = 0.0,
     p_429: Annotated[float, _fault("p_429", min=0, max=1)] = 0.0,
     p_429_retry_after: Annotated[float, _fault("p_429_retry_after", min=0, max=1)] = 1.0,
     retry_after_s: Annotated[int, _fault("retry_after_s", min=0)] = 1,
-    retry_after_http_date: Annotated[bool, _fault("retry_after_http_date")] = False,
+    retry_after_http_date: Annotated[
+        bool, _fault("retry_after_http_date", "--retry-after-http-date")
+    ] = False,
     p_500: Annotated[float, _fault("p_500", min=0, max=1)] = 0.0,
     p_502: Annotated[float, _fault("p_502", min=0, max=1)] = 0.0,
     p_503: Annotated[float, _fault("p_503", min=0, max=1)] = 0.0,
@@ -97,23 +105,9 @@ def simulator(
     p_lost_response: Annotated[float, _fault("p_lost_response", min=0, max=1)] = 0.0,
 ) -> None:
     """Serve the local MasStack customers API stand-in (with fault injection)."""
-    faults = _build(
-        Faults,
-        latency_ms=latency_ms,
-        jitter_ms=jitter_ms,
-        p_429=p_429,
-        p_429_retry_after=p_429_retry_after,
-        retry_after_s=retry_after_s,
-        retry_after_http_date=retry_after_http_date,
-        p_500=p_500,
-        p_502=p_502,
-        p_503=p_503,
-        p_504=p_504,
-        p_slow=p_slow,
-        slow_ms=slow_ms,
-        p_drop=p_drop,
-        p_lost_response=p_lost_response,
-    )
+    # One option per Faults field, named like it: pass them all on by name.
+    options = dict(locals())
+    faults = _build(Faults, **{name: options[name] for name in Faults.model_fields})
     config = _build(
         SimulatorConfig,
         orgs=tuple(org.strip() for org in orgs.split(",") if org.strip()),

@@ -84,6 +84,19 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def describe(config: SimulatorConfig) -> str:
+    """A one-line summary of what is served (never a token or key)."""
+    if config.auth:
+        trusted = len(config.service_account_files)
+        auth = f"{len(config.tokens)} static token(s), {trusted} service account(s)"
+    else:
+        auth = "off"
+    changed = config.faults.model_dump(exclude_defaults=True)
+    faults = ", ".join(f"{name}={value}" for name, value in changed.items()) or "none"
+    orgs = ", ".join(config.orgs)
+    return f"orgs {orgs}; subscriptions 1..{config.subscriptions}; auth {auth}; faults {faults}"
+
+
 def _print_flushed(line: str) -> None:
     print(line, flush=True)
 
@@ -97,9 +110,13 @@ def serve(
     access_log: bool = False,
     announce: Callable[[str], None] = _print_flushed,
 ) -> None:
-    """Serve a simulator until interrupted; announces ``simulator listening on URL`` first."""
+    """Serve a simulator until interrupted.
+
+    Announces ``simulator listening on URL`` first, then a summary of the configuration.
+    """
     app = create_app(config)
     with bind_socket(host, port) as sock:
         announce(ANNOUNCEMENT + socket_url(sock))
+        announce(describe(config))
         server = uvicorn.Server(uvicorn_config(app, log_level=log_level, access_log=access_log))
         server.run(sockets=[sock])

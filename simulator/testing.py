@@ -36,7 +36,8 @@ class AdminClient:
     """A small synchronous client of the admin endpoints; raises on any non-2xx answer."""
 
     def __init__(self, root_url: str, *, timeout: float = 10.0) -> None:
-        self._http = httpx.Client(base_url=root_url, timeout=timeout)
+        # trust_env=False: a developer's HTTP(S)_PROXY must not capture loopback calls
+        self._http = httpx.Client(base_url=root_url, timeout=timeout, trust_env=False)
 
     def __enter__(self) -> Self:
         return self
@@ -122,7 +123,10 @@ class AdminClient:
 
 @dataclass(frozen=True)
 class SimulatorHandle:
-    """A running simulator: its URLs, an admin client, and the app (in-process) or pid."""
+    """A running simulator: its URLs, an admin client, and the app (in-process) or pid.
+
+    The app's state belongs to the server's event loop: go through ``admin`` to read it.
+    """
 
     root_url: str
     admin: AdminClient

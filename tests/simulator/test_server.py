@@ -10,8 +10,15 @@ import httpx
 import pytest
 from uvicorn.config import LOGGING_CONFIG
 
+from simulator.config import Faults, SimulatorConfig
 from simulator.faults import InjectedDrop
-from simulator.server import InjectedDropFilter, bind_socket, logging_config, socket_url
+from simulator.server import (
+    InjectedDropFilter,
+    bind_socket,
+    describe,
+    logging_config,
+    socket_url,
+)
 from simulator.testing import SimulatorHandle
 from tests.simulator.helpers import AUTH
 
@@ -96,3 +103,16 @@ def test_injected_drops_leave_no_traceback_in_the_log(sim: SimulatorHandle) -> N
         logger.removeHandler(collector)
     # Then uvicorn logged nothing about them
     assert [record.getMessage() for record in collector.records] == []
+
+
+def test_summary_names_settings_but_no_secrets() -> None:
+    # Given a config with a secret token, a fault and authentication on
+    config = SimulatorConfig(tokens=("top-secret",), faults=Faults(p_500=0.25), subscriptions=9)
+    # When it is summarised
+    summary = describe(config)
+    # Then the summary shows the settings and faults, never the token
+    assert "subscriptions 1..9" in summary
+    assert "1 static token(s)" in summary
+    assert "p_500=0.25" in summary
+    assert "top-secret" not in summary
+    assert "faults none" in describe(SimulatorConfig(auth=False))
