@@ -132,156 +132,109 @@ def register(app: typer.Typer) -> None:
     app.command("events", cls=OneLineErrors, epilog=_EVENTS_EPILOG)(events)
 
 
-def block(
-    *,
-    org_id: OrgArg,
-    subscription_id: SubscriptionArg,
-    block_id: BlockOpt,
-    reason: ReasonOpt = None,
-    priority: PriorityOpt = None,
-    command_id: CommandIdOpt = None,
-    issued_at: IssuedAtOpt = None,
-    not_after: NotAfterOpt = None,
-    source: SourceOpt = None,
-    correlation_id: CorrelationOpt = None,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
-    """Put a barring on a subscription (ChangeBlockStatus, active=true)."""
-    settings = read_settings()
-    envelope = Envelope(
-        priority=priority,
-        command_id=command_id,
-        issued_at=issued_at,
-        not_after=not_after,
-        source=source,
-        correlation_id=correlation_id,
-    )
-    command = _validated(
-        lambda: block_status_command(
-            org_id=org_id,
-            subscription_id=subscription_id,
-            block_id=block_id,
-            active=True,
-            reason=reason,
-            default_source=settings.source,
-            **envelope,
+def _block_command(*, active: bool, doc: str) -> Callable[..., None]:
+    """The ``block`` (``active=True``) or ``unblock`` command; ``doc`` is its help text."""
+
+    def command(
+        *,
+        org_id: OrgArg,
+        subscription_id: SubscriptionArg,
+        block_id: BlockOpt,
+        reason: ReasonOpt = None,
+        priority: PriorityOpt = None,
+        command_id: CommandIdOpt = None,
+        issued_at: IssuedAtOpt = None,
+        not_after: NotAfterOpt = None,
+        source: SourceOpt = None,
+        correlation_id: CorrelationOpt = None,
+        wait: WaitOpt = False,
+        timeout: TimeoutOpt = 30.0,
+    ) -> None:
+        envelope = Envelope(
+            priority=priority,
+            command_id=command_id,
+            issued_at=issued_at,
+            not_after=not_after,
+            source=source,
+            correlation_id=correlation_id,
         )
-    )
-    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
-
-
-def unblock(
-    *,
-    org_id: OrgArg,
-    subscription_id: SubscriptionArg,
-    block_id: BlockOpt,
-    reason: ReasonOpt = None,
-    priority: PriorityOpt = None,
-    command_id: CommandIdOpt = None,
-    issued_at: IssuedAtOpt = None,
-    not_after: NotAfterOpt = None,
-    source: SourceOpt = None,
-    correlation_id: CorrelationOpt = None,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
-    """Lift a barring from a subscription (ChangeBlockStatus, active=false)."""
-    settings = read_settings()
-    envelope = Envelope(
-        priority=priority,
-        command_id=command_id,
-        issued_at=issued_at,
-        not_after=not_after,
-        source=source,
-        correlation_id=correlation_id,
-    )
-    command = _validated(
-        lambda: block_status_command(
-            org_id=org_id,
-            subscription_id=subscription_id,
-            block_id=block_id,
-            active=False,
-            reason=reason,
-            default_source=settings.source,
-            **envelope,
+        raise typer.Exit(
+            _submit(
+                lambda default_source: block_status_command(
+                    org_id=org_id,
+                    subscription_id=subscription_id,
+                    block_id=block_id,
+                    active=active,
+                    reason=reason,
+                    default_source=default_source,
+                    **envelope,
+                ),
+                wait=wait,
+                timeout=timeout,
+            )
         )
-    )
-    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
+
+    command.__doc__ = doc
+    return command
 
 
-def activate(
-    *,
-    org_id: OrgArg,
-    subscription_id: SubscriptionArg,
-    service_id: ServiceArg,
-    priority: PriorityOpt = None,
-    command_id: CommandIdOpt = None,
-    issued_at: IssuedAtOpt = None,
-    not_after: NotAfterOpt = None,
-    source: SourceOpt = None,
-    correlation_id: CorrelationOpt = None,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
-    """Activate a service of a subscription (ChangeServiceStatus, active=true)."""
-    settings = read_settings()
-    envelope = Envelope(
-        priority=priority,
-        command_id=command_id,
-        issued_at=issued_at,
-        not_after=not_after,
-        source=source,
-        correlation_id=correlation_id,
-    )
-    command = _validated(
-        lambda: service_status_command(
-            org_id=org_id,
-            subscription_id=subscription_id,
-            service_id=service_id,
-            active=True,
-            default_source=settings.source,
-            **envelope,
+def _service_command(*, active: bool, doc: str) -> Callable[..., None]:
+    """The ``activate`` (``active=True``) or ``deactivate`` command; ``doc`` is its help text."""
+
+    def command(
+        *,
+        org_id: OrgArg,
+        subscription_id: SubscriptionArg,
+        service_id: ServiceArg,
+        priority: PriorityOpt = None,
+        command_id: CommandIdOpt = None,
+        issued_at: IssuedAtOpt = None,
+        not_after: NotAfterOpt = None,
+        source: SourceOpt = None,
+        correlation_id: CorrelationOpt = None,
+        wait: WaitOpt = False,
+        timeout: TimeoutOpt = 30.0,
+    ) -> None:
+        envelope = Envelope(
+            priority=priority,
+            command_id=command_id,
+            issued_at=issued_at,
+            not_after=not_after,
+            source=source,
+            correlation_id=correlation_id,
         )
-    )
-    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
-
-
-def deactivate(
-    *,
-    org_id: OrgArg,
-    subscription_id: SubscriptionArg,
-    service_id: ServiceArg,
-    priority: PriorityOpt = None,
-    command_id: CommandIdOpt = None,
-    issued_at: IssuedAtOpt = None,
-    not_after: NotAfterOpt = None,
-    source: SourceOpt = None,
-    correlation_id: CorrelationOpt = None,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 30.0,
-) -> None:
-    """Deactivate a service of a subscription (ChangeServiceStatus, active=false)."""
-    settings = read_settings()
-    envelope = Envelope(
-        priority=priority,
-        command_id=command_id,
-        issued_at=issued_at,
-        not_after=not_after,
-        source=source,
-        correlation_id=correlation_id,
-    )
-    command = _validated(
-        lambda: service_status_command(
-            org_id=org_id,
-            subscription_id=subscription_id,
-            service_id=service_id,
-            active=False,
-            default_source=settings.source,
-            **envelope,
+        raise typer.Exit(
+            _submit(
+                lambda default_source: service_status_command(
+                    org_id=org_id,
+                    subscription_id=subscription_id,
+                    service_id=service_id,
+                    active=active,
+                    default_source=default_source,
+                    **envelope,
+                ),
+                wait=wait,
+                timeout=timeout,
+            )
         )
-    )
-    raise typer.Exit(_enqueue(settings, command, wait=wait, timeout=timeout))
+
+    command.__doc__ = doc
+    return command
+
+
+block = _block_command(
+    active=True, doc="Put a barring on a subscription (ChangeBlockStatus, active=true)."
+)
+unblock = _block_command(
+    active=False, doc="Lift a barring from a subscription (ChangeBlockStatus, active=false)."
+)
+activate = _service_command(
+    active=True, doc="Activate a service of a subscription (ChangeServiceStatus, active=true)."
+)
+deactivate = _service_command(
+    active=False,
+    doc="Deactivate a service of a subscription (ChangeServiceStatus, active=false).",
+)
 
 
 def events(
@@ -301,11 +254,17 @@ def events(
     raise typer.Exit(_follow(settings, show, outcome, count, timeout))
 
 
-def _validated(build: Callable[[], AnyCommand]) -> AnyCommand:
+def _submit(build: Callable[[str], AnyCommand], *, wait: bool, timeout: float) -> int:
+    """Build the command from the default source and enqueue it; the exit status.
+
+    Settings are read first; an invalid command exits 2 with nothing enqueued.
+    """
+    settings = read_settings()
     try:
-        return build()
+        command = build(settings.source)
     except InvalidCommandError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    return _enqueue(settings, command, wait=wait, timeout=timeout)
 
 
 def _enqueue(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float) -> int:

@@ -23,7 +23,7 @@ from producers import CommandProducer
 from producers.events import EventStream
 from producers.render import EventTable
 from simulator.testing import spawned_simulator
-from subswitch.embedded import ensure_embedded_redis
+from subswitch.embedded import ensure_embedded_redis, stop_embedded_redis
 from subswitch.settings import Settings
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the local simulator's throwaway token
@@ -34,8 +34,8 @@ _EVENT_WAIT_S = 60.0
 
 def run_demo(settings: Settings, console: Console) -> int:
     """Run the demo; 0 when every command reached the outcome it was meant to."""
-    broker_url, store_url = _urls(settings)
     with ExitStack() as stack:
+        broker_url, store_url = _urls(settings, stack)
         console.print("[bold]subswitch demo[/]: starting the simulator and a worker...")
         sim = stack.enter_context(spawned_simulator("--token", DEMO_TOKEN, "--latency-ms", "20"))
         env = {
@@ -53,10 +53,12 @@ def run_demo(settings: Settings, console: Console) -> int:
         return _play(producer, events, EventTable(console), console)
 
 
-def _urls(settings: Settings) -> tuple[str, str]:
+def _urls(settings: Settings, stack: ExitStack) -> tuple[str, str]:
     if settings.broker_url and settings.store_url:
         return settings.broker_url, settings.store_url
     embedded = ensure_embedded_redis(settings.data_dir)
+    if embedded.started:  # leave no server behind that the demo started
+        stack.callback(stop_embedded_redis, settings.data_dir)
     return settings.broker_url or embedded.broker_url, settings.store_url or embedded.store_url
 
 

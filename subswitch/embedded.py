@@ -36,6 +36,8 @@ class EmbeddedRedis:
     """A running embedded Redis: its socket and the URLs to reach it."""
 
     socket_path: Path
+    #: Whether this call started the server (rather than finding it running).
+    started: bool = False
 
     @property
     def broker_url(self) -> str:
@@ -59,9 +61,10 @@ def ensure_embedded_redis(data_dir: Path) -> EmbeddedRedis:
     if len(str(socket_path)) > _MAX_SOCKET_PATH:
         raise EmbeddedRedisError(f"data directory path too long for a unix socket: {data_dir}")
     with _file_lock(data_dir / "redis.lock"):
-        if not _answers(socket_path):
-            _start(data_dir, socket_path)
-    return EmbeddedRedis(socket_path)
+        if _answers(socket_path):
+            return EmbeddedRedis(socket_path)
+        _start(data_dir, socket_path)
+    return EmbeddedRedis(socket_path, started=True)
 
 
 def stop_embedded_redis(data_dir: Path) -> None:

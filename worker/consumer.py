@@ -14,13 +14,10 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
-from pydantic import TypeAdapter, ValidationError
 
-from contract import CommandId
+from worker.executor import readable_command_id
 
 logger = logging.getLogger(__name__)
-
-_COMMAND_ID = TypeAdapter(CommandId)
 
 
 class DeadLetteringConsumer(Consumer):
@@ -46,7 +43,7 @@ class DeadLetteringConsumer(Consumer):
     def _dead_letter(self, message: Message, reason: str) -> None:
         from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
 
-        command_id = _command_id(message)
+        command_id = readable_command_id((message.headers or {}).get("id"))
         try:
             executor = get_runtime(self.app).executor
             executor.reject_message(
@@ -59,14 +56,6 @@ class DeadLetteringConsumer(Consumer):
             message.reject(requeue=True)
             return
         message.ack()
-
-
-def _command_id(message: Message) -> str | None:
-    candidate = (message.headers or {}).get("id")
-    try:
-        return _COMMAND_ID.validate_python(candidate)
-    except ValidationError:
-        return None
 
 
 def _raw_body(message: Message) -> bytes:

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter, ValidationError
+
 from contract import (
     ChangeBlockStatus,
     ChangeServiceStatus,
+    CommandId,
     EventError,
     InvalidCommand,
     Outcome,
@@ -41,6 +44,7 @@ from worker.upstream.errors import PermanentError, TransientError, UpstreamError
 logger = logging.getLogger(__name__)
 
 Command = ChangeServiceStatus | ChangeBlockStatus
+_COMMAND_ID: TypeAdapter[str] = TypeAdapter(CommandId)
 
 
 class Upstream(Protocol):
@@ -128,13 +132,20 @@ class Executor:
         self._lease_ms = lease_ms
         self._clock = clock
 
-    def handle(self, payload: Any, *, token: str) -> Decision:
-        """Handle one delivery; ``token`` is unique to this delivery."""
+    def handle(self, payload: Any, *, token: str, message_id: str | None = None) -> Decision:
+        """Handle one delivery; ``token`` is unique to this delivery.
+
+        ``message_id`` (the broker message's id, which producers set to the command
+        id) names the command in the ``rejected`` event when the payload cannot.
+        """
         try:
             command = parse_command(payload)
         except InvalidCommand as exc:
             return self.reject_message(
-                _as_bytes(payload), reason=str(exc), command_id=exc.command_id, token=token
+                _as_bytes(payload),
+                reason=str(exc),
+                command_id=exc.command_id or readable_command_id(message_id),
+                token=token,
             )
         return self._handle_command(command, token)
 
@@ -312,6 +323,14 @@ def _stored_error(last_error: str | None, reason: str) -> tuple[EventError, int 
     return error.model_copy(update={"message": f"{fallback}; last error: {error.message}"}), stored[
         "upstream_status"
     ]
+
+
+def readable_command_id(candidate: Any) -> str | None:
+    """``candidate`` if it is a valid command id, else ``None``."""
+    try:
+        return _COMMAND_ID.validate_python(candidate)
+    except ValidationError:
+        return None
 
 
 def _as_bytes(payload: Any) -> bytes:

@@ -14,7 +14,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
 from contract import APPLY_TASK
-from worker.executor import RetryLater
+from worker.executor import RetryLater, readable_command_id
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,13 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
         if len(args) != 1 or kwargs:
             reason = "subswitch.apply takes exactly one positional argument, the command"
             decision = executor.reject_message(
-                repr((args, kwargs)).encode(), reason=reason, command_id=None, token=token
+                repr((args, kwargs)).encode(),
+                reason=reason,
+                command_id=readable_command_id(task.request.id),
+                token=token,
             )
         else:
-            decision = executor.handle(args[0], token=token)
+            decision = executor.handle(args[0], token=token, message_id=task.request.id)
     except Exception:
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed, retrying in %.1fs", delay)

@@ -254,19 +254,29 @@ def test_permanent_errors_fail_at_once_without_retry(pipeline: Pipeline) -> None
     assert (statuses[unknown], statuses[fixed]) == (404, 400)
 
 
+POISONS = {
+    "garbage": (b"\x80\x04 not json", "application/json", APPLY_TASK, "undecodable"),
+    "pickle": (b"\x80\x04K\x01.", "application/x-python-serialize", APPLY_TASK, "pickle"),
+    "unknown-task": (b"[[1], {}, {}]", "application/json", "billing.nuke", "unknown task"),
+    "wrong-schema": (b'[[{"type": "Nope"}], {}, {}]', "application/json", APPLY_TASK, "missing"),
+}
+
+
+@pytest.mark.parametrize("poison", POISONS, ids=list(POISONS))
 def test_a_poison_message_is_dead_lettered_and_the_next_command_still_runs(
-    pipeline: Pipeline,
+    pipeline: Pipeline, poison: str
 ) -> None:
-    # Given a worker, and garbage published on the normal lane as a task
+    # Given a worker, and a message no worker can run published on the normal lane
+    body, content_type, task, reason_part = POISONS[poison]
     with pipeline.worker() as worker, kombu.Connection(pipeline.broker_url) as connection:
         with connection.Producer() as producer:
             producer.publish(
-                b"\x80\x04 not json",
+                body,
                 exchange=COMMANDS_EXCHANGE,
                 routing_key=Lane.NORMAL.queue,
-                content_type="application/json",
-                content_encoding="utf-8",
-                headers={"id": "poison-1", "task": APPLY_TASK},
+                content_type=content_type,
+                content_encoding="binary",
+                headers={"id": "poison-1", "task": task},
             )
         # When a valid command follows it
         valid = pipeline.block(3)
@@ -274,7 +284,8 @@ def test_a_poison_message_is_dead_lettered_and_the_next_command_still_runs(
         pipeline.settle(worker)
         dead = dead_letter_queue(broker_url=pipeline.broker_url)(connection.default_channel)
         letter = dead.get(no_ack=True)
-    # Then the garbage is rejected and dead-lettered with its reason; the command applied
+    # Then it is rejected and dead-lettered with its reason, and the command is applied
     assert outcomes == {"poison-1": Outcome.REJECTED, valid: Outcome.APPLIED}
-    assert letter is not None and letter.headers["x-subswitch-reason"]
+    assert letter is not None
+    assert reason_part in letter.headers["x-subswitch-reason"]
     assert dead.name == DEAD_LETTER_QUEUE
