@@ -18,8 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from contract import ResultEvent
+from contract import ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
 from producers import CommandProducer
+from producers.commands import AnyCommand
 from producers.events import EventStream
 from producers.render import EventTable
 from simulator.testing import spawned_simulator
@@ -94,102 +95,89 @@ def _copy_log(process: subprocess.Popen[str], log_path: Path, ready: threading.E
                 ready.set()
 
 
-def _play(
-    producer: CommandProducer, events: EventStream, table: EventTable, console: Console
-) -> int:
-    now = datetime.now(UTC)
-    run = now.strftime("%H%M%S")
-    block = producer.change_block_status
-    service = producer.change_service_status
-    expected: dict[str, str] = {}
-
-    def send(outcome: str, command_id: str) -> str:
-        expected[command_id] = outcome
-        return command_id
-
-    fraud = send(
-        "applied",
-        block(
-            org_id="telco",
-            subscription_id=101,
-            block_id=1,
-            active=True,
-            reason="stolen",
-            priority="urgent",
-            source="fraud-engine",
-            command_id=f"demo-{run}-fraud-8812",
-            correlation_id="case-8812",
-        ),
-    )
-    block(
+def _first_wave(now: datetime) -> list[tuple[str, AnyCommand]]:
+    """``(expected outcome, command)`` for the mix sent at first."""
+    fraud = ChangeBlockStatus(
         org_id="telco",
         subscription_id=101,
         block_id=1,
         active=True,
         reason="stolen",
-        priority="urgent",
+        priority=Lane.URGENT,
         source="fraud-engine",
-        command_id=fraud,
+        command_id=f"demo-{now:%H%M%S}-fraud-8812",
         correlation_id="case-8812",
     )
-    send(
-        "applied",
-        service(
+    roaming = [
+        ChangeServiceStatus(
             org_id="telco",
-            subscription_id=102,
-            service_id=2,
-            active=False,
-            source="billing",
-            correlation_id="dunning-42",
-        ),
-    )
-    send(
-        "applied",
-        block(
-            org_id="acme",
-            subscription_id=7,
-            block_id=2,
+            subscription_id=n,
+            service_id=3,
             active=True,
-            reason="lost",
-            source="self-care",
-        ),
-    )
-    for n in range(201, 206):
-        send(
-            "applied",
-            service(
-                org_id="telco",
-                subscription_id=n,
-                service_id=3,
-                active=True,
-                priority="bulk",
-                source="batch:roaming-2026-11",
-            ),
+            priority=Lane.BULK,
+            source="batch:roaming-2026-11",
         )
-    send(
-        "failed",
-        block(
-            org_id="telco", subscription_id=999_999, block_id=1, active=True, source="fraud-engine"
+        for n in range(201, 206)
+    ]
+    return [
+        ("applied", fraud),
+        ("applied", fraud),  # the duplicate: applied once, reported once
+        (
+            "applied",
+            ChangeServiceStatus(
+                org_id="telco",
+                subscription_id=102,
+                service_id=2,
+                active=False,
+                source="billing",
+                correlation_id="dunning-42",
+            ),
         ),
-    )
-    send(
-        "failed",
-        service(org_id="telco", subscription_id=103, service_id=4, active=True, source="billing"),
-    )
-    send(
-        "expired",
-        block(
-            org_id="telco",
-            subscription_id=104,
-            block_id=1,
-            active=True,
-            source="billing",
-            not_after=now - timedelta(seconds=1),
+        (
+            "applied",
+            ChangeBlockStatus(
+                org_id="acme",
+                subscription_id=7,
+                block_id=2,
+                active=True,
+                reason="lost",
+                source="self-care",
+            ),
         ),
-    )
-    first = _show(events.wait_for(list(expected), timeout=_EVENT_WAIT_S), table)
-    console.print("\nnow a stale unblock issued an hour ago, and a reuse of the fraud command id:")
-    stale = block(
+        *(("applied", command) for command in roaming),
+        (
+            "failed",
+            ChangeBlockStatus(
+                org_id="telco",
+                subscription_id=999_999,
+                block_id=1,
+                active=True,
+                source="fraud-engine",
+            ),
+        ),
+        (
+            "failed",
+            ChangeServiceStatus(
+                org_id="telco", subscription_id=103, service_id=4, active=True, source="billing"
+            ),
+        ),
+        (
+            "expired",
+            ChangeBlockStatus(
+                org_id="telco",
+                subscription_id=104,
+                block_id=1,
+                active=True,
+                source="billing",
+                not_after=now - timedelta(seconds=1),
+            ),
+        ),
+    ]
+
+
+def _second_wave(now: datetime, fraud: AnyCommand) -> list[tuple[str, AnyCommand]]:
+    """A stale unblock of the fraud block, and a reuse of its command id."""
+    stale = ChangeBlockStatus(
         org_id="telco",
         subscription_id=101,
         block_id=1,
@@ -197,17 +185,36 @@ def _play(
         issued_at=now - timedelta(hours=1),
         source="self-care",
     )
-    block(
+    reuse = ChangeBlockStatus(
         org_id="telco",
         subscription_id=101,
         block_id=1,
         active=False,
-        command_id=fraud,
+        command_id=fraud.command_id,
         source="fraud-engine",
     )
-    late = {stale: "superseded", fraud: "rejected"}
-    second = _show(events.wait_for(list(late), timeout=_EVENT_WAIT_S), table)
-    return _verdict([(expected, first), (late, second)], console)
+    return [("superseded", stale), ("rejected", reuse)]
+
+
+def _play(
+    producer: CommandProducer, events: EventStream, table: EventTable, console: Console
+) -> int:
+    now = datetime.now(UTC)
+    first = _first_wave(now)
+    phases = [_run_wave(first, producer, events, table)]
+    console.print("\nnow a stale unblock issued an hour ago, and a reuse of the fraud command id:")
+    phases.append(_run_wave(_second_wave(now, first[0][1]), producer, events, table))
+    return _verdict(phases, console)
+
+
+def _run_wave(
+    wave: list[tuple[str, AnyCommand]],
+    producer: CommandProducer,
+    events: EventStream,
+    table: EventTable,
+) -> tuple[dict[str, str], dict[str, ResultEvent]]:
+    expected = {producer.send(command): outcome for outcome, command in wave}
+    return expected, _show(events.wait_for(expected, timeout=_EVENT_WAIT_S), table)
 
 
 def _show(found: dict[str, ResultEvent], table: EventTable) -> dict[str, ResultEvent]:
