@@ -1,4 +1,8 @@
-"""The Celery task: a thin shell that hands each delivery to the executor."""
+"""The Celery tasks: thin shells that hand each delivery to the executor.
+
+``subswitch.apply`` carries one command; ``subswitch.apply_batch`` carries many (the
+bulk lane's chunks), each still with its own idempotency, ordering, retries and event.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
-from contract import APPLY_TASK
+from contract import APPLY_BATCH_TASK, APPLY_TASK, Lane
 from worker.executor import RetryLater, readable_command_id
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,17 @@ def register(app: Celery) -> None:
     )
     def apply(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str:
         return run_apply(self, args, kwargs)
+
+    @app.task(
+        name=APPLY_BATCH_TASK,
+        bind=True,
+        max_retries=None,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
+    def apply_batch(self: Task[Any, Any], *args: Any, **kwargs: Any) -> int:
+        return run_apply_batch(self, args, kwargs)
 
     worker_process_shutdown.connect(_close_runtime, weak=False)
 
@@ -65,6 +80,52 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
     if isinstance(decision, RetryLater):
         retry_later(task, decision.delay_s)
     return decision.outcome.value
+
+
+def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Execute a chunk of commands one by one; returns how many were finished here.
+
+    A command that must wait (retry, busy target) leaves the chunk as a single
+    ``subswitch.apply`` message on the bulk lane, so one slow command never holds the
+    others back. If anything else goes wrong the whole chunk is retried: commands
+    already finished are recognised as duplicates and cost one store round trip.
+    """
+    from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
+
+    executor = get_runtime(task.app).executor
+    if len(args) != 1 or kwargs or not isinstance(args[0], list):
+        reason = "subswitch.apply_batch takes exactly one positional argument, a list of commands"
+        executor.reject_message(
+            repr((args, kwargs)).encode(), reason=reason, command_id=None, token=uuid.uuid4().hex
+        )
+        return 0
+    finished = 0
+    try:
+        for command in args[0]:
+            decision = executor.handle(command, token=uuid.uuid4().hex)
+            if isinstance(decision, RetryLater):
+                _send_alone(task, command, decision.delay_s)
+            else:
+                finished += 1
+    except Exception:
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("batch delivery failed, retrying it in %.1fs", delay)
+        retry_later(task, delay)
+    return finished
+
+
+def _send_alone(task: Task[Any, Any], command: Any, delay_s: float) -> None:
+    command_id = (
+        readable_command_id(command.get("command_id")) if isinstance(command, dict) else None
+    )
+    task.app.send_task(
+        APPLY_TASK,
+        args=[command],
+        task_id=command_id,
+        queue=Lane.BULK.queue,
+        countdown=math.ceil(delay_s),  # whole seconds: see retry_later
+        retry=True,
+    )
 
 
 def retry_later(task: Task[Any, Any], delay_s: float) -> NoReturn:
