@@ -1,8 +1,24 @@
-"""``subswitch worker``: run a Celery worker on the lanes' queues."""
+"""``subswitch worker``: run Celery workers on the lanes' queues.
+
+Celery does not drain one queue before another, and a busy slot serves no queue at
+all. So when a worker serves the urgent lane together with others, urgent commands
+get consumers of their own: ``subswitch worker`` then supervises two Celery worker
+processes, one for ``subswitch.urgent`` (``--urgent-concurrency`` slots) and one for
+the other lanes (``--concurrency`` slots). An urgent command starts as soon as it
+arrives, however deep the bulk backlog and however busy the bulk slots.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -10,6 +26,18 @@ import typer
 from contract import Lane
 from subswitch.settings import Settings
 from worker.factory import DEFAULT_CONCURRENCY, create_app
+
+DEFAULT_URGENT_CONCURRENCY = 8
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ConsumerPlan:
+    """One Celery worker process: its name suffix, lanes and slots."""
+
+    suffix: str | None
+    lanes: tuple[Lane, ...]
+    concurrency: int
 
 
 def parse_lanes(value: str) -> list[Lane]:
@@ -23,27 +51,56 @@ def parse_lanes(value: str) -> list[Lane]:
     return [known[name] for name in dict.fromkeys(names)]
 
 
+def plan_consumers(
+    lanes: list[Lane], *, concurrency: int, urgent_concurrency: int
+) -> list[ConsumerPlan]:
+    """Urgent gets a process of its own whenever it shares a worker with other lanes."""
+    others = tuple(lane for lane in lanes if lane is not Lane.URGENT)
+    if Lane.URGENT not in lanes or not others:
+        return [ConsumerPlan(None, tuple(lanes), concurrency)]
+    return [
+        ConsumerPlan("urgent", (Lane.URGENT,), urgent_concurrency),
+        ConsumerPlan("main", others, concurrency),
+    ]
+
+
 def worker(
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, help="Threads in this worker process.")
+        int, typer.Option("--concurrency", "-c", min=1, help="Threads for the normal/bulk lanes.")
     ] = DEFAULT_CONCURRENCY,
+    urgent_concurrency: Annotated[
+        int,
+        typer.Option(min=1, help="Threads reserved for the urgent lane (when it shares a worker)."),
+    ] = DEFAULT_URGENT_CONCURRENCY,
     lanes: Annotated[
         str, typer.Option("--lanes", help="Comma-separated lanes to serve: urgent,normal,bulk.")
     ] = "urgent,normal,bulk",
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
-    hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Node name.")] = None,
+    hostname: Annotated[
+        str | None, typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h.")
+    ] = None,
 ) -> None:
     """Run a worker (Celery, threads pool) that applies commands upstream."""
-    queues = ",".join(lane.queue for lane in parse_lanes(lanes))
+    plans = plan_consumers(
+        parse_lanes(lanes), concurrency=concurrency, urgent_concurrency=urgent_concurrency
+    )
+    if len(plans) == 1:
+        _run_celery(plans[0], loglevel=loglevel, hostname=hostname)
+        return
+    raise typer.Exit(_supervise(plans, loglevel=loglevel, hostname=hostname))
+
+
+def _run_celery(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> None:
     # One INFO line per HTTP request drowns the worker's own log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(Settings())
+    queues = ",".join(lane.queue for lane in plan.lanes)
     argv = [
         "worker",
         "--pool",
         "threads",
         "--concurrency",
-        str(concurrency),
+        str(plan.concurrency),
         "--queues",
         queues,
         "--loglevel",
@@ -54,6 +111,56 @@ def worker(
     if hostname:
         argv += ["--hostname", hostname]
     app.worker_main(argv=argv)
+
+
+def child_hostname(hostname: str | None, suffix: str) -> str:
+    """``w1@%h`` and ``urgent`` give ``w1-urgent@%h``; no hostname gives ``subswitch-urgent@%h``."""
+    name, _, host = (hostname or "subswitch@%h").partition("@")
+    return f"{name}-{suffix}@{host or '%h'}"
+
+
+def _supervise(plans: list[ConsumerPlan], *, loglevel: str, hostname: str | None) -> int:
+    children = [_spawn(plan, loglevel=loglevel, hostname=hostname) for plan in plans]
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, forward)
+    # When one worker ends, so does the whole: a supervisor restarts both as one unit.
+    _, status = os.wait()
+    forward(signal.SIGTERM, None)
+    for child in children:
+        child.wait()
+    return os.waitstatus_to_exitcode(status) or max(child.returncode or 0 for child in children)
+
+
+def _spawn(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> subprocess.Popen[bytes]:
+    lanes = ",".join(lane.value for lane in plan.lanes)
+    argv = [
+        sys.executable,
+        "-m",
+        "subswitch",
+        "worker",
+        "--lanes",
+        lanes,
+        "--concurrency",
+        str(plan.concurrency),
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        child_hostname(hostname, plan.suffix or "worker"),
+    ]
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+
+
+def _die_with_parent() -> None:
+    # Linux: a SIGKILLed supervisor takes its workers along instead of orphaning them.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def register(app: typer.Typer) -> None:

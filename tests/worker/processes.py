@@ -25,7 +25,9 @@ READY_MARK = " ready."
 class WorkerProcess:
     """``subswitch worker`` in a child process, with its output kept for failures."""
 
-    def __init__(self, env: Mapping[str, str], *, concurrency: int, name: str) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, concurrency: int, name: str, lanes: str | None = None
+    ) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -33,20 +35,28 @@ class WorkerProcess:
             "worker",
             "-c",
             str(concurrency),
+            "--urgent-concurrency",
+            "2",
             "--hostname",
             f"{name}@%h",
             "--loglevel",
             "INFO",
         ]
+        if lanes:
+            argv += ["--lanes", lanes]
+        # Urgent together with other lanes runs as two Celery workers.
+        self.consumers = 2 if lanes is None or ("urgent" in lanes and "," in lanes) else 1
         self.process = subprocess.Popen(
             argv,
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
         self.output: deque[str] = deque(maxlen=400)
         self._ready = threading.Event()
+        self._ready_count = 0
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -54,7 +64,9 @@ class WorkerProcess:
         for line in self.process.stdout:
             self.output.append(line)
             if READY_MARK in line:
-                self._ready.set()
+                self._ready_count += 1
+                if self._ready_count >= self.consumers:
+                    self._ready.set()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the worker consumes, or fail with its output."""
@@ -66,8 +78,8 @@ class WorkerProcess:
         return "".join(self.output)
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup, no acks, like an OOM kill or a lost machine."""
-        self.process.send_signal(signal.SIGKILL)
+        """SIGKILL to every process of the worker: no cleanup, no acks, like a lost machine."""
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
@@ -86,10 +98,11 @@ def running_worker(
     *,
     concurrency: int = 8,
     name: str = "w1",
+    lanes: str | None = None,
     started: list[WorkerProcess] | None = None,
 ) -> Iterator[WorkerProcess]:
     """A started worker, stopped on exit (and added to ``started``, for its logs)."""
-    worker = WorkerProcess(env, concurrency=concurrency, name=name)
+    worker = WorkerProcess(env, concurrency=concurrency, name=name, lanes=lanes)
     if started is not None:
         started.append(worker)
     try:
