@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     pool_timeout: PositiveFloat = 5.0
 
     rate_limit: PositiveFloat | None = None
+    breaker: bool = True
+    breaker_failure_ratio: float = Field(0.5, gt=0, le=1)
+    breaker_min_requests: PositiveInt = 20
+    breaker_window_s: PositiveInt = 10
+    breaker_cooldown_s: PositiveFloat = 5.0
     max_attempts: PositiveInt = 8
     retention_seconds: PositiveInt = 24 * 3600
     visibility_timeout: PositiveInt = 300

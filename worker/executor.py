@@ -39,6 +39,7 @@ from worker.store import (
     RedisStore,
     Superseded,
 )
+from worker.traffic import TrafficControl
 from worker.upstream.errors import PermanentError, TransientError, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Executor:
         dead_letters: DeadLetterSink,
         policy: RetryPolicy,
         lease_ms: int,
+        traffic: TrafficControl | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._store = store
@@ -130,6 +132,7 @@ class Executor:
         self._dead_letters = dead_letters
         self._policy = policy
         self._lease_ms = lease_ms
+        self._traffic = traffic or TrafficControl()
         self._clock = clock
 
     def handle(self, payload: Any, *, token: str, message_id: str | None = None) -> Decision:
@@ -187,12 +190,20 @@ class Executor:
         return self._out_of_time(job, step)
 
     def _attempt(self, job: _Job, attempt: int) -> Decision:
+        command = job.command
+        wait = self._traffic.admit(command.lane)
+        if wait is not None:
+            self._store.give_back(command.command_id, command.target, token=job.token)
+            return RetryLater(wait, "waiting for upstream budget")
         try:
-            status = self._send(job.command)
+            status = self._send(command)
         except TransientError as exc:
+            self._traffic.after_request(failed=exc.status != 429)
             return self._after_transient(job, attempt, exc)
         except PermanentError as exc:
+            self._traffic.after_request(failed=False)
             return self._finish(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
+        self._traffic.after_request(failed=False)
         return self._finish(job, Outcome.APPLIED, attempt, None, status, applied=True)
 
     def _after_transient(self, job: _Job, attempt: int, exc: TransientError) -> Decision:

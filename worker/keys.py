@@ -47,3 +47,18 @@ def target_lock(target: Target) -> str:
 def rejected(event_id: str) -> str:
     """Hash like :func:`command`, for a message that is not a valid command."""
     return f"{PREFIX}:rejected:{event_id}"
+
+
+# --- traffic control (worker/traffic.py): shared by every worker -------------------
+
+#: String: the rate limiter's theoretical arrival time (µs since the epoch). Expires a
+#: minute after the last reservation.
+RATE_TAT: Final = f"{PREFIX}:rate:tat"
+#: String with a 1 s lease: urgent commands are waiting for budget.
+RATE_URGENT_WAITING: Final = f"{PREFIX}:rate:urgent"
+#: Hash: ``state`` (closed, open, half_open) and ``until`` (ms) of the circuit breaker.
+BREAKER_STATE: Final = f"{PREFIX}:breaker"
+#: String with a lease: the token of the probe in flight while half-open.
+BREAKER_PROBE: Final = f"{PREFIX}:breaker:probe"
+#: Prefix of per-second hashes ``ok`` / ``failed``; each lives window + 2 s.
+BREAKER_BUCKET: Final = f"{PREFIX}:breaker:s:"

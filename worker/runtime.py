@@ -20,6 +20,7 @@ from worker.factory import request_budget_s
 from worker.policy import RetryPolicy
 from worker.sinks import KombuDeadLetters, KombuEventSink
 from worker.store import RedisStore
+from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,18 @@ def build_runtime(app: Celery) -> Runtime:
     policy = RetryPolicy.within_window(
         max_attempts=settings.max_attempts, redelivery_window_s=settings.visibility_timeout
     )
+    traffic = TrafficControl(
+        limiter=(
+            RateLimiter(client=store.client, rate_per_s=settings.rate_limit)
+            if settings.rate_limit
+            else None
+        ),
+        breaker=(
+            CircuitBreaker(client=store.client, policy=breaker_policy(settings))
+            if settings.breaker
+            else None
+        ),
+    )
     executor = Executor(
         store=store,
         upstream=client,
@@ -84,6 +97,17 @@ def build_runtime(app: Celery) -> Runtime:
         dead_letters=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
         policy=policy,
         lease_ms=int((request_budget_s(settings) + _LEASE_MARGIN_S) * 1000),
+        traffic=traffic,
     )
     logger.info("worker runtime ready: upstream %s, %r", settings.upstream_url, store)
     return Runtime(executor=executor, store=store, client=client, pid=os.getpid())
+
+
+def breaker_policy(settings: Settings) -> BreakerPolicy:
+    """The circuit breaker's thresholds from settings."""
+    return BreakerPolicy(
+        failure_ratio=settings.breaker_failure_ratio,
+        min_requests=settings.breaker_min_requests,
+        window_s=settings.breaker_window_s,
+        cooldown_s=settings.breaker_cooldown_s,
+    )

@@ -75,6 +75,15 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
+# KEYS: command, lock. ARGV: token. The attempt did not happen after all.
+_YIELD_LUA: Final = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HSET', KEYS[1], 'state', 'waiting')
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 # KEYS: command, lock, target. ARGV: token, fp, event, applied (0/1), issued_us,
 # command_id, retention_s, target_retention_s, claim_ms.
 _FINISH_LUA: Final = (
@@ -183,6 +192,7 @@ class RedisStore:
         self._claim_ms = claim_ms
         self._begin = client.register_script(_BEGIN_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._yield = client.register_script(_YIELD_LUA)
         self._finish = client.register_script(_FINISH_LUA)
         self._record = client.register_script(_RECORD_LUA)
 
@@ -194,6 +204,11 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore(retention_s={self._retention_s})"
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client, for other shared state on the same server."""
+        return self._redis
 
     def begin(
         self,
@@ -225,6 +240,11 @@ class RedisStore:
         """Give the target back after a failed attempt, keeping the error."""
         keys_ = [keys.command(command_id), keys.target_lock(target)]
         self._run(self._release, keys_, [token, last_error, self._retention_s])
+
+    def give_back(self, command_id: str, target: Target, *, token: str) -> None:
+        """Give the target back without having sent: the attempt is not counted."""
+        keys_ = [keys.command(command_id), keys.target_lock(target)]
+        self._run(self._yield, keys_, [token])
 
     def finish(
         self,

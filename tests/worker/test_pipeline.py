@@ -328,3 +328,18 @@ def test_an_urgent_command_runs_while_every_bulk_slot_is_busy(pipeline: Pipeline
     assert outcome == {urgent: Outcome.APPLIED}
     assert stats["max_in_flight_total"] >= 3
     assert stats["writes_applied"] < len(backlog)
+
+
+def test_the_global_rate_limit_holds_across_worker_processes(pipeline: Pipeline) -> None:
+    # Given two worker processes sharing a cap of 50 upstream writes per second
+    limited = {"SUBSWITCH_RATE_LIMIT": "50"}
+    with pipeline.worker(name="r1", **limited) as first, pipeline.worker(name="r2", **limited):
+        # When 150 commands arrive at once
+        ids = [pipeline.block(n) for n in range(1, 151)]
+        outcomes = pipeline.outcomes(ids, timeout=90)
+        pipeline.settle(first)
+    # Then all were applied and no second at the upstream saw more than the cap (+2%, +1
+    # for a request that crossed a second boundary on the wire)
+    assert set(outcomes.values()) == {Outcome.APPLIED}
+    stats = pipeline.simulator.admin.stats()
+    assert stats["max_writes_in_any_second"] <= 52

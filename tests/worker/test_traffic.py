@@ -1,0 +1,192 @@
+"""The rate limiter and the circuit breaker, on a shared fakeredis server."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import fakeredis
+import pytest
+
+from contract import ChangeBlockStatus, Lane, Outcome
+from tests.worker.conftest import Harness
+from worker import keys
+from worker.executor import Ack, RetryLater
+from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
+from worker.upstream import UpstreamUnavailable
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def client_factory(server: fakeredis.FakeServer) -> Iterator[Callable[[], fakeredis.FakeRedis]]:
+    clients: list[fakeredis.FakeRedis] = []
+
+    def make() -> fakeredis.FakeRedis:
+        clients.append(fakeredis.FakeRedis(server=server))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_concurrent_workers_never_get_slots_closer_than_the_interval(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given eight workers, each with its own limiter and connection, at 100 writes/s
+    limiters = [
+        RateLimiter(client=client_factory(), rate_per_s=100, horizon_s=5.0) for _ in range(8)
+    ]
+    slots: list[int] = []
+    lock, barrier = threading.Lock(), threading.Barrier(len(limiters))
+
+    def reserve_many(limiter: RateLimiter) -> None:
+        barrier.wait()
+        for _ in range(40):
+            reservation = limiter.reserve(Lane.BULK)
+            if reservation.slot_us is not None:
+                with lock:
+                    slots.append(reservation.slot_us)
+
+    # When they all reserve at once
+    threads = [threading.Thread(target=reserve_many, args=(lim,)) for lim in limiters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then every granted slot is distinct and exactly one interval (10 ms) after the last
+    ordered = sorted(slots)
+    assert len(ordered) > 100
+    assert {later - earlier for earlier, later in itertools.pairwise(ordered)} == {10_000}
+
+
+def test_a_slot_beyond_the_horizon_is_refused_with_a_hint(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given a limiter at 10 writes/s whose bulk reach is 0.25 s
+    limiter = RateLimiter(client=client_factory(), rate_per_s=10, horizon_s=0.25)
+    # When bulk reserves until refused
+    grants = []
+    while (reservation := limiter.reserve(Lane.BULK)).granted:
+        grants.append(reservation)
+    # Then three slots (0, 100, 200 ms ahead) were granted and the refusal says when to return
+    assert len(grants) == 3
+    assert 0 < reservation.wait_s <= 0.1
+
+
+def test_urgent_commands_go_first_when_the_budget_is_short(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given a budget that bulk has reserved as far as it may
+    limiter = RateLimiter(client=client_factory(), rate_per_s=10, horizon_s=0.25)
+    while limiter.reserve(Lane.BULK).granted:
+        pass
+    # When urgent asks, and keeps asking beyond its own reach
+    urgent = [limiter.reserve(Lane.URGENT) for _ in range(4)]
+    # Then urgent got slots bulk could not, and once it was refused, bulk and normal step
+    # back even where they would fit
+    assert [reservation.granted for reservation in urgent] == [True, True, True, False]
+    assert limiter.reserve(Lane.NORMAL).granted is False
+    assert client_factory().exists(keys.RATE_URGENT_WAITING)
+
+
+def test_acquire_waits_briefly_in_place_and_sends_the_rest_back(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given a limiter at 10 writes/s that may hold a thread for at most 0.3 s
+    slept: list[float] = []
+    limiter = RateLimiter(
+        client=client_factory(), rate_per_s=10, horizon_s=0.25, max_wait_s=0.3, sleep=slept.append
+    )
+    # When one caller after another asks (no time passes: sleeping is recorded only)
+    answers = [limiter.acquire(Lane.BULK) for _ in range(4)]
+    # Then three sent after waiting their turn, the fourth is told to come back later
+    assert answers[:3] == [None, None, None]
+    assert answers[3] is not None and answers[3] > 0
+    assert sorted(slept[:3]) == pytest.approx([0.0, 0.1, 0.2], abs=0.02)
+
+
+FAST = BreakerPolicy(failure_ratio=0.5, min_requests=4, window_s=10, cooldown_s=0.3, recheck_s=0.0)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)  # poll interval, bounded by the deadline
+
+
+def test_the_breaker_opens_when_most_requests_fail(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given a closed breaker
+    breaker = CircuitBreaker(client=client_factory(), policy=FAST)
+    assert breaker.before_request() is None
+    # When three of four requests fail
+    for failed in (False, True, True, True):
+        breaker.after_request(failed=failed)
+    # Then requests are held back for about the cool-down, in every process
+    wait = CircuitBreaker(client=client_factory(), policy=FAST).before_request()
+    assert wait is not None and 0 < wait <= FAST.cooldown_s + 1.0
+
+
+def test_successes_and_too_few_requests_keep_it_closed(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given a breaker
+    breaker = CircuitBreaker(client=client_factory(), policy=FAST)
+    # When only three requests failed (fewer than the minimum), then many succeed
+    for failed in [True] * 3 + [False] * 10:
+        breaker.after_request(failed=failed)
+    # Then it stays closed
+    assert breaker.before_request() is None
+
+
+def test_after_the_cool_down_one_probe_decides(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given an open breaker shared by two workers
+    first = CircuitBreaker(client=client_factory(), policy=FAST)
+    second = CircuitBreaker(client=client_factory(), policy=FAST)
+    for _ in range(4):
+        first.after_request(failed=True)
+    # When the cool-down ends: one worker gets to probe, the other waits
+    wait_for(lambda: first.before_request() is None)
+    assert second.before_request() is not None
+    # Then a failed probe opens it again, and a good one closes it
+    first.after_request(failed=True)
+    assert second.before_request() is not None
+    wait_for(lambda: second.before_request() is None)
+    second.after_request(failed=False)
+    assert first.before_request() is None
+
+
+def test_an_open_circuit_holds_commands_without_spending_attempts(
+    harness: Harness, block: Callable[..., ChangeBlockStatus]
+) -> None:
+    # Given an executor whose breaker opened after the upstream failed four times
+    breaker = CircuitBreaker(client=harness.store.client, policy=FAST)
+    harness.executor._traffic = TrafficControl(breaker=breaker)
+    harness.upstream.script = [UpstreamUnavailable("503", status=503)] * 4
+    for n in range(4):
+        harness.executor.handle(block(subscription_id=n + 1).model_dump(mode="json"), token=f"t{n}")
+    # When another command arrives while it is open
+    command = block(subscription_id=50)
+    decision = harness.executor.handle(command.model_dump(mode="json"), token="t9")
+    # Then it waits without reaching the upstream, and keeps all its attempts for later
+    assert isinstance(decision, RetryLater)
+    assert len(harness.upstream.writes) == 4
+    wait_for(lambda: breaker.before_request() is None)
+    breaker.after_request(failed=False)
+    harness.clock.advance(timedelta(seconds=1).total_seconds())
+    assert harness.executor.handle(command.model_dump(mode="json"), token="t10") == Ack(
+        Outcome.APPLIED
+    )
+    assert harness.events_of(command.command_id)[0].data.attempts == 1

@@ -1,0 +1,283 @@
+"""Traffic control in front of the upstream: a global rate limit and a circuit breaker.
+
+Both live in the shared store, so they hold across every worker process and machine.
+
+* :class:`RateLimiter` is a GCRA that hands out *reservations*: a caller gets the
+  next free slot (at most a short horizon ahead), sleeps until it, then sends. Writes
+  therefore leave at the configured pace and never above it. Higher lanes may reserve
+  further ahead, and an urgent caller that finds no slot makes the others step back
+  until it got one: when the budget is short, urgent commands go first.
+* :class:`CircuitBreaker` opens when most recent requests failed with 5xx, timeouts or
+  connection errors, lets nothing through during a cool-down, then lets one probe
+  through; the probe's result closes or reopens it.
+
+Waiting never costs an attempt: the executor hands the target back and the command
+returns later through the broker, or the thread waits briefly in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+
+from contract import Lane
+from worker import keys
+from worker.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+# KEYS: tat, urgent marker. ARGV: interval_us, horizon_us, urgent (0/1), marker_ms.
+_RESERVE_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local wait, horizon = tat - now, tonumber(ARGV[2])
+if ARGV[3] == '1' then
+  if wait > horizon then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
+    return {0, wait - horizon}
+  end
+elseif wait > horizon or redis.call('EXISTS', KEYS[2]) == 1 then
+  return {0, math.max(wait - horizon, tonumber(ARGV[1]))}
+end
+local next_tat = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil(wait / 1000) + 60000)
+return {1, wait, string.format('%d', tat)}
+"""
+
+# KEYS: state, probe. ARGV: token, probe_ttl_ms.
+_CHECK_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local st = redis.call('HMGET', KEYS[1], 'state', 'until')
+if not st[1] or st[1] == 'closed' then return {'closed', 0} end
+if st[1] == 'open' and now < tonumber(st[2]) then return {'open', tonumber(st[2]) - now} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'half_open')
+  return {'probe', 0}
+end
+return {'probing', 0}
+"""
+
+# KEYS: state, probe. ARGV: ok, failed, window_s, min_requests, ratio, cooldown_ms,
+# probe token ('' if none), probe ok ('1'/'0'), bucket prefix.
+_RECORD_LUA: Final = """
+local t = redis.call('TIME')
+local now_s = tonumber(t[1])
+local now = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
+local bucket = ARGV[9] .. now_s
+redis.call('HINCRBY', bucket, 'ok', ARGV[1])
+redis.call('HINCRBY', bucket, 'failed', ARGV[2])
+redis.call('EXPIRE', bucket, tonumber(ARGV[3]) + 2)
+if ARGV[7] ~= '' and redis.call('GET', KEYS[2]) == ARGV[7] then
+  redis.call('DEL', KEYS[2])
+  if ARGV[8] == '1' then
+    redis.call('HSET', KEYS[1], 'state', 'closed')
+    return 'closed'
+  end
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[6]))
+  return 'opened'
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if tonumber(ARGV[2]) == 0 or (state and state ~= 'closed') then return 'same' end
+local total, failed = 0, 0
+for s = now_s - tonumber(ARGV[3]) + 1, now_s do
+  local counts = redis.call('HMGET', ARGV[9] .. s, 'ok', 'failed')
+  failed = failed + tonumber(counts[2] or '0')
+  total = total + tonumber(counts[1] or '0') + tonumber(counts[2] or '0')
+end
+if total >= tonumber(ARGV[4]) and failed >= total * tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[6]))
+  return 'opened'
+end
+return 'same'
+"""
+
+#: How much further ahead than bulk each lane may reserve: the first to be turned
+#: away when the budget runs short is bulk, the last is urgent.
+_LANE_REACH: Final = {Lane.BULK: 1.0, Lane.NORMAL: 1.5, Lane.URGENT: 2.0}
+#: How long "urgent commands are waiting" holds the other lanes back, once set (ms).
+_URGENT_MARK_MS: Final = 1000
+
+
+class RateLimiter:
+    """Global cap on upstream writes per second (GCRA with reservations)."""
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        rate_per_s: float,
+        horizon_s: float = 0.25,
+        max_wait_s: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._interval_us = max(1, math.ceil(1_000_000 / rate_per_s))
+        self._horizon_us = int(horizon_s * 1_000_000)
+        self._max_wait_s = max_wait_s
+        self._sleep = sleep
+        self._reserve = client.register_script(_RESERVE_LUA)
+
+    def reserve(self, lane: Lane) -> Reservation:
+        """One try for a slot within this lane's reach (one store round trip)."""
+        horizon = int(self._horizon_us * _LANE_REACH[lane])
+        args = [self._interval_us, horizon, int(lane is Lane.URGENT), _URGENT_MARK_MS]
+        reply = _run(self._reserve, [keys.RATE_TAT, keys.RATE_URGENT_WAITING], args)
+        slot_us = int(reply[2]) if int(reply[0]) else None
+        return Reservation(wait_s=int(reply[1]) / 1_000_000, slot_us=slot_us)
+
+    def acquire(self, lane: Lane) -> float | None:
+        """Wait for a slot; ``None`` once it is this caller's turn to send, else the
+        seconds to come back after (the wait would hold this thread too long)."""
+        waited = 0.0
+        while True:
+            reservation = self.reserve(lane)
+            if reservation.granted:
+                self._sleep(reservation.wait_s)
+                return None
+            if waited + reservation.wait_s > self._max_wait_s:
+                return reservation.wait_s + random.uniform(0, 0.1)
+            self._sleep(reservation.wait_s)
+            waited += reservation.wait_s
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A rate limiter's answer: a slot ``wait_s`` from now (``slot_us``, store time), or
+    no slot yet (``slot_us`` is None) and a hint of how long until one may be had."""
+
+    wait_s: float
+    slot_us: int | None
+
+    @property
+    def granted(self) -> bool:
+        """Whether a slot was reserved for the caller."""
+        return self.slot_us is not None
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When the circuit opens, and for how long."""
+
+    failure_ratio: float = 0.5
+    min_requests: int = 20
+    window_s: int = 10
+    cooldown_s: float = 5.0
+    #: How long a probe may take before another caller may probe instead.
+    probe_ttl_s: float = 30.0
+    #: A closed circuit is looked up at most this often per process.
+    recheck_s: float = 0.25
+
+
+class CircuitBreaker:
+    """Shared circuit breaker; counts are batched per process to spare the store."""
+
+    def __init__(self, *, client: redis.Redis, policy: BreakerPolicy | None = None) -> None:
+        self._policy = policy or BreakerPolicy()
+        self._check = client.register_script(_CHECK_LUA)
+        self._record = client.register_script(_RECORD_LUA)
+        self._lock = threading.Lock()
+        self._closed_until = 0.0
+        self._counts = [0, 0]  # ok, failed, not yet in the store
+        self._flush_at = 0.0
+        self._local = threading.local()
+
+    def before_request(self) -> float | None:
+        """``None`` to go ahead; else the seconds to wait while the circuit is open."""
+        if time.monotonic() < self._closed_until:
+            return None
+        token = uuid.uuid4().hex
+        ttl_ms = int(self._policy.probe_ttl_s * 1000)
+        state, wait_ms = _run(
+            self._check, [keys.BREAKER_STATE, keys.BREAKER_PROBE], [token, ttl_ms]
+        )
+        state = _text(state)
+        if state == "closed":
+            self._closed_until = time.monotonic() + self._policy.recheck_s
+            return None
+        if state == "probe":
+            logger.warning("circuit half-open: probing the upstream")
+            self._local.probe = token
+            return None
+        if state == "probing":
+            return self._policy.cooldown_s / 4 + random.uniform(0, 0.5)
+        return int(wait_ms) / 1000 + random.uniform(0, 1.0)
+
+    def after_request(self, *, failed: bool) -> None:
+        """Count one answer (``failed``: 5xx, timeout or connection error)."""
+        probe = getattr(self._local, "probe", None)
+        self._local.probe = None
+        with self._lock:
+            self._counts[int(failed)] += 1
+            due = failed or probe is not None or time.monotonic() >= self._flush_at
+            if not due:
+                return
+            ok, bad = self._counts
+            self._counts = [0, 0]
+            self._flush_at = time.monotonic() + self._policy.recheck_s
+        self._flush(ok, bad, probe, probe_ok=not failed)
+
+    def _flush(self, ok: int, bad: int, probe: str | None, *, probe_ok: bool) -> None:
+        policy = self._policy
+        args = [
+            ok,
+            bad,
+            policy.window_s,
+            policy.min_requests,
+            policy.failure_ratio,
+            int(policy.cooldown_s * 1000),
+            probe or "",
+            int(probe_ok),
+            keys.BREAKER_BUCKET,
+        ]
+        change = _text(_run(self._record, [keys.BREAKER_STATE, keys.BREAKER_PROBE], args))
+        if change == "opened":
+            self._closed_until = 0.0
+            logger.warning(
+                "circuit opened: the upstream is failing; pausing %.1fs", policy.cooldown_s
+            )
+        elif change == "closed":
+            logger.warning("circuit closed: the upstream answers again")
+
+
+class TrafficControl:
+    """What stands between the executor and the upstream; each part is optional."""
+
+    def __init__(
+        self, *, limiter: RateLimiter | None = None, breaker: CircuitBreaker | None = None
+    ) -> None:
+        self._limiter = limiter
+        self._breaker = breaker
+
+    def admit(self, lane: Lane) -> float | None:
+        """``None`` to send now; else seconds to come back after (no attempt spent)."""
+        if self._breaker is not None:
+            wait = self._breaker.before_request()
+            if wait is not None:
+                return wait
+        return self._limiter.acquire(lane) if self._limiter is not None else None
+
+    def after_request(self, *, failed: bool) -> None:
+        """Report how the request went."""
+        if self._breaker is not None:
+            self._breaker.after_request(failed=failed)
+
+
+def _run(script: Any, keys_: list[str], args: list[Any]) -> Any:
+    try:
+        return script(keys=keys_, args=args)
+    except redis.RedisError as exc:
+        raise StoreError(f"store unavailable: {exc}") from exc
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
