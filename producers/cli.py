@@ -130,6 +130,10 @@ def register(app: typer.Typer) -> None:
     ):
         app.command(name, cls=OneLineErrors, epilog=_SEND_EPILOG)(function)
     app.command("events", cls=OneLineErrors, epilog=_EVENTS_EPILOG)(events)
+    # Imported here: producers.batch_cli builds on this module's helpers.
+    from producers.batch_cli import BATCH_EPILOG, batch  # noqa: PLC0415
+
+    app.command("batch", cls=OneLineErrors, epilog=BATCH_EPILOG)(batch)
 
 
 def _block_command(*, active: bool, doc: str) -> Callable[..., None]:

@@ -1,7 +1,10 @@
-"""Publishers hand validated commands to the broker, one Celery task message each."""
+"""Publishers hand validated commands to the broker: one Celery task message per
+command, or, on the bulk lane, one message per chunk of commands."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -11,7 +14,7 @@ from kombu.exceptions import KombuError
 from kombu.pools import ProducerPool
 from redis.exceptions import RedisError
 
-from contract import APPLY_TASK, parse_command
+from contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, parse_command
 from producers.commands import AnyCommand
 from producers.errors import PublishError, redact_url, scrub
 from subswitch.broker import celery_config
@@ -27,6 +30,8 @@ RETRY_POLICY: Final = {
 }
 #: What a broker, its client libraries or the network raise when a publish fails.
 BROKER_FAILURES: Final = (KombuError, AMQPError, RedisError, OSError)
+# Fixed namespace: the same chunk gets the same task id in every process and re-run.
+_CHUNK_ID_NAMESPACE: Final = uuid.UUID("2b0d9c64-5a1e-4f0b-8c53-0f6f4e1d7a39")
 
 
 class Publisher(Protocol):
@@ -37,6 +42,38 @@ class Publisher(Protocol):
 
     def close(self) -> None:
         """Release connections; the publisher is not used afterwards."""
+
+
+class BatchPublisher(Protocol):
+    """Hands chunks of bulk commands to a broker, one message each, or raises
+    ``PublishError``."""
+
+    def publish_batch(self, commands: Sequence[AnyCommand]) -> None:
+        """Enqueue ``commands`` as one message on the bulk lane; return once accepted."""
+
+    def close(self) -> None:
+        """Release connections; the publisher is not used afterwards."""
+
+
+def chunk_task_id(commands: Sequence[AnyCommand]) -> str:
+    """The task id of a chunk: a UUID derived from its command ids, so a re-sent
+    chunk keeps its id."""
+    return str(uuid.uuid5(_CHUNK_ID_NAMESPACE, "\n".join(c.command_id for c in commands)))
+
+
+def _bulk_chunk(commands: Sequence[AnyCommand]) -> list[dict[str, Any]]:
+    """The task argument of a chunk: the commands as JSON dicts, in order.
+
+    Raises:
+        ValueError: the chunk is empty, or holds a command of another lane (it would
+            travel behind the bulk backlog, against its priority).
+    """
+    if not commands:
+        raise ValueError("a chunk holds at least one command")
+    strays = [c.command_id for c in commands if c.lane is not Lane.BULK]
+    if strays:
+        raise ValueError(f"only bulk commands travel in chunks, not {', '.join(strays[:3])}")
+    return [command.model_dump(mode="json") for command in commands]
 
 
 def resolve_broker_url(settings: Settings) -> str:
@@ -99,22 +136,36 @@ class CeleryPublisher:
         Raises:
             PublishError: the broker did not take the message (one line, no secrets).
         """
-        # The name resolves to the app's task_queues entry, which is the worker's own
-        # declaration (subswitch.broker.lane_queue); Celery declares it once per connection.
         queue = command.lane.queue
         try:
-            with self._producers.acquire(block=True) as producer:
-                self._app.send_task(
-                    APPLY_TASK,
-                    args=[command.model_dump(mode="json")],
-                    task_id=command.command_id,
-                    queue=queue,
-                    producer=producer,
-                    retry=True,
-                    retry_policy=RETRY_POLICY,
-                )
+            self._send(APPLY_TASK, command.model_dump(mode="json"), command.command_id, queue)
         except BROKER_FAILURES as exc:
-            raise PublishError(self._describe_failure(command, queue, exc)) from exc
+            what = f"command {command.command_id}"
+            raise PublishError(self._describe_failure(what, queue, exc)) from exc
+
+    def publish_batch(self, commands: Sequence[AnyCommand]) -> None:
+        """Send bulk ``commands`` as one ``subswitch.apply_batch`` task on the bulk lane.
+
+        The task's one argument is the list of commands; the worker applies each with
+        its own idempotency key, ordering, retries and result event. The task id is
+        ``chunk_task_id(commands)``.
+
+        Raises:
+            ValueError: empty, or a command is not of the bulk lane (nothing sent).
+            PublishError: the broker did not take the message (one line, no secrets).
+        """
+        body = _bulk_chunk(commands)
+        queue = Lane.BULK.queue
+        # A summary instead of Celery's repr of the arguments (what Flower and `celery
+        # inspect` show): as useful, and the repr of a big chunk costs more than the rest
+        # of the message.
+        first, last = commands[0].command_id, commands[-1].command_id
+        summary = f"[<{len(body)} commands: {first} .. {last}>]"
+        try:
+            self._send(APPLY_BATCH_TASK, body, chunk_task_id(commands), queue, argsrepr=summary)
+        except BROKER_FAILURES as exc:
+            what = f"{len(commands)} commands ({commands[0].command_id}...)"
+            raise PublishError(self._describe_failure(what, queue, exc)) from exc
 
     def close(self) -> None:
         """Close the pooled broker connections (those lent to pooled producers too)."""
@@ -124,20 +175,48 @@ class CeleryPublisher:
     def __repr__(self) -> str:
         return f"CeleryPublisher(broker_url={redact_url(self._broker_url)!r})"
 
-    def _describe_failure(self, command: AnyCommand, queue: str, exc: BaseException) -> str:
+    def _send(
+        self, task: str, argument: Any, task_id: str, queue: str, argsrepr: str | None = None
+    ) -> None:
+        # The queue name resolves to the app's task_queues entry, which is the worker's
+        # own declaration (subswitch.broker.lane_queue); Celery declares it once per
+        # connection.
+        with self._producers.acquire(block=True) as producer:
+            self._app.send_task(
+                task,
+                args=[argument],
+                task_id=task_id,
+                queue=queue,
+                producer=producer,
+                retry=True,
+                retry_policy=RETRY_POLICY,
+                argsrepr=argsrepr,
+            )
+
+    def _describe_failure(self, what: str, queue: str, exc: BaseException) -> str:
         reason = scrub(str(exc) or type(exc).__name__, self._broker_url)
-        return (
-            f"could not enqueue command {command.command_id} on {queue} "
-            f"at {redact_url(self._broker_url)}: {reason}"
-        )
+        return f"could not enqueue {what} on {queue} at {redact_url(self._broker_url)}: {reason}"
+
+
+@dataclass(frozen=True)
+class SentChunk:
+    """A chunk ``InMemoryPublisher`` recorded: queue, task id, commands as JSON dicts."""
+
+    queue: str
+    task_id: str
+    commands: list[dict[str, Any]]
 
 
 @dataclass
 class InMemoryPublisher:
-    """Test double: records ``(queue, command as JSON dict)``; set ``fail`` to refuse."""
+    """Test double: records ``(queue, command as JSON dict)`` per command and a
+    ``SentChunk`` per chunk; set ``fail`` to refuse, or ``fail_after`` to refuse every
+    chunk after that many."""
 
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    chunks: list[SentChunk] = field(default_factory=list)
     fail: bool = False
+    fail_after: int | None = None
     closed: bool = False
 
     def publish(self, command: AnyCommand) -> None:
@@ -146,11 +225,23 @@ class InMemoryPublisher:
             raise PublishError(f"could not enqueue command {command.command_id}: told to fail")
         self.sent.append((command.lane.queue, command.model_dump(mode="json")))
 
+    def publish_batch(self, commands: Sequence[AnyCommand]) -> None:
+        """Record a chunk as ``CeleryPublisher`` would send it, or raise PublishError."""
+        body = _bulk_chunk(commands)
+        if self.fail or (self.fail_after is not None and len(self.chunks) >= self.fail_after):
+            raise PublishError(f"could not enqueue {len(commands)} commands: told to fail")
+        self.chunks.append(SentChunk(Lane.BULK.queue, chunk_task_id(commands), body))
+
     def close(self) -> None:
         """Mark the publisher closed."""
         self.closed = True
 
     @property
     def commands(self) -> list[AnyCommand]:
-        """The recorded commands, parsed back as the worker would."""
+        """The recorded single commands, parsed back as the worker would."""
         return [parse_command(body) for _, body in self.sent]
+
+    @property
+    def chunked_commands(self) -> list[AnyCommand]:
+        """The commands of every recorded chunk, in order, parsed back as the worker would."""
+        return [parse_command(body) for chunk in self.chunks for body in chunk.commands]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import kombu.connection
 import pytest
 
-from contract import APPLY_TASK, ChangeBlockStatus, Lane
+from contract import APPLY_BATCH_TASK, APPLY_TASK, ChangeBlockStatus, Lane
 from producers import CeleryPublisher, CommandProducer, InMemoryPublisher
+from producers.publisher import chunk_task_id
 from tests.producers.helpers import queue_depth, receive
 
 pytestmark = pytest.mark.integration
@@ -119,3 +121,74 @@ def test_in_memory_and_celery_publishers_agree_on_queue_and_body(
     [message] = receive(broker_url, Lane.URGENT)
     # Then queue and args[0] are what the in-memory double recorded
     assert memory.sent == [(Lane.URGENT.queue, message.body[0][0])]
+
+
+# --- chunks of bulk commands ----------------------------------------------------------
+
+
+@contextmanager
+def _publisher(broker_url: str) -> Iterator[CeleryPublisher]:
+    publisher = CeleryPublisher(broker_url=broker_url)
+    try:
+        yield publisher
+    finally:
+        publisher.close()
+
+
+def bulk(count: int, *, first: int = 1) -> list[ChangeBlockStatus]:
+    return [
+        ChangeBlockStatus(**{**BLOCK, "subscription_id": n}, source="batch", priority=Lane.BULK)
+        for n in range(first, first + count)
+    ]
+
+
+def test_a_chunk_is_one_apply_batch_message_on_the_bulk_queue(broker_url: str) -> None:
+    # Given a publisher and a chunk of 3 bulk commands
+    commands = bulk(3)
+    # When the chunk is published
+    with _publisher(broker_url) as publisher:
+        publisher.publish_batch(commands)
+    # Then the bulk queue holds one subswitch.apply_batch message: task id from the
+    # chunk, one argument (the commands as JSON, in order), a short argsrepr
+    [message] = receive(broker_url, Lane.BULK)
+    assert message.headers["task"] == APPLY_BATCH_TASK
+    assert message.headers["id"] == chunk_task_id(commands)
+    assert message.body[0] == [[command.model_dump(mode="json") for command in commands]]
+    assert message.body[1] == {}
+    first, last = commands[0].command_id, commands[-1].command_id
+    assert message.headers["argsrepr"] == f"[<3 commands: {first} .. {last}>]"
+    assert not queue_depth(broker_url, Lane.NORMAL.queue)
+
+
+def test_a_chunk_with_a_command_of_another_lane_is_refused(broker_url: str) -> None:
+    # Given a chunk with one normal-lane command among bulk ones
+    commands = [*bulk(2), ChangeBlockStatus(**BLOCK, source="batch")]
+    memory = InMemoryPublisher()
+    # When either publisher is asked to send it, or an empty chunk
+    with _publisher(broker_url) as publisher:
+        for target in (publisher, memory):
+            with pytest.raises(ValueError, match="only bulk commands travel in chunks"):
+                target.publish_batch(commands)
+            with pytest.raises(ValueError, match="at least one command"):
+                target.publish_batch([])
+    # Then nothing was sent anywhere
+    assert not queue_depth(broker_url, Lane.BULK.queue)
+    assert memory.chunks == []
+
+
+def test_in_memory_and_celery_publishers_agree_on_chunks(broker_url: str) -> None:
+    # Given the same chunk sent through both publishers
+    commands = bulk(2, first=10)
+    memory = InMemoryPublisher()
+    memory.publish_batch(commands)
+    with _publisher(broker_url) as publisher:
+        publisher.publish_batch(commands)
+    # When the broker's message is read / Then queue, task id and argument match
+    [message] = receive(broker_url, Lane.BULK)
+    [chunk] = memory.chunks
+    assert (chunk.queue, chunk.task_id, chunk.commands) == (
+        Lane.BULK.queue,
+        message.headers["id"],
+        message.body[0][0],
+    )
+    assert memory.chunked_commands == commands
