@@ -91,8 +91,12 @@ def worker(
 
 
 def _run_celery(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> None:
-    # One INFO line per HTTP request drowns the worker's own log.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # One INFO line per HTTP request, and Celery's two per task ("received",
+    # "succeeded"), drown the worker's own log and cost CPU at hundreds of commands a
+    # second; the result events say the same. --loglevel DEBUG brings them back.
+    if loglevel.upper() != "DEBUG":
+        for name in ("httpx", "celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     app = create_app(Settings())
     queues = ",".join(lane.queue for lane in plan.lanes)
     argv = [

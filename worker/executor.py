@@ -161,8 +161,8 @@ class Executor:
         event = rejected_message_event(
             raw, reason=reason, command_id=command_id, completed_at=self._clock()
         )
-        key = keys.rejected(event.id)
-        return self._publish(self._store.record(key, token=token, event=event.to_json()), key)
+        key, body = keys.rejected(event.id), event.to_json()
+        return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
 
     def _handle_command(self, command: Command, token: str) -> Decision:
         fingerprint = command.fingerprint()
@@ -246,8 +246,10 @@ class Executor:
             error=EventError(message=message),
             fingerprint=job.fingerprint,
         )
-        key = keys.conflict(command_id, job.fingerprint)
-        return self._publish(self._store.record(key, token=job.token, event=event.to_json()), key)
+        key, body = keys.conflict(command_id, job.fingerprint), event.to_json()
+        return self._publish(
+            self._store.record(key, token=job.token, event=body), key, (event, body)
+        )
 
     def _finish(
         self,
@@ -267,17 +269,20 @@ class Executor:
             upstream_status=upstream_status,
             error=error,
         )
+        body = event.to_json()
         finished = self._store.finish(
-            job.command,
-            fingerprint=job.fingerprint,
-            token=job.token,
-            event=event.to_json(),
-            applied=applied,
+            job.command, fingerprint=job.fingerprint, token=job.token, event=body, applied=applied
         )
-        return self._publish(finished, keys.command(job.command.command_id))
+        return self._publish(finished, keys.command(job.command.command_id), (event, body))
 
-    def _publish(self, finished: Finished, key: str) -> Decision:
-        event = ResultEvent.model_validate_json(finished.event)
+    def _publish(
+        self, finished: Finished, key: str, built: tuple[ResultEvent, bytes] | None = None
+    ) -> Decision:
+        # The event just built (and its body) is usually the one stored: spare parsing it.
+        if built is not None and finished.event == built[1]:
+            event = built[0]
+        else:
+            event = ResultEvent.model_validate_json(finished.event)
         if finished.claim == "busy":
             return RetryLater(self._policy.busy_delay(), "event being published elsewhere")
         if finished.claim == "publish":

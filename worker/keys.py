@@ -54,6 +54,8 @@ def rejected(event_id: str) -> str:
 #: String: the rate limiter's theoretical arrival time (µs since the epoch). Expires a
 #: minute after the last reservation.
 RATE_TAT: Final = f"{PREFIX}:rate:tat"
+#: Sorted set: the sends of the last second (score and time in µs), for the hard cap.
+RATE_SENT: Final = f"{PREFIX}:rate:sent"
 #: String with a 1 s lease: urgent commands are waiting for budget.
 RATE_URGENT_WAITING: Final = f"{PREFIX}:rate:urgent"
 #: Hash: ``state`` (closed, open, half_open) and ``until`` (ms) of the circuit breaker.

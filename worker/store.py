@@ -282,8 +282,10 @@ class RedisStore:
     def mark_published(self, key: str) -> None:
         """The event of the record at ``key`` reached the broker."""
         try:
-            self._redis.hset(key, mapping={"published": "1"})
-            self._redis.hdel(key, "claim", "claim_until")
+            pipe = self._redis.pipeline(transaction=False)  # one round trip for both
+            pipe.hset(key, mapping={"published": "1"})
+            pipe.hdel(key, "claim", "claim_until")
+            pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"store unavailable: {exc}") from exc
 

@@ -54,6 +54,23 @@ redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil(wait /
 return {1, wait, string.format('%d', tat)}
 """
 
+# KEYS: log of sends (zset, µs). ARGV: cap, window_us, member. The hard cap, checked
+# right before sending: however late threads wake from their reservations, no window
+# of one second ever holds more than ``cap`` sends.
+_ADMIT_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(oldest[2]) + window - now + 1}
+"""
+
 # KEYS: state, probe. ARGV: token, probe_ttl_ms.
 _CHECK_LUA: Final = """
 local t = redis.call('TIME')
@@ -125,7 +142,9 @@ class RateLimiter:
         self._horizon_us = int(horizon_s * 1_000_000)
         self._max_wait_s = max_wait_s
         self._sleep = sleep
+        self._cap = max(1, math.floor(rate_per_s))
         self._reserve = client.register_script(_RESERVE_LUA)
+        self._admit = client.register_script(_ADMIT_LUA)
 
     def reserve(self, lane: Lane) -> Reservation:
         """One try for a slot within this lane's reach (one store round trip)."""
@@ -135,19 +154,30 @@ class RateLimiter:
         slot_us = int(reply[2]) if int(reply[0]) else None
         return Reservation(wait_s=int(reply[1]) / 1_000_000, slot_us=slot_us)
 
+    def admit(self) -> float | None:
+        """Record a send now if the last second holds fewer than the cap (``None``);
+        else the seconds until it will not (nothing recorded)."""
+        args = [self._cap, 1_000_000, uuid.uuid4().hex]
+        granted, wait_us = _run(self._admit, [keys.RATE_SENT], args)
+        return None if int(granted) else int(wait_us) / 1_000_000
+
     def acquire(self, lane: Lane) -> float | None:
         """Wait for a slot; ``None`` once it is this caller's turn to send, else the
         seconds to come back after (the wait would hold this thread too long)."""
         waited = 0.0
+        reserved = False
         while True:
-            reservation = self.reserve(lane)
-            if reservation.granted:
-                self._sleep(reservation.wait_s)
-                return None
-            if waited + reservation.wait_s > self._max_wait_s:
-                return reservation.wait_s + random.uniform(0, 0.1)
-            self._sleep(reservation.wait_s)
-            waited += reservation.wait_s
+            if reserved:
+                wait = self.admit()
+                if wait is None:
+                    return None
+            else:
+                reservation = self.reserve(lane)
+                reserved, wait = reservation.granted, reservation.wait_s
+            if waited + wait > self._max_wait_s:
+                return wait + random.uniform(0, 0.1)
+            self._sleep(wait)
+            waited += wait
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,19 @@ def test_acquire_waits_briefly_in_place_and_sends_the_rest_back(
     assert sorted(slept[:3]) == pytest.approx([0.0, 0.1, 0.2], abs=0.02)
 
 
+def test_the_hard_cap_admits_no_more_than_the_rate_in_any_second(
+    client_factory: Callable[[], fakeredis.FakeRedis],
+) -> None:
+    # Given a cap of 5 writes/s shared by two workers
+    first = RateLimiter(client=client_factory(), rate_per_s=5)
+    second = RateLimiter(client=client_factory(), rate_per_s=5)
+    # When they try to send 8 times at once, however late their reservations woke
+    answers = [limiter.admit() for limiter in (first, second) * 4]
+    # Then 5 go and the rest are told how long until the oldest send leaves the window
+    assert answers[:5] == [None] * 5
+    assert all(wait is not None and 0 < wait <= 1.0 for wait in answers[5:])
+
+
 FAST = BreakerPolicy(failure_ratio=0.5, min_requests=4, window_s=10, cooldown_s=0.3, recheck_s=0.0)
 
 
