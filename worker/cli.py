@@ -29,6 +29,9 @@ from worker.factory import DEFAULT_CONCURRENCY, create_app
 
 DEFAULT_URGENT_CONCURRENCY = 8
 _PR_SET_PDEATHSIG = 1
+#: The normal/bulk worker yields the CPU to the urgent one: on a busy machine an
+#: urgent command must not queue for a core behind bulk work either.
+_MAIN_NICENESS = 5
 
 
 @dataclass(frozen=True)
@@ -157,10 +160,13 @@ def _spawn(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> subpro
         "--hostname",
         child_hostname(hostname, plan.suffix or "worker"),
     ]
-    return subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+    niceness = 0 if Lane.URGENT in plan.lanes else _MAIN_NICENESS
+    return subprocess.Popen(argv, preexec_fn=lambda: _prepare_child(niceness))  # noqa: S603, PLW1509
 
 
-def _die_with_parent() -> None:
+def _prepare_child(niceness: int) -> None:
+    with contextlib.suppress(OSError):
+        os.nice(niceness)
     # Linux: a SIGKILLed supervisor takes its workers along instead of orphaning them.
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
