@@ -38,9 +38,9 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m subswitch.schemas docs
 
-## bench: the benchmarks; results under bench/results/
+## bench: every benchmark scenario (about 15 min; results under bench/results/)
 bench: $(STAMP)
-	$(BIN)/python bench/simulator_bench.py
+	$(BIN)/python -m bench
 
 simulator: $(STAMP)
 	$(BIN)/subswitch simulator

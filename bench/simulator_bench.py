@@ -45,7 +45,7 @@ from simulator.testing import SimulatorHandle, spawned_simulator
 try:
     import uvloop
 except ImportError:  # the bench runs without it too, only slower
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 TOKEN = "bench-token"  # a throwaway token of the simulator this script starts
 SUBSCRIPTIONS = 1_000_000
