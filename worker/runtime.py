@@ -20,12 +20,21 @@ from worker.factory import request_budget_s
 from worker.policy import RetryPolicy
 from worker.sinks import KombuDeadLetters, KombuEventSink
 from worker.store import RedisStore
-from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
+from worker.traffic import (
+    MAX_WAIT_S,
+    BreakerPolicy,
+    CircuitBreaker,
+    RateLimiter,
+    TrafficControl,
+)
 
 logger = logging.getLogger(__name__)
 
 # Extra lease beyond the longest attempt: store round trips and scheduling hiccups.
 _LEASE_MARGIN_S = 2.0
+# The lock is taken before the wait for a rate-limit slot, so the lease covers both:
+# a lease ending while the request is in flight would let a second command start.
+_LEASE_S_BEYOND_BUDGET = MAX_WAIT_S + _LEASE_MARGIN_S
 
 
 @dataclass
@@ -96,7 +105,7 @@ def build_runtime(app: Celery) -> Runtime:
         events=KombuEventSink(app=app),
         dead_letters=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
         policy=policy,
-        lease_ms=int((request_budget_s(settings) + _LEASE_MARGIN_S) * 1000),
+        lease_ms=int((request_budget_s(settings) + _LEASE_S_BEYOND_BUDGET) * 1000),
         traffic=traffic,
     )
     logger.info("worker runtime ready: upstream %s, %r", settings.upstream_url, store)

@@ -122,6 +122,9 @@ return 'same'
 #: How much further ahead than bulk each lane may reserve: the first to be turned
 #: away when the budget runs short is bulk, the last is urgent.
 _LANE_REACH: Final = {Lane.BULK: 1.0, Lane.NORMAL: 1.5, Lane.URGENT: 2.0}
+#: Longest a thread waits in place for a slot, holding its target's lock meanwhile:
+#: part of the lock's lease (see worker/runtime.py).
+MAX_WAIT_S: Final = 2.0
 #: How long "urgent commands are waiting" holds the other lanes back, once set (ms).
 _URGENT_MARK_MS: Final = 1000
 
@@ -135,7 +138,7 @@ class RateLimiter:
         client: redis.Redis,
         rate_per_s: float,
         horizon_s: float = 0.25,
-        max_wait_s: float = 2.0,
+        max_wait_s: float = MAX_WAIT_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._interval_us = max(1, math.ceil(1_000_000 / rate_per_s))
