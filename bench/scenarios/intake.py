@@ -123,8 +123,14 @@ def timed(ctx: Context, argv: list[str], rows: int) -> Json:
         "rows_per_s": rows / wall,
         "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None,
         "messages_queued": queued,
-        "output_tail": (done.stdout[-800:] + done.stderr[-1500:]).strip(),
+        "output_tail": _tail(done.stdout[-800:] + done.stderr[-1500:]),
     }
+
+
+def _tail(output: str) -> str:
+    # time -v repeats the command line, with this machine's paths: results are committed.
+    kept = [line for line in output.splitlines() if "Command being timed" not in line]
+    return "\n".join(kept).strip()
 
 
 def _queued(url: str) -> int:
