@@ -19,6 +19,7 @@ import redis
 
 from bench import procs
 from bench.config import BROKER_URL, LATENCY_MS, TOKEN, Sizes
+from bench.load import LoadSpec, Producer
 from simulator.testing import SimulatorHandle
 
 Json = dict[str, Any]
@@ -270,6 +271,48 @@ def wait_for_writes(
             return time.time()
         time.sleep(poll_s)
     return None
+
+
+@dataclass(frozen=True)
+class WritesRun:
+    """A baseline side driven until the simulator answered every write."""
+
+    first_at: float
+    done_at: float | None
+    cpu: Json
+    peak_rss_mb: float
+    tree_peak_rss_mb: float
+    processes: int
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """From the first enqueue to the last write answered (None if it never was)."""
+        return self.done_at - self.first_at if self.done_at else None
+
+
+def drive_writes(
+    ctx: Context, name: str, argvs: list[list[str]], spec: LoadSpec, *, ready: int = 1
+) -> WritesRun:
+    """Start baseline workers, enqueue ``spec`` and wait for its writes (they publish no
+    events); CPU and memory are read while the workers still run."""
+    with (
+        Producer() as producer,
+        fleet(ctx, name, argvs, ctx.baseline_env(), ready=ready) as workers,
+    ):
+        split = cpu_split(ctx, workers)
+        split.start()
+        future = producer.submit(spec)
+        done_at = wait_for_writes(ctx.sim, spec.count, timeout=ctx.sizes.drain_timeout_s)
+        load = future.result(timeout=60)
+        cpu = split.stop(producer=load.cpu_s)
+        return WritesRun(
+            load.first_at,
+            done_at,
+            cpu,
+            workers.peak_rss_mb(),
+            workers.tree_peak_rss_mb(),
+            workers.processes(),
+        )
 
 
 def writes_so_far(sim: SimulatorHandle) -> int:

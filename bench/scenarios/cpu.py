@@ -109,20 +109,10 @@ def run_bare(ctx: Context) -> Json:
     """One bare threads-pool Celery worker, -c 64."""
     ctx.fresh()
     count = ctx.sizes.cpu_commands
-    argvs = [harness.bare_argv("bare")]
-    with (
-        Producer() as producer,
-        harness.fleet(ctx, "cpu-bare", argvs, ctx.baseline_env(), ready=1) as fleet,
-    ):
-        split = harness.cpu_split(ctx, fleet)
-        split.start()
-        future = producer.submit(LoadSpec("bare", count, prefix="cpb"))
-        done_at = harness.wait_for_writes(ctx.sim, count, timeout=ctx.sizes.drain_timeout_s)
-        load = future.result(timeout=60)
-        cpu = split.stop(producer=load.cpu_s)
-        rss = fleet.peak_rss_mb()
+    spec = LoadSpec("bare", count, prefix="cpb")
+    run = harness.drive_writes(ctx, "cpu-bare", [harness.bare_argv("bare")], spec)
     done = harness.writes_so_far(ctx.sim)
-    return _figures(count, done, cpu, load.first_at, done_at, rss)
+    return _figures(count, done, run.cpu, run.first_at, run.done_at, run.peak_rss_mb)
 
 
 def _figures(

@@ -112,27 +112,16 @@ def run_default(ctx: Context) -> Json:
     """The default Celery task on one prefork worker."""
     ctx.fresh()
     count = ctx.sizes.baseline_commands
-    argvs = [harness.default_argv("tpbase")]
-    with (
-        Producer() as producer,
-        harness.fleet(ctx, "throughput-default", argvs, ctx.baseline_env(), ready=1) as fleet,
-    ):
-        split = harness.cpu_split(ctx, fleet)
-        split.start()
-        future = producer.submit(LoadSpec("default", count, prefix="tpb"))
-        done_at = harness.wait_for_writes(ctx.sim, count, timeout=ctx.sizes.drain_timeout_s)
-        load = future.result(timeout=60)
-        cpu = split.stop(producer=load.cpu_s)
-        processes = fleet.processes()
-        tree_rss = fleet.tree_peak_rss_mb()
-    elapsed = done_at - load.first_at if done_at else None
+    spec = LoadSpec("default", count, prefix="tpb")
+    run = harness.drive_writes(ctx, "throughput-default", [harness.default_argv("tpbase")], spec)
+    elapsed = run.elapsed_s
     return {
         "commands": count,
-        "worker_processes": processes,
+        "worker_processes": run.processes,
         "writes_seen": harness.writes_so_far(ctx.sim),
         "elapsed_s": elapsed,
         "commands_per_s": count / elapsed if elapsed else None,
-        "worker_cpu_ms_per_command": cpu["cpu_s"]["workers"] / count * 1000,
-        "worker_tree_peak_rss_mb": tree_rss,
-        "cpu": cpu,
+        "worker_cpu_ms_per_command": run.cpu["cpu_s"]["workers"] / count * 1000,
+        "worker_tree_peak_rss_mb": run.tree_peak_rss_mb,
+        "cpu": run.cpu,
     }
