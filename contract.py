@@ -172,6 +172,7 @@ class ChangeBlockStatus(_CommandBase):
 
 
 Command = Annotated[ChangeServiceStatus | ChangeBlockStatus, Field(discriminator="type")]
+_COMMAND_ID_ADAPTER: Final[TypeAdapter[str]] = TypeAdapter(CommandId)
 COMMAND_ADAPTER: Final[TypeAdapter[ChangeServiceStatus | ChangeBlockStatus]] = TypeAdapter(Command)
 
 _COMMAND_TYPES: Final = ("ChangeServiceStatus", "ChangeBlockStatus")
@@ -214,7 +215,7 @@ def parse_command(data: Any) -> ChangeServiceStatus | ChangeBlockStatus:
             raise InvalidCommand(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidCommand(f"a command is a JSON object, got {type(data).__name__}")
-    command_id = _readable_command_id(data)
+    command_id = readable_command_id(data.get("command_id"))
     missing = [name for name in _WIRE_REQUIRED if name not in data]
     if missing:
         raise InvalidCommand(f"missing field(s): {', '.join(missing)}", command_id=command_id)
@@ -224,10 +225,10 @@ def parse_command(data: Any) -> ChangeServiceStatus | ChangeBlockStatus:
         raise InvalidCommand(describe_validation_error(exc), command_id=command_id) from None
 
 
-def _readable_command_id(data: dict[str, Any]) -> str | None:
-    candidate = data.get("command_id")
+def readable_command_id(candidate: Any) -> str | None:
+    """``candidate`` if it is a valid command id, else ``None`` (to name what was rejected)."""
     try:
-        return TypeAdapter(CommandId).validate_python(candidate)
+        return _COMMAND_ID_ADAPTER.validate_python(candidate)
     except ValidationError:
         return None
 

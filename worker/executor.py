@@ -14,17 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
-
 from contract import (
     ChangeBlockStatus,
     ChangeServiceStatus,
-    CommandId,
     EventError,
     InvalidCommand,
     Outcome,
     ResultEvent,
     parse_command,
+    readable_command_id,
     rejected_message_event,
     result_event,
 )
@@ -45,7 +43,6 @@ from worker.upstream.errors import PermanentError, TransientError, UpstreamError
 logger = logging.getLogger(__name__)
 
 Command = ChangeServiceStatus | ChangeBlockStatus
-_COMMAND_ID: TypeAdapter[str] = TypeAdapter(CommandId)
 
 
 class Upstream(Protocol):
@@ -339,14 +336,6 @@ def _stored_error(last_error: str | None, reason: str) -> tuple[EventError, int 
     return error.model_copy(update={"message": f"{fallback}; last error: {error.message}"}), stored[
         "upstream_status"
     ]
-
-
-def readable_command_id(candidate: Any) -> str | None:
-    """``candidate`` if it is a valid command id, else ``None``."""
-    try:
-        return _COMMAND_ID.validate_python(candidate)
-    except ValidationError:
-        return None
 
 
 def _as_bytes(payload: Any) -> bytes:

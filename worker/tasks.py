@@ -17,8 +17,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
-from contract import APPLY_BATCH_TASK, APPLY_TASK, Lane
-from worker.executor import RetryLater, readable_command_id
+from contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
+from worker.executor import RetryLater
 
 logger = logging.getLogger(__name__)
 
