@@ -22,7 +22,7 @@ from bench import harness
 from bench.config import LATENCY_MS, QUICK, RESULTS_DIR, SUBSCRIPTIONS, TOKEN, Sizes
 from bench.report import Row, ScenarioResult, machine, now_iso, write
 from bench.scenarios import SCENARIOS, summary
-from simulator.testing import spawned_simulator
+from subswitch.simulator.testing import spawned_simulator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from typing import Any
 from bench.config import BROKER_URL, TOKEN
 from bench.harness import Context, Json
 from bench.load import command_dict
-from contract import Outcome, ResultEvent, parse_command, result_event
+from subswitch.contract import Outcome, ResultEvent, parse_command, result_event
 
 REPEATS = 1_000
 

@@ -20,7 +20,7 @@ import redis
 from bench import procs
 from bench.config import BROKER_URL, LATENCY_MS, TOKEN, Sizes
 from bench.load import LoadSpec, Producer
-from simulator.testing import SimulatorHandle
+from subswitch.simulator.testing import SimulatorHandle
 
 Json = dict[str, Any]
 

@@ -148,11 +148,11 @@ def _publish_chunk(publisher: Any, chunk: list[dict[str, Any]]) -> str:
     """``CeleryPublisher.publish_batch`` when it exists, else ``send_task`` by hand."""
     publish_batch = getattr(publisher, "publish_batch", None)
     if publish_batch is not None:
-        from contract import parse_command  # noqa: PLC0415
+        from subswitch.contract import parse_command  # noqa: PLC0415
 
         publish_batch([parse_command(body) for body in chunk])
         return "CeleryPublisher.publish_batch"
-    from contract import APPLY_BATCH_TASK  # noqa: PLC0415
+    from subswitch.contract import APPLY_BATCH_TASK  # noqa: PLC0415
 
     with publisher.producer_pool.acquire(block=True) as producer:
         publisher.app.send_task(

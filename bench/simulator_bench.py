@@ -2,7 +2,7 @@
 
 Run: ``python bench/simulator_bench.py [--seconds 10] [--connections 64] [--processes 3]``
 
-The simulator runs as its own process (``python -m simulator``) on a loopback port. The
+The simulator runs as its own process (``python -m subswitch.simulator``) on a loopback port. The
 load comes from separate client processes that all start at the same instant; every
 write goes to its own target with a bearer token, an Idempotency-Key and a JSON body,
 as the worker sends them. Each run is bounded in time and in number of writes.
@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from simulator.testing import SimulatorHandle, spawned_simulator
+from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 
 try:
     import uvloop

@@ -28,8 +28,13 @@ from typing import IO, Any, Final, TypeAlias, TypeVar
 
 from pydantic import ValidationError
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, Lane, describe_validation_error
 from producers.commands import AnyCommand
+from subswitch.contract import (
+    ChangeBlockStatus,
+    ChangeServiceStatus,
+    Lane,
+    describe_validation_error,
+)
 
 #: Every column (CSV header) or key (JSON Lines) a row may have.
 COLUMNS: Final = (

@@ -26,7 +26,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from contract import Lane, ResultEvent
 from producers.batch import (
     BATCH_ID_PATTERN,
     DEFAULT_CHUNK_SIZE,
@@ -59,6 +58,7 @@ from producers.commands import AnyCommand
 from producers.errors import BrokerError
 from producers.events import EventStream
 from producers.publisher import BatchPublisher, CeleryPublisher, resolve_broker_url
+from subswitch.contract import Lane, ResultEvent
 from subswitch.embedded import EmbeddedRedisError
 from subswitch.settings import Settings
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol, Self
 
-from contract import Outcome, ResultEvent
 from producers.batch import LINE_DIGITS, RowError, generated_command_id
 from producers.render import describe_error
+from subswitch.contract import Outcome, ResultEvent
 
 REPORT_COLUMNS: Final = ("command_id", "line", "outcome", "upstream_status", "error")
 #: Report outcomes besides the contract's: a row that is no command, a command sent

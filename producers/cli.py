@@ -21,7 +21,6 @@ from rich.console import Console
 from typer.core import TyperCommand
 from typer.exceptions import TyperException
 
-from contract import Lane, Outcome, ResultEvent, describe_validation_error
 from producers.commands import (
     AnyCommand,
     Envelope,
@@ -33,6 +32,7 @@ from producers.events import EventStream
 from producers.producer import CommandProducer
 from producers.publisher import CeleryPublisher, resolve_broker_url
 from producers.render import EventTable, json_line, summary
+from subswitch.contract import Lane, Outcome, ResultEvent, describe_validation_error
 from subswitch.embedded import EmbeddedRedisError
 from subswitch.settings import Settings
 

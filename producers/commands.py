@@ -8,9 +8,15 @@ from typing import Any, Final, TypeAlias, TypedDict, TypeVar, Unpack
 
 from pydantic import ValidationError
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, InvalidCommand, Lane, parse_command
-from contract import describe_validation_error as _describe
 from producers.errors import InvalidCommandError
+from subswitch.contract import (
+    ChangeBlockStatus,
+    ChangeServiceStatus,
+    InvalidCommand,
+    Lane,
+    parse_command,
+)
+from subswitch.contract import describe_validation_error as _describe
 
 AnyCommand: TypeAlias = ChangeServiceStatus | ChangeBlockStatus
 _C = TypeVar("_C", ChangeServiceStatus, ChangeBlockStatus)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from contract import InvalidCommand
+from subswitch.contract import InvalidCommand
 
 _WHITESPACE = re.compile(r"\s+")
 

@@ -13,10 +13,10 @@ from typing import Any, Final, Self
 from kombu import Connection, Consumer, Message, Queue, binding
 from pydantic import ValidationError
 
-from contract import Outcome, ResultEvent, describe_validation_error
 from producers.errors import BrokerError, redact_url, scrub
 from producers.publisher import BROKER_FAILURES, resolve_broker_url
 from subswitch.broker import EVENTS
+from subswitch.contract import Outcome, ResultEvent, describe_validation_error
 from subswitch.settings import Settings
 
 log = logging.getLogger(__name__)

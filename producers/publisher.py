@@ -14,10 +14,10 @@ from kombu.exceptions import KombuError
 from kombu.pools import ProducerPool
 from redis.exceptions import RedisError
 
-from contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, parse_command
 from producers.commands import AnyCommand
 from producers.errors import PublishError, redact_url, scrub
 from subswitch.broker import celery_config
+from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, parse_command
 from subswitch.embedded import ensure_embedded_redis
 from subswitch.settings import Settings
 

@@ -7,7 +7,7 @@ from datetime import UTC
 from rich.console import Console
 from rich.text import Text
 
-from contract import EventError, Outcome, ResultEvent
+from subswitch.contract import EventError, Outcome, ResultEvent
 
 OUTCOME_STYLES = {
     Outcome.APPLIED: "green",

@@ -10,7 +10,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from contract import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
+from subswitch.contract import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
 
 #: One topic exchange for every lane. Topic, not direct, because Celery's native
 #: delayed delivery on RabbitMQ quorum queues (used by retries) needs topic exchanges.

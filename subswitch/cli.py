@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from producers.cli import register as register_producer_commands
-from simulator.cli import register as register_simulator_commands
+from subswitch.simulator.cli import register as register_simulator_commands
 from worker.cli import register as register_worker_commands
 
 app = typer.Typer(

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
 from producers import CommandProducer
 from producers.commands import AnyCommand
 from producers.events import EventStream
 from producers.render import EventTable
-from simulator.testing import spawned_simulator
+from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
 from subswitch.embedded import ensure_embedded_redis, stop_embedded_redis
 from subswitch.settings import Settings
+from subswitch.simulator.testing import spawned_simulator
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the local simulator's throwaway token
 _READY_MARK = " ready."

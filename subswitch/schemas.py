@@ -19,7 +19,9 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 
-from contract import (
+from subswitch import __version__
+from subswitch.broker import COMMANDS_EXCHANGE, DEAD_LETTER
+from subswitch.contract import (
     APPLY_BATCH_TASK,
     APPLY_TASK,
     COMMAND_ADAPTER,
@@ -33,8 +35,6 @@ from contract import (
     ResultEvent,
     result_event,
 )
-from subswitch import __version__
-from subswitch.broker import COMMANDS_EXCHANGE, DEAD_LETTER
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 COMPONENTS_REF: Final = "#/components/schemas/{model}"

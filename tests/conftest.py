@@ -39,8 +39,8 @@ from kombu.exceptions import KombuError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from contract import DEAD_LETTER_QUEUE, Lane
 from subswitch.broker import is_amqp
+from subswitch.contract import DEAD_LETTER_QUEUE, Lane
 
 REDIS_HOST: Final = "127.0.0.1"
 REDIS_PORT: Final = 6379

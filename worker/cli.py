@@ -23,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from contract import Lane
+from subswitch.contract import Lane
 from subswitch.settings import Settings
 from worker.factory import DEFAULT_CONCURRENCY, create_app
 

@@ -15,7 +15,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
-from contract import readable_command_id
+from subswitch.contract import readable_command_id
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from contract import (
+from subswitch.contract import (
     ChangeBlockStatus,
     ChangeServiceStatus,
     EventError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from contract import Target
+from subswitch.contract import Target
 
 PREFIX: Final = "subswitch"
 

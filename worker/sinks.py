@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery
 
-from contract import DEAD_LETTER_QUEUE, EVENT_CONTENT_TYPE
 from subswitch.broker import DEAD_LETTER, EVENTS, dead_letter_queue
+from subswitch.contract import DEAD_LETTER_QUEUE, EVENT_CONTENT_TYPE
 
 _RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2}
 

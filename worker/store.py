@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import redis
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, Target
+from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Target
 from worker import keys
 
 Command = ChangeServiceStatus | ChangeBlockStatus

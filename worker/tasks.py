@@ -17,7 +17,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
-from contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
+from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
 from worker.executor import RetryLater
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import redis
 
-from contract import Lane
+from subswitch.contract import Lane
 from worker import keys
 from worker.store import StoreError
 

@@ -23,7 +23,7 @@ from bench.load import LoadSpec, Producer
 from bench.report import Row, ScenarioResult, fmt
 from bench.scenarios import throughput
 from producers.events import EventStream
-from simulator.testing import SimulatorHandle
+from subswitch.simulator.testing import SimulatorHandle
 
 MIN_SHARE = 0.95  # 190 of 200
 MAX_SECOND = 204

@@ -15,9 +15,16 @@ import amqp.exceptions
 from kombu import Connection, Consumer, Message, Producer, Queue
 from kombu.exceptions import ChannelError
 
-from contract import EVENT_CONTENT_TYPE, Lane, Outcome, ResultEvent, parse_command, result_event
 from producers.commands import AnyCommand
 from subswitch.broker import EVENTS, lane_queue
+from subswitch.contract import (
+    EVENT_CONTENT_TYPE,
+    Lane,
+    Outcome,
+    ResultEvent,
+    parse_command,
+    result_event,
+)
 
 
 @dataclass(frozen=True)

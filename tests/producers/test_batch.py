@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, Lane, parse_command
 from producers import AnyCommand
 from producers.batch import (
     COLUMNS,
@@ -28,6 +27,7 @@ from producers.batch import (
     generated_command_id,
 )
 from producers.batch_cli import BATCH_EPILOG
+from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Lane, parse_command
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 HEADER = "type,org_id,subscription_id,block_id,service_id,active,reason,priority,command_id\n"

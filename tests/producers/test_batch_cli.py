@@ -16,12 +16,19 @@ from rich.console import Console
 from typer.testing import CliRunner, Result
 
 import producers.batch_cli as batch_cli
-from contract import APPLY_BATCH_TASK, EventError, Lane, Outcome, ResultEvent, parse_command
 from producers import AnyCommand
 from producers.batch import BatchCheck, BatchSource, check_file
 from producers.cli import register
 from producers.publisher import InMemoryPublisher, chunk_task_id
-from simulator.testing import spawned_simulator
+from subswitch.contract import (
+    APPLY_BATCH_TASK,
+    EventError,
+    Lane,
+    Outcome,
+    ResultEvent,
+    parse_command,
+)
+from subswitch.simulator.testing import spawned_simulator
 from tests.producers.helpers import event_for, queue_depth, receive
 from tests.worker.processes import running_worker
 

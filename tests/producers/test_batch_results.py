@@ -6,9 +6,9 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from contract import ChangeBlockStatus, EventError, Outcome, ResultEvent
 from producers.batch import RowError, generated_command_id
 from producers.batch_results import BatchReport, PendingCommands, ResultTally, await_results
+from subswitch.contract import ChangeBlockStatus, EventError, Outcome, ResultEvent
 from tests.producers.helpers import event_for
 
 BATCH = "0123456789abcdef"

@@ -9,8 +9,15 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, EventError, Lane, Outcome, ResultEvent
 from producers.cli import register
+from subswitch.contract import (
+    ChangeBlockStatus,
+    ChangeServiceStatus,
+    EventError,
+    Lane,
+    Outcome,
+    ResultEvent,
+)
 from tests.producers.helpers import event_for, fake_worker, receive, repeating_events
 
 UNREACHABLE = "redis://:s3cret@127.0.0.1:1/0"

@@ -9,8 +9,8 @@ import kombu
 import pytest
 import redis
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, EventError, Lane, Outcome
 from producers import BrokerError, EventStream
+from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, EventError, Lane, Outcome
 from tests.producers.helpers import event_for, publish_event
 
 pytestmark = pytest.mark.integration

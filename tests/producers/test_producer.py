@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, Lane, parse_command
 from producers import (
     CeleryPublisher,
     CommandProducer,
@@ -16,6 +15,7 @@ from producers import (
     InvalidCommandError,
     PublishError,
 )
+from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Lane, parse_command
 
 BLOCK = {"org_id": "telco", "subscription_id": 214748364, "block_id": 1, "active": True}
 SERVICE = {"org_id": "telco", "subscription_id": 214748364, "service_id": 77, "active": False}

@@ -9,9 +9,9 @@ from typing import Any
 import kombu.connection
 import pytest
 
-from contract import APPLY_BATCH_TASK, APPLY_TASK, ChangeBlockStatus, Lane
 from producers import CeleryPublisher, CommandProducer, InMemoryPublisher
 from producers.publisher import chunk_task_id
+from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, ChangeBlockStatus, Lane
 from tests.producers.helpers import queue_depth, receive
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,15 @@ from typing import Any
 
 import pytest
 
-from contract import APPLY_TASK, EVENT_CONTENT_TYPE, InvalidCommand, Lane, Outcome, parse_command
 from subswitch import schemas
+from subswitch.contract import (
+    APPLY_TASK,
+    EVENT_CONTENT_TYPE,
+    InvalidCommand,
+    Lane,
+    Outcome,
+    parse_command,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 LANE_CHANNELS = {"subswitch.urgent", "subswitch.normal", "subswitch.bulk"}

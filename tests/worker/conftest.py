@@ -10,7 +10,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, ResultEvent
+from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, ResultEvent
 from worker.executor import Executor
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink

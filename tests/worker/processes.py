@@ -16,8 +16,8 @@ import kombu
 import redis
 from celery import Celery
 
-from contract import Lane
 from subswitch.broker import celery_config, is_amqp
+from subswitch.contract import Lane
 
 READY_MARK = " ready."
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import fakeredis
 
-from contract import ChangeBlockStatus, ChangeServiceStatus, Outcome
+from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Outcome
 from tests.worker.conftest import Harness
 from worker import keys
 from worker.executor import Ack, Executor, RetryLater

@@ -19,18 +19,18 @@ import kombu
 import pytest
 import redis
 
-from contract import (
+from producers import CommandProducer
+from producers.events import EventStream
+from producers.publisher import CeleryPublisher
+from subswitch.broker import COMMANDS_EXCHANGE, dead_letter_queue
+from subswitch.contract import (
     APPLY_TASK,
     DEAD_LETTER_QUEUE,
     Lane,
     Outcome,
     ResultEvent,
 )
-from producers import CommandProducer
-from producers.events import EventStream
-from producers.publisher import CeleryPublisher
-from simulator.testing import SimulatorHandle, spawned_simulator
-from subswitch.broker import COMMANDS_EXCHANGE, dead_letter_queue
+from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.conftest import purge_subswitch_queues
 from tests.worker.processes import WorkerProcess, running_worker, wait_idle, wait_until
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 import fakeredis
 import pytest
 
-from contract import ChangeBlockStatus, Lane, Outcome
+from subswitch.contract import ChangeBlockStatus, Lane, Outcome
 from tests.worker.conftest import Harness
 from worker import keys
 from worker.executor import Ack, RetryLater

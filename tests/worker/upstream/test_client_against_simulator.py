@@ -10,10 +10,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from simulator.accounts import generate_service_account
-from simulator.config import SimulatorConfig
-from simulator.testing import SimulatorHandle, running_simulator
 from subswitch.settings import Settings
+from subswitch.simulator.accounts import generate_service_account
+from subswitch.simulator.config import SimulatorConfig
+from subswitch.simulator.testing import SimulatorHandle, running_simulator
 from worker.upstream import (
     AuthenticationError,
     MasStackClient,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from tests.simulator.helpers import AUTH, START, ClientFactory, FakeClock
+from tests.subswitch.simulator.helpers import AUTH, START, ClientFactory, FakeClock
 
 SUB = "/v2/orgs/telco/subscriptions/7"
 

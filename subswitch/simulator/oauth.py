@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from simulator.auth import GrantError
-from simulator.runtime import Simulator
+from subswitch.simulator.auth import GrantError
+from subswitch.simulator.runtime import Simulator
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
 _FORM = "application/x-www-form-urlencoded"

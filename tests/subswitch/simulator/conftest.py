@@ -14,11 +14,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`", category=UserWarning)
     from starlette.testclient import TestClient
 
-from simulator.accounts import generate_service_account
-from simulator.app import create_app
-from simulator.config import SimulatorConfig
-from simulator.testing import SimulatorHandle, running_simulator
-from tests.simulator.helpers import ClientFactory, FakeClock
+from subswitch.simulator.accounts import generate_service_account
+from subswitch.simulator.app import create_app
+from subswitch.simulator.config import SimulatorConfig
+from subswitch.simulator.testing import SimulatorHandle, running_simulator
+from tests.subswitch.simulator.helpers import ClientFactory, FakeClock
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import asyncio
 
 import httpx
 
-from simulator.stats import Stats
-from simulator.testing import SimulatorHandle
-from tests.simulator.helpers import AUTH
+from subswitch.simulator.stats import Stats
+from subswitch.simulator.testing import SimulatorHandle
+from tests.subswitch.simulator.helpers import AUTH
 
 
 def test_in_flight_is_counted_per_target() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 from jwt.types import Options
 
-from simulator.accounts import TrustedAccount
+from subswitch.simulator.accounts import TrustedAccount
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ISSUER = "subswitch-simulator"

@@ -10,17 +10,17 @@ import httpx
 import pytest
 from uvicorn.config import LOGGING_CONFIG
 
-from simulator.config import Faults, SimulatorConfig
-from simulator.faults import InjectedDrop
-from simulator.server import (
+from subswitch.simulator.config import Faults, SimulatorConfig
+from subswitch.simulator.faults import InjectedDrop
+from subswitch.simulator.server import (
     InjectedDropFilter,
     bind_socket,
     describe,
     logging_config,
     socket_url,
 )
-from simulator.testing import SimulatorHandle
-from tests.simulator.helpers import AUTH
+from subswitch.simulator.testing import SimulatorHandle
+from tests.subswitch.simulator.helpers import AUTH
 
 
 def _record(exc: BaseException | None) -> logging.LogRecord:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.store import SEED_MODIFIED, Store, rfc3339
+from subswitch.simulator.store import SEED_MODIFIED, Store, rfc3339
 
 
 def test_every_subscription_has_the_seed_services() -> None:

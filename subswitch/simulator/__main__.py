@@ -1,10 +1,10 @@
-"""``python -m simulator``: the same as ``subswitch simulator``."""
+"""``python -m subswitch.simulator``: the same as ``subswitch simulator``."""
 
 from __future__ import annotations
 
 import typer
 
-from simulator.cli import register
+from subswitch.simulator.cli import register
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 register(app)

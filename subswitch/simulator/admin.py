@@ -37,11 +37,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from simulator.api import parse_id
-from simulator.config import Faults
-from simulator.errors import ApiError
-from simulator.runtime import Simulator
-from simulator.store import TargetKey, as_kind
+from subswitch.simulator.api import parse_id
+from subswitch.simulator.config import Faults
+from subswitch.simulator.errors import ApiError
+from subswitch.simulator.runtime import Simulator
+from subswitch.simulator.store import TargetKey, as_kind
 
 DEFAULT_PAGE = 10_000
 MAX_PAGE = 100_000

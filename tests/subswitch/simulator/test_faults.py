@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from simulator.config import Faults, SimulatorConfig
-from simulator.faults import FaultInjector
-from simulator.testing import SimulatorHandle, running_simulator
-from tests.simulator.helpers import AUTH
+from subswitch.simulator.config import Faults, SimulatorConfig
+from subswitch.simulator.faults import FaultInjector
+from subswitch.simulator.testing import SimulatorHandle, running_simulator
+from tests.subswitch.simulator.helpers import AUTH
 
 
 @pytest.mark.parametrize(

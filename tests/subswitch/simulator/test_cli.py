@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from simulator import cli
-from simulator.config import Faults, SimulatorConfig
 from subswitch.cli import app as subswitch_app
+from subswitch.simulator import cli
+from subswitch.simulator.config import Faults, SimulatorConfig
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200", "NO_COLOR": "1"}

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
-from simulator.admin import AdminApi
-from simulator.api import V2Api
-from simulator.config import SimulatorConfig
-from simulator.errors import http_exception
-from simulator.oauth import oauth_routes
-from simulator.runtime import Simulator
+from subswitch.simulator.admin import AdminApi
+from subswitch.simulator.api import V2Api
+from subswitch.simulator.config import SimulatorConfig
+from subswitch.simulator.errors import http_exception
+from subswitch.simulator.oauth import oauth_routes
+from subswitch.simulator.runtime import Simulator
 
 
 def create_app(config: SimulatorConfig, *, clock: Callable[[], float] | None = None) -> Starlette:

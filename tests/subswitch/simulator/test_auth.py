@@ -9,9 +9,9 @@ from typing import Any
 import jwt
 import pytest
 
-from simulator.accounts import load_trusted_account
-from simulator.auth import Authenticator, GrantError
-from tests.simulator.helpers import START, FakeClock, make_assertion, token_form
+from subswitch.simulator.accounts import load_trusted_account
+from subswitch.simulator.auth import Authenticator, GrantError
+from tests.subswitch.simulator.helpers import START, FakeClock, make_assertion, token_form
 
 
 def _authenticator(account_file: Path, clock: FakeClock, **overrides: Any) -> Authenticator:

@@ -6,13 +6,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simulator.accounts import load_trusted_account
-from simulator.auth import Authenticator
-from simulator.config import Faults, SimulatorConfig
-from simulator.faults import FaultInjector
-from simulator.journal import WriteLog
-from simulator.stats import Stats
-from simulator.store import Store
+from subswitch.simulator.accounts import load_trusted_account
+from subswitch.simulator.auth import Authenticator
+from subswitch.simulator.config import Faults, SimulatorConfig
+from subswitch.simulator.faults import FaultInjector
+from subswitch.simulator.journal import WriteLog
+from subswitch.simulator.stats import Stats
+from subswitch.simulator.store import Store
 
 
 @dataclass(eq=False)

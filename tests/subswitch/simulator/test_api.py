@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.simulator.helpers import AUTH, ClientFactory
+from tests.subswitch.simulator.helpers import AUTH, ClientFactory
 
 SUB = "/v2/orgs/telco/subscriptions/7"
 ERROR_FIELDS = {"code", "status", "message", "detailMsg"}

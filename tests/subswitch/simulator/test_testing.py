@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from simulator.config import SimulatorConfig
-from simulator.testing import running_simulator, spawned_simulator
-from tests.simulator.helpers import AUTH
+from subswitch.simulator.config import SimulatorConfig
+from subswitch.simulator.testing import running_simulator, spawned_simulator
+from tests.subswitch.simulator.helpers import AUTH
 
 
 def test_running_simulator_serves_and_stops() -> None:

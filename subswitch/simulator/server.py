@@ -17,9 +17,9 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.config import LOGGING_CONFIG
 
-from simulator.app import create_app
-from simulator.config import SimulatorConfig
-from simulator.faults import InjectedDrop
+from subswitch.simulator.app import create_app
+from subswitch.simulator.config import SimulatorConfig
+from subswitch.simulator.faults import InjectedDrop
 
 ANNOUNCEMENT = "simulator listening on "
 BACKLOG = 2048

@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive
 
-from simulator.errors import ApiError, error_response
-from simulator.faults import (
+from subswitch.simulator.errors import ApiError, error_response
+from subswitch.simulator.faults import (
     DROP,
     LOST_RESPONSE,
     SLOW,
@@ -35,9 +35,9 @@ from simulator.faults import (
     CutResponse,
     DroppedResponse,
 )
-from simulator.journal import WriteRecord
-from simulator.runtime import Simulator
-from simulator.store import BLOCKS, SERVICES, Kind, TargetKey
+from subswitch.simulator.journal import WriteRecord
+from subswitch.simulator.runtime import Simulator
+from subswitch.simulator.store import BLOCKS, SERVICES, Kind, TargetKey
 
 SUBSCRIPTION = "/v2/orgs/{org_id}/subscriptions/{subscription_id}"
 _MAX_ID_DIGITS = 19

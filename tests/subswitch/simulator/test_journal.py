@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulator.journal import WriteLog, WriteRecord
+from subswitch.simulator.journal import WriteLog, WriteRecord
 
 
 def _record(body: bytes = b'{"active": true}') -> WriteRecord:

@@ -16,7 +16,7 @@ from email.utils import formatdate
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from simulator.config import Faults
+from subswitch.simulator.config import Faults
 
 DROP = "drop"
 LOST_RESPONSE = "lost_response"

@@ -9,8 +9,14 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from simulator.testing import SimulatorHandle
-from tests.simulator.helpers import START, ClientFactory, FakeClock, make_assertion, token_form
+from subswitch.simulator.testing import SimulatorHandle
+from tests.subswitch.simulator.helpers import (
+    START,
+    ClientFactory,
+    FakeClock,
+    make_assertion,
+    token_form,
+)
 
 BLOCKS = "/v2/orgs/telco/subscriptions/7/blocks"
 BLOCK_ONE = "/orgs/telco/subscriptions/7/blocks/1"  # relative to the /v2 base URL

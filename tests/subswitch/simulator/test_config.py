@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from simulator.config import Faults, SimulatorConfig
+from subswitch.simulator.config import Faults, SimulatorConfig
 
 
 @pytest.mark.parametrize("field", [name for name in Faults.model_fields if name.startswith("p_")])

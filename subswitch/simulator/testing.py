@@ -25,9 +25,9 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from simulator.app import create_app
-from simulator.config import SimulatorConfig
-from simulator.server import ANNOUNCEMENT, bind_socket, socket_url, uvicorn_config
+from subswitch.simulator.app import create_app
+from subswitch.simulator.config import SimulatorConfig
+from subswitch.simulator.server import ANNOUNCEMENT, bind_socket, socket_url, uvicorn_config
 
 Json = dict[str, Any]
 
@@ -228,10 +228,10 @@ def spawned_simulator(
 ) -> Iterator[SimulatorHandle]:
     """Run the simulator as a subprocess on a free loopback port (``args``: CLI options).
 
-    ``command`` defaults to ``python -m simulator``; ``("subswitch", "simulator")`` works
+    ``command`` defaults to ``python -m subswitch.simulator``; ``("subswitch", "simulator")`` works
     the same way.
     """
-    argv = [*(command or (sys.executable, "-m", "simulator")), "--host", "127.0.0.1"]
+    argv = [*(command or (sys.executable, "-m", "subswitch.simulator")), "--host", "127.0.0.1"]
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
         [*argv, "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

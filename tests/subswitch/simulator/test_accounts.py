@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.accounts import generate_service_account, load_trusted_account
+from subswitch.simulator.accounts import generate_service_account, load_trusted_account
 
 
 def test_generated_file_has_the_masstack_shape_and_is_private(account_file: Path) -> None:

@@ -9,9 +9,9 @@ from typing import Annotated, NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 
-from simulator.accounts import generate_service_account
-from simulator.config import DEFAULT_STATIC_TOKEN, Faults, SimulatorConfig
-from simulator.server import serve
+from subswitch.simulator.accounts import generate_service_account
+from subswitch.simulator.config import DEFAULT_STATIC_TOKEN, Faults, SimulatorConfig
+from subswitch.simulator.server import serve
 
 FAULTS_PANEL = "Faults (all /v2 requests; probabilities 0..1)"
 AUTH_PANEL = "Authentication"
