@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     breaker_cooldown_s: PositiveFloat = 5.0
     max_attempts: PositiveInt = 8
     retention_seconds: PositiveInt = 24 * 3600
+    #: How long an upstream may still apply a write whose answer was lost (contract §2.5).
+    settle_seconds: PositiveFloat = 30.0
+    #: How far ahead of the worker's clock ``issued_at`` may lie (contract §2.6).
+    max_clock_skew_seconds: PositiveInt = 300
     visibility_timeout: PositiveInt = 300
     rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
     source: str = "subswitch"
+    #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
+    remote_control: bool = True
