@@ -29,12 +29,16 @@ from subswitch.contract import (
 from worker import keys
 from worker.policy import RetryPolicy
 from worker.store import (
+    AlreadyApplied,
     Busy,
+    Claim,
     Conflict,
     Finished,
     Go,
+    Lost,
     OutOfTime,
-    RedisStore,
+    OutOfTimeReason,
+    Store,
     Superseded,
 )
 from worker.traffic import TrafficControl
@@ -114,7 +118,7 @@ class Executor:
     def __init__(
         self,
         *,
-        store: RedisStore,
+        store: Store,
         upstream: Upstream,
         events: EventSink,
         dead_letters: DeadLetterSink,
@@ -181,9 +185,17 @@ class Executor:
             return self._publish(step, keys.command(command.command_id))
         if isinstance(step, Conflict):
             return self._reject_conflict(job)
+        return self._close(job, step)
+
+    def _close(self, job: _Job, step: Superseded | AlreadyApplied | OutOfTime) -> Decision:
+        """Finish a command that gets no (further) attempt; the target is held."""
         if isinstance(step, Superseded):
             reason = "a newer command on the same target was already applied"
             return self._finish(job, Outcome.SUPERSEDED, step.attempts, EventError(message=reason))
+        if isinstance(step, AlreadyApplied):
+            return self._finish(
+                job, Outcome.APPLIED, step.attempts, None, step.upstream_status, applied=True
+            )
         return self._out_of_time(job, step)
 
     def _attempt(self, job: _Job, attempt: int) -> Decision:
@@ -213,9 +225,10 @@ class Executor:
         last_error = json.dumps(
             {"error": _event_error(exc).model_dump(by_alias=True), "upstream_status": exc.status}
         )
-        self._store.release(
+        if not self._store.release(
             command.command_id, command.target, token=job.token, last_error=last_error
-        )
+        ):
+            logger.warning("%s: lease lost during attempt %d", command.command_id, attempt)
         logger.info(
             "attempt %d of %s failed (%s); retrying in %.2fs",
             attempt,
@@ -226,7 +239,7 @@ class Executor:
         return RetryLater(delay, str(exc))
 
     def _out_of_time(self, job: _Job, step: OutOfTime) -> Decision:
-        if step.reason == "expired" and step.attempts == 0:
+        if step.reason is OutOfTimeReason.EXPIRED and step.attempts == 0:
             error = EventError(message="not_after passed before the command could be applied")
             return self._finish(job, Outcome.EXPIRED, 0, error)
         error, status = _stored_error(step.last_error, step.reason)
@@ -268,8 +281,17 @@ class Executor:
         )
         body = event.to_json()
         finished = self._store.finish(
-            job.command, fingerprint=job.fingerprint, token=job.token, event=body, applied=applied
+            job.command,
+            fingerprint=job.fingerprint,
+            token=job.token,
+            event=body,
+            applied=applied,
+            upstream_status=upstream_status,
         )
+        if isinstance(finished, Lost):
+            # The lease ran out under this delivery: a new one decides, under a new lock.
+            logger.warning("%s: lease lost before finishing", job.command.command_id)
+            return RetryLater(self._policy.busy_delay(), "lease lost")
         return self._publish(finished, keys.command(job.command.command_id), (event, body))
 
     def _publish(
@@ -280,9 +302,9 @@ class Executor:
             event = built[0]
         else:
             event = ResultEvent.model_validate_json(finished.event)
-        if finished.claim == "busy":
+        if finished.claim is Claim.BUSY:
             return RetryLater(self._policy.busy_delay(), "event being published elsewhere")
-        if finished.claim == "publish":
+        if finished.claim is Claim.PUBLISH:
             self._events.publish(
                 finished.event, routing_key=event.outcome.routing_key, event_id=event.id
             )
@@ -327,8 +349,8 @@ def _event_error(exc: UpstreamError) -> EventError:
     )
 
 
-def _stored_error(last_error: str | None, reason: str) -> tuple[EventError, int | None]:
-    fallback = "not_after passed" if reason == "expired" else "no attempts left"
+def _stored_error(last_error: str | None, reason: OutOfTimeReason) -> tuple[EventError, int | None]:
+    fallback = "not_after passed" if reason is OutOfTimeReason.EXPIRED else "no attempts left"
     if not last_error:
         return EventError(message=fallback), None
     stored = json.loads(last_error)

@@ -89,12 +89,12 @@ def build_runtime(app: Celery) -> Runtime:
     )
     traffic = TrafficControl(
         limiter=(
-            RateLimiter(client=store.client, rate_per_s=settings.rate_limit)
+            RateLimiter(scripts=store.scripts, rate_per_s=settings.rate_limit)
             if settings.rate_limit
             else None
         ),
         breaker=(
-            CircuitBreaker(client=store.client, policy=breaker_policy(settings))
+            CircuitBreaker(scripts=store.scripts, policy=breaker_policy(settings))
             if settings.breaker
             else None
         ),

@@ -1,26 +1,35 @@
 """The shared store: idempotency, per-target ordering and "one in flight per target".
 
 Everything that must hold across worker processes and machines is decided here, in
-Redis, by Lua scripts that run atomically. There is one implementation: production
-runs it on Redis (or the embedded Redis), tests on fakeredis.
+Redis, by Lua scripts that run atomically (through :class:`LuaScripts`, the one
+runner, which also maps Redis errors). The executor depends on the :class:`Store`
+protocol; :class:`RedisStore` implements it on Redis (or the embedded Redis), and
+tests run it on fakeredis and on a real Redis.
 
 Lifecycle of a command record (``worker.keys.command``):
 
 * ``begin`` (atomic): a duplicate of a finished command gets its stored event back;
-  a reused id with another payload is a conflict; otherwise the target's lock is
-  taken (a lease, so a killed worker never wedges a target) and the command is
-  either superseded (older than the newest command applied to the target) or
-  allowed one more upstream attempt.
+  a reused id with another payload is a conflict; a target whose lock is held is
+  ``busy``, whatever else is true. Otherwise the target's lock is taken (a lease, so
+  a killed worker never wedges a target) and the command is superseded, expired,
+  exhausted, found applied already, or allowed one more upstream attempt.
 * ``release`` after a transient failure: the lock goes, the error is kept.
 * ``finish`` (atomic): the terminal event is stored, the target's watermark moves
   if the command was applied, and the lock goes. Whoever finishes holds a
   short claim on publishing the event; ``mark_published`` ends it.
+
+Fencing: ``release``, ``give_back`` and ``finish`` act only while the delivery's own
+token is in the lock. A delivery whose lease ran out changes nothing, with one
+exception: an applied write always moves the watermark (the upstream has it, so no
+older command may follow it), and the next delivery then finds the command applied.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from enum import StrEnum
+from typing import Any, Final, Protocol
 
 import redis
 
@@ -46,32 +55,39 @@ end
 
 # KEYS: command, lock, target. ARGV: fp, token, lease_ms, max_attempts, retention_s,
 # issued_us, command_id, expired (0/1), claim_ms.
+# A held lock means busy, whatever else is true: only the delivery holding the target
+# may decide anything about a command on it. Every other answer takes the lock and
+# writes this delivery's token into the record, which fences every later script.
 _BEGIN_LUA: Final = (
     _CLAIM_LUA
     + """
 local rec = redis.call('HMGET', KEYS[1], 'fp', 'state', 'attempts', 'event', 'last_error')
 if rec[1] and rec[1] ~= ARGV[1] then return {'conflict'} end
 if rec[2] == 'done' then return {'done', claim(KEYS[1], ARGV[2], tonumber(ARGV[9])), rec[4]} end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) == false then return {'busy'} end
 local attempts = tonumber(rec[3] or '0')
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local w = redis.call('HMGET', KEYS[3], 'us', 'id', 'status')
+if w[2] == ARGV[7] then return {'applied', attempts, w[3] or ''} end
 if ARGV[8] == '1' then return {'expired', attempts, rec[5] or ''} end
 if attempts >= tonumber(ARGV[4]) then return {'exhausted', attempts, rec[5] or ''} end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) == false then return {'busy'} end
-local w = redis.call('HMGET', KEYS[3], 'us', 'id')
 if w[1] then
   local w_us, us = tonumber(w[1]), tonumber(ARGV[6])
   if w_us > us or (w_us == us and w[2] >= ARGV[7]) then return {'superseded', attempts} end
 end
-redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'sending', 'attempts', attempts + 1)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
 return {'go', attempts + 1}
 """
 )
 
-# KEYS: command, lock. ARGV: token, last_error, retention_s.
+# KEYS: command, lock. ARGV: token, last_error, retention_s. Only under this
+# delivery's own lock: a delivery whose lease ran out changes nothing.
 _RELEASE_LUA: Final = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'waiting', 'last_error', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[2])
 return 1
 """
 
@@ -85,27 +101,40 @@ return 1
 """
 
 # KEYS: command, lock, target. ARGV: token, fp, event, applied (0/1), issued_us,
-# command_id, retention_s, target_retention_s, claim_ms.
+# command_id, retention_s, target_retention_s, claim_ms, upstream status.
+# An applied write always moves the watermark, whoever finished the record and whether
+# or not this delivery still holds the target: the upstream has it either way. The
+# record itself only changes under this delivery's own lock ('lost' otherwise).
 _FINISH_LUA: Final = (
     _CLAIM_LUA
     + """
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-if redis.call('HGET', KEYS[1], 'state') == 'done' then
-  return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), redis.call('HGET', KEYS[1], 'event')}
-end
-redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'state', 'done', 'event', ARGV[3], 'published', '0')
-redis.call('EXPIRE', KEYS[1], ARGV[7])
 if ARGV[4] == '1' then
   local w = redis.call('HMGET', KEYS[3], 'us', 'id')
   local us = tonumber(ARGV[5])
   if not w[1] or tonumber(w[1]) < us or (tonumber(w[1]) == us and w[2] < ARGV[6]) then
-    redis.call('HSET', KEYS[3], 'us', ARGV[5], 'id', ARGV[6])
+    redis.call('HSET', KEYS[3], 'us', ARGV[5], 'id', ARGV[6], 'status', ARGV[10])
   end
   redis.call('EXPIRE', KEYS[3], ARGV[8])
 end
+local mine = redis.call('GET', KEYS[2]) == ARGV[1]
+if redis.call('HGET', KEYS[1], 'state') == 'done' then
+  if mine then redis.call('DEL', KEYS[2]) end
+  return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), redis.call('HGET', KEYS[1], 'event')}
+end
+if not mine then return {'lost'} end
+redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'state', 'done', 'event', ARGV[3], 'published', '0')
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('DEL', KEYS[2])
 return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), ARGV[3]}
 """
 )
+
+# KEYS: record. The record's event reached the broker; nobody holds a claim any more.
+_PUBLISHED_LUA: Final = """
+redis.call('HSET', KEYS[1], 'published', '1')
+redis.call('HDEL', KEYS[1], 'claim', 'claim_until')
+return 1
+"""
 
 # KEYS: record. ARGV: token, event, retention_s, claim_ms.
 _RECORD_LUA: Final = (
@@ -124,7 +153,65 @@ class StoreError(Exception):
     """The store could not be reached or answered unexpectedly; retry later."""
 
 
-# --- what begin() can answer --------------------------------------------------------
+Script = Callable[[Sequence[str], Sequence[Any]], Any]
+
+
+class LuaScripts:
+    """The one runner of the worker's Lua scripts on a Redis server.
+
+    Store and traffic control register their scripts here; every Redis error any of
+    them meets becomes a :class:`StoreError`, in this one place.
+    """
+
+    def __init__(self, *, client: redis.Redis) -> None:
+        self._redis = client
+
+    def __repr__(self) -> str:
+        return "LuaScripts()"
+
+    def register(self, source: str) -> Script:
+        """A callable ``(keys, args) -> reply`` running ``source`` atomically (EVALSHA)."""
+        script = self._redis.register_script(source)
+
+        def run(keys_: Sequence[str], args: Sequence[Any]) -> Any:
+            try:
+                return script(keys=list(keys_), args=list(args))
+            except redis.RedisError as exc:
+                raise StoreError(f"store unavailable: {exc}") from exc
+
+        return run
+
+    def ping(self) -> bool:
+        """Whether the server answers."""
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._redis.close()
+
+
+# --- what the store answers ---------------------------------------------------------
+
+
+class Claim(StrEnum):
+    """Who publishes a finished record's event."""
+
+    #: This delivery holds the claim now and must publish.
+    PUBLISH = "publish"
+    #: The event was published already.
+    SKIP = "skip"
+    #: Another delivery holds a live claim and is publishing it right now.
+    BUSY = "busy"
+
+
+class OutOfTimeReason(StrEnum):
+    """Why a command gets no further attempt."""
+
+    EXPIRED = "expired"
+    EXHAUSTED = "exhausted"
 
 
 @dataclass(frozen=True)
@@ -146,14 +233,17 @@ class Conflict:
 
 @dataclass(frozen=True)
 class Finished:
-    """The command (or record) is terminal; ``event`` is its stored event.
+    """The command (or record) is terminal; ``event`` is its stored event, and
+    ``claim`` says whether this delivery publishes it."""
 
-    ``claim`` is ``publish`` when this delivery must publish it, ``skip`` when it was
-    published, ``busy`` when another delivery is publishing it right now.
-    """
-
-    claim: str
+    claim: Claim
     event: bytes
+
+
+@dataclass(frozen=True)
+class Lost:
+    """This delivery no longer holds the target (its lease ran out): it changed nothing
+    of the record, and the message must come back to be decided under a new lock."""
 
 
 @dataclass(frozen=True)
@@ -164,15 +254,75 @@ class Superseded:
 
 
 @dataclass(frozen=True)
-class OutOfTime:
-    """``not_after`` passed (``expired``) or the attempts ran out (``exhausted``)."""
+class AlreadyApplied:
+    """An earlier delivery's write was applied but its delivery lost the target before
+    recording it (the watermark says so): finish as applied, without sending again.
+    The target's lock is held."""
 
-    reason: str
+    attempts: int
+    upstream_status: int | None
+
+
+@dataclass(frozen=True)
+class OutOfTime:
+    """``not_after`` passed or the attempts ran out; the target's lock is held."""
+
+    reason: OutOfTimeReason
     attempts: int
     last_error: str | None
 
 
-BeginResult = Go | Busy | Conflict | Finished | Superseded | OutOfTime
+BeginResult = Go | Busy | Conflict | Finished | Superseded | AlreadyApplied | OutOfTime
+
+
+class Store(Protocol):
+    """What the executor needs of the shared store (:class:`RedisStore` is the real one).
+
+    Every method but :meth:`begin` and :meth:`record` acts only for the delivery that
+    holds the target under ``token``.
+    """
+
+    def begin(
+        self,
+        command: Command,
+        *,
+        fingerprint: str,
+        token: str,
+        lease_ms: int,
+        max_attempts: int,
+        expired: bool,
+    ) -> BeginResult:
+        """Decide what this delivery of ``command`` does next."""
+        ...
+
+    def release(self, command_id: str, target: Target, *, token: str, last_error: str) -> bool:
+        """Give the target back after a failed attempt; False if the lease was lost."""
+        ...
+
+    def give_back(self, command_id: str, target: Target, *, token: str) -> None:
+        """Give the target back without having sent: the attempt is not counted."""
+        ...
+
+    def finish(
+        self,
+        command: Command,
+        *,
+        fingerprint: str,
+        token: str,
+        event: bytes,
+        applied: bool,
+        upstream_status: int | None = None,
+    ) -> Finished | Lost:
+        """Store the terminal event, move the watermark if applied, free the target."""
+        ...
+
+    def record(self, key: str, *, token: str, event: bytes) -> Finished:
+        """Keep a standalone terminal event (a rejected message) once, under ``key``."""
+        ...
+
+    def mark_published(self, key: str) -> None:
+        """The event of the record at ``key`` reached the broker."""
+        ...
 
 
 class RedisStore:
@@ -186,15 +336,16 @@ class RedisStore:
         target_retention_s: int = keys.TARGET_RETENTION_S,
         claim_ms: int = keys.PUBLISH_CLAIM_MS,
     ) -> None:
-        self._redis = client
+        self._scripts = LuaScripts(client=client)
         self._retention_s = retention_s
         self._target_retention_s = max(target_retention_s, retention_s)
         self._claim_ms = claim_ms
-        self._begin = client.register_script(_BEGIN_LUA)
-        self._release = client.register_script(_RELEASE_LUA)
-        self._yield = client.register_script(_YIELD_LUA)
-        self._finish = client.register_script(_FINISH_LUA)
-        self._record = client.register_script(_RECORD_LUA)
+        self._begin = self._scripts.register(_BEGIN_LUA)
+        self._release = self._scripts.register(_RELEASE_LUA)
+        self._yield = self._scripts.register(_YIELD_LUA)
+        self._finish = self._scripts.register(_FINISH_LUA)
+        self._record = self._scripts.register(_RECORD_LUA)
+        self._published = self._scripts.register(_PUBLISHED_LUA)
 
     @classmethod
     def from_url(cls, url: str, *, retention_s: int = keys.DEFAULT_RETENTION_S) -> RedisStore:
@@ -206,9 +357,9 @@ class RedisStore:
         return f"RedisStore(retention_s={self._retention_s})"
 
     @property
-    def client(self) -> redis.Redis:
-        """The Redis client, for other shared state on the same server."""
-        return self._redis
+    def scripts(self) -> LuaScripts:
+        """The script runner, for other shared state on the same server (traffic control)."""
+        return self._scripts
 
     def begin(
         self,
@@ -221,7 +372,6 @@ class RedisStore:
         expired: bool,
     ) -> BeginResult:
         """Decide what this delivery of ``command`` does next (see the module doc)."""
-        target = command.target
         args = [
             fingerprint,
             token,
@@ -233,18 +383,19 @@ class RedisStore:
             int(expired),
             self._claim_ms,
         ]
-        reply = self._run(self._begin, self._keys(command.command_id, target), args)
-        return _parse_begin(reply)
+        return _parse_begin(self._begin(_keys(command.command_id, command.target), args))
 
-    def release(self, command_id: str, target: Target, *, token: str, last_error: str) -> None:
-        """Give the target back after a failed attempt, keeping the error."""
+    def release(self, command_id: str, target: Target, *, token: str, last_error: str) -> bool:
+        """Give the target back after a failed attempt, keeping the error.
+
+        False (and nothing changed) when this delivery no longer holds the target.
+        """
         keys_ = [keys.command(command_id), keys.target_lock(target)]
-        self._run(self._release, keys_, [token, last_error, self._retention_s])
+        return bool(self._release(keys_, [token, last_error, self._retention_s]))
 
     def give_back(self, command_id: str, target: Target, *, token: str) -> None:
         """Give the target back without having sent: the attempt is not counted."""
-        keys_ = [keys.command(command_id), keys.target_lock(target)]
-        self._run(self._yield, keys_, [token])
+        self._yield([keys.command(command_id), keys.target_lock(target)], [token])
 
     def finish(
         self,
@@ -254,10 +405,12 @@ class RedisStore:
         token: str,
         event: bytes,
         applied: bool,
-    ) -> Finished:
+        upstream_status: int | None = None,
+    ) -> Finished | Lost:
         """Store the terminal event, move the watermark if applied, free the target.
 
-        If another delivery finished first, its event wins and is returned.
+        If another delivery finished first, its event wins and is returned. A delivery
+        that lost the target gets :class:`Lost` and changed nothing but the watermark.
         """
         args = [
             token,
@@ -269,47 +422,33 @@ class RedisStore:
             self._retention_s,
             self._target_retention_s,
             self._claim_ms,
+            "" if upstream_status is None else upstream_status,
         ]
-        reply = self._run(self._finish, self._keys(command.command_id, command.target), args)
-        return Finished(claim=_text(reply[0]), event=_bytes(reply[1]))
+        reply = self._finish(_keys(command.command_id, command.target), args)
+        if _text(reply[0]) == "lost":
+            return Lost()
+        return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
     def record(self, key: str, *, token: str, event: bytes) -> Finished:
         """Keep a standalone terminal event (a rejected message) once, under ``key``."""
-        args = [token, event, self._retention_s, self._claim_ms]
-        reply = self._run(self._record, [key], args)
-        return Finished(claim=_text(reply[0]), event=_bytes(reply[1]))
+        reply = self._record([key], [token, event, self._retention_s, self._claim_ms])
+        return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
     def mark_published(self, key: str) -> None:
         """The event of the record at ``key`` reached the broker."""
-        try:
-            pipe = self._redis.pipeline(transaction=False)  # one round trip for both
-            pipe.hset(key, mapping={"published": "1"})
-            pipe.hdel(key, "claim", "claim_until")
-            pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"store unavailable: {exc}") from exc
+        self._published([key], [])
 
     def ping(self) -> bool:
         """Whether the store answers."""
-        try:
-            return bool(self._redis.ping())
-        except redis.RedisError:
-            return False
+        return self._scripts.ping()
 
     def close(self) -> None:
         """Close the store's connections."""
-        self._redis.close()
+        self._scripts.close()
 
-    @staticmethod
-    def _keys(command_id: str, target: Target) -> list[str]:
-        return [keys.command(command_id), keys.target_lock(target), keys.target(target)]
 
-    @staticmethod
-    def _run(script: Any, keys_: list[str], args: list[Any]) -> Any:
-        try:
-            return script(keys=keys_, args=args)
-        except redis.RedisError as exc:
-            raise StoreError(f"store unavailable: {exc}") from exc
+def _keys(command_id: str, target: Target) -> list[str]:
+    return [keys.command(command_id), keys.target_lock(target), keys.target(target)]
 
 
 def _text(value: Any) -> str:
@@ -320,19 +459,33 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+def _optional_int(value: Any) -> int | None:
+    text = _text(value)
+    return int(text) if text else None
+
+
+def _out_of_time(kind: str, reply: list[Any]) -> OutOfTime:
+    last_error = _text(reply[2]) or None
+    return OutOfTime(reason=OutOfTimeReason(kind), attempts=int(reply[1]), last_error=last_error)
+
+
+_BEGIN_REPLIES: Final[dict[str, Callable[[list[Any]], BeginResult]]] = {
+    "go": lambda reply: Go(attempt=int(reply[1])),
+    "busy": lambda reply: Busy(),
+    "conflict": lambda reply: Conflict(),
+    "done": lambda reply: Finished(claim=Claim(_text(reply[1])), event=_bytes(reply[2])),
+    "superseded": lambda reply: Superseded(attempts=int(reply[1])),
+    "applied": lambda reply: AlreadyApplied(
+        attempts=int(reply[1]), upstream_status=_optional_int(reply[2])
+    ),
+    "expired": lambda reply: _out_of_time("expired", reply),
+    "exhausted": lambda reply: _out_of_time("exhausted", reply),
+}
+
+
 def _parse_begin(reply: list[Any]) -> BeginResult:
     kind = _text(reply[0])
-    if kind == "go":
-        return Go(attempt=int(reply[1]))
-    if kind == "busy":
-        return Busy()
-    if kind == "conflict":
-        return Conflict()
-    if kind == "done":
-        return Finished(claim=_text(reply[1]), event=_bytes(reply[2]))
-    if kind == "superseded":
-        return Superseded(attempts=int(reply[1]))
-    if kind in {"expired", "exhausted"}:
-        last_error = _text(reply[2]) or None
-        return OutOfTime(reason=kind, attempts=int(reply[1]), last_error=last_error)
-    raise StoreError(f"unexpected store reply {kind!r}")
+    parse = _BEGIN_REPLIES.get(kind)
+    if parse is None:
+        raise StoreError(f"unexpected store reply {kind!r}")
+    return parse(reply)

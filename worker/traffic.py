@@ -25,13 +25,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
-
-import redis
+from typing import Any, Final, Protocol
 
 from subswitch.contract import Lane
 from worker import keys
-from worker.store import StoreError
+from worker.store import Script
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +127,22 @@ MAX_WAIT_S: Final = 2.0
 _URGENT_MARK_MS: Final = 1000
 
 
+class Scripts(Protocol):
+    """What traffic control needs of the shared store: Lua scripts run atomically
+    (:class:`worker.store.LuaScripts`, which maps store errors to ``StoreError``)."""
+
+    def register(self, source: str) -> Script:
+        """A callable ``(keys, args) -> reply`` running ``source``."""
+        ...
+
+
 class RateLimiter:
     """Global cap on upstream writes per second (GCRA with reservations)."""
 
     def __init__(
         self,
         *,
-        client: redis.Redis,
+        scripts: Scripts,
         rate_per_s: float,
         horizon_s: float = 0.25,
         max_wait_s: float = MAX_WAIT_S,
@@ -146,14 +153,14 @@ class RateLimiter:
         self._max_wait_s = max_wait_s
         self._sleep = sleep
         self._cap = max(1, math.floor(rate_per_s))
-        self._reserve = client.register_script(_RESERVE_LUA)
-        self._admit = client.register_script(_ADMIT_LUA)
+        self._reserve = scripts.register(_RESERVE_LUA)
+        self._admit = scripts.register(_ADMIT_LUA)
 
     def reserve(self, lane: Lane) -> Reservation:
         """One try for a slot within this lane's reach (one store round trip)."""
         horizon = int(self._horizon_us * _LANE_REACH[lane])
         args = [self._interval_us, horizon, int(lane is Lane.URGENT), _URGENT_MARK_MS]
-        reply = _run(self._reserve, [keys.RATE_TAT, keys.RATE_URGENT_WAITING], args)
+        reply = self._reserve([keys.RATE_TAT, keys.RATE_URGENT_WAITING], args)
         slot_us = int(reply[2]) if int(reply[0]) else None
         return Reservation(wait_s=int(reply[1]) / 1_000_000, slot_us=slot_us)
 
@@ -161,7 +168,7 @@ class RateLimiter:
         """Record a send now if the last second holds fewer than the cap (``None``);
         else the seconds until it will not (nothing recorded)."""
         args = [self._cap, 1_000_000, uuid.uuid4().hex]
-        granted, wait_us = _run(self._admit, [keys.RATE_SENT], args)
+        granted, wait_us = self._admit([keys.RATE_SENT], args)
         return None if int(granted) else int(wait_us) / 1_000_000
 
     def acquire(self, lane: Lane) -> float | None:
@@ -214,10 +221,10 @@ class BreakerPolicy:
 class CircuitBreaker:
     """Shared circuit breaker; counts are batched per process to spare the store."""
 
-    def __init__(self, *, client: redis.Redis, policy: BreakerPolicy | None = None) -> None:
+    def __init__(self, *, scripts: Scripts, policy: BreakerPolicy | None = None) -> None:
         self._policy = policy or BreakerPolicy()
-        self._check = client.register_script(_CHECK_LUA)
-        self._record = client.register_script(_RECORD_LUA)
+        self._check = scripts.register(_CHECK_LUA)
+        self._record = scripts.register(_RECORD_LUA)
         self._lock = threading.Lock()
         self._closed_until = 0.0
         self._counts = [0, 0]  # ok, failed, not yet in the store
@@ -230,9 +237,7 @@ class CircuitBreaker:
             return None
         token = uuid.uuid4().hex
         ttl_ms = int(self._policy.probe_ttl_s * 1000)
-        state, wait_ms = _run(
-            self._check, [keys.BREAKER_STATE, keys.BREAKER_PROBE], [token, ttl_ms]
-        )
+        state, wait_ms = self._check([keys.BREAKER_STATE, keys.BREAKER_PROBE], [token, ttl_ms])
         state = _text(state)
         if state == "closed":
             self._closed_until = time.monotonic() + self._policy.recheck_s
@@ -272,7 +277,7 @@ class CircuitBreaker:
             int(probe_ok),
             keys.BREAKER_BUCKET,
         ]
-        change = _text(_run(self._record, [keys.BREAKER_STATE, keys.BREAKER_PROBE], args))
+        change = _text(self._record([keys.BREAKER_STATE, keys.BREAKER_PROBE], args))
         if change == "opened":
             self._closed_until = 0.0
             logger.warning(
@@ -303,13 +308,6 @@ class TrafficControl:
         """Report how the request went."""
         if self._breaker is not None:
             self._breaker.after_request(failed=failed)
-
-
-def _run(script: Any, keys_: list[str], args: list[Any]) -> Any:
-    try:
-        return script(keys=keys_, args=args)
-    except redis.RedisError as exc:
-        raise StoreError(f"store unavailable: {exc}") from exc
 
 
 def _text(value: Any) -> str:

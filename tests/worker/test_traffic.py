@@ -15,6 +15,7 @@ from subswitch.contract import ChangeBlockStatus, Lane, Outcome
 from tests.worker.conftest import Harness
 from worker import keys
 from worker.executor import Ack, RetryLater
+from worker.store import LuaScripts
 from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
 from worker.upstream import UpstreamUnavailable
 
@@ -37,12 +38,19 @@ def client_factory(server: fakeredis.FakeServer) -> Iterator[Callable[[], fakere
         client.close()
 
 
-def test_concurrent_workers_never_get_slots_closer_than_the_interval(
+@pytest.fixture
+def scripts_factory(
     client_factory: Callable[[], fakeredis.FakeRedis],
+) -> Callable[[], LuaScripts]:
+    return lambda: LuaScripts(client=client_factory())
+
+
+def test_concurrent_workers_never_get_slots_closer_than_the_interval(
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given eight workers, each with its own limiter and connection, at 100 writes/s
     limiters = [
-        RateLimiter(client=client_factory(), rate_per_s=100, horizon_s=5.0) for _ in range(8)
+        RateLimiter(scripts=scripts_factory(), rate_per_s=100, horizon_s=5.0) for _ in range(8)
     ]
     slots: list[int] = []
     lock, barrier = threading.Lock(), threading.Barrier(len(limiters))
@@ -68,10 +76,10 @@ def test_concurrent_workers_never_get_slots_closer_than_the_interval(
 
 
 def test_a_slot_beyond_the_horizon_is_refused_with_a_hint(
-    client_factory: Callable[[], fakeredis.FakeRedis],
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given a limiter at 10 writes/s whose bulk reach is 0.25 s
-    limiter = RateLimiter(client=client_factory(), rate_per_s=10, horizon_s=0.25)
+    limiter = RateLimiter(scripts=scripts_factory(), rate_per_s=10, horizon_s=0.25)
     # When bulk reserves until refused
     grants = []
     while (reservation := limiter.reserve(Lane.BULK)).granted:
@@ -83,9 +91,10 @@ def test_a_slot_beyond_the_horizon_is_refused_with_a_hint(
 
 def test_urgent_commands_go_first_when_the_budget_is_short(
     client_factory: Callable[[], fakeredis.FakeRedis],
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given a budget that bulk has reserved as far as it may
-    limiter = RateLimiter(client=client_factory(), rate_per_s=10, horizon_s=0.25)
+    limiter = RateLimiter(scripts=scripts_factory(), rate_per_s=10, horizon_s=0.25)
     while limiter.reserve(Lane.BULK).granted:
         pass
     # When urgent asks, and keeps asking beyond its own reach
@@ -98,12 +107,12 @@ def test_urgent_commands_go_first_when_the_budget_is_short(
 
 
 def test_acquire_waits_briefly_in_place_and_sends_the_rest_back(
-    client_factory: Callable[[], fakeredis.FakeRedis],
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given a limiter at 10 writes/s that may hold a thread for at most 0.3 s
     slept: list[float] = []
     limiter = RateLimiter(
-        client=client_factory(), rate_per_s=10, horizon_s=0.25, max_wait_s=0.3, sleep=slept.append
+        scripts=scripts_factory(), rate_per_s=10, horizon_s=0.25, max_wait_s=0.3, sleep=slept.append
     )
     # When one caller after another asks (no time passes: sleeping is recorded only)
     answers = [limiter.acquire(Lane.BULK) for _ in range(4)]
@@ -114,11 +123,11 @@ def test_acquire_waits_briefly_in_place_and_sends_the_rest_back(
 
 
 def test_the_hard_cap_admits_no_more_than_the_rate_in_any_second(
-    client_factory: Callable[[], fakeredis.FakeRedis],
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given a cap of 5 writes/s shared by two workers
-    first = RateLimiter(client=client_factory(), rate_per_s=5)
-    second = RateLimiter(client=client_factory(), rate_per_s=5)
+    first = RateLimiter(scripts=scripts_factory(), rate_per_s=5)
+    second = RateLimiter(scripts=scripts_factory(), rate_per_s=5)
     # When they try to send 8 times at once, however late their reservations woke
     answers = [limiter.admit() for limiter in (first, second) * 4]
     # Then 5 go and the rest are told how long until the oldest send leaves the window
@@ -137,24 +146,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_the_breaker_opens_when_most_requests_fail(
-    client_factory: Callable[[], fakeredis.FakeRedis],
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given a closed breaker
-    breaker = CircuitBreaker(client=client_factory(), policy=FAST)
+    breaker = CircuitBreaker(scripts=scripts_factory(), policy=FAST)
     assert breaker.before_request() is None
     # When three of four requests fail
     for failed in (False, True, True, True):
         breaker.after_request(failed=failed)
     # Then requests are held back for about the cool-down, in every process
-    wait = CircuitBreaker(client=client_factory(), policy=FAST).before_request()
+    wait = CircuitBreaker(scripts=scripts_factory(), policy=FAST).before_request()
     assert wait is not None and 0 < wait <= FAST.cooldown_s + 1.0
 
 
 def test_successes_and_too_few_requests_keep_it_closed(
-    client_factory: Callable[[], fakeredis.FakeRedis],
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given a breaker
-    breaker = CircuitBreaker(client=client_factory(), policy=FAST)
+    breaker = CircuitBreaker(scripts=scripts_factory(), policy=FAST)
     # When only three requests failed (fewer than the minimum), then many succeed
     for failed in [True] * 3 + [False] * 10:
         breaker.after_request(failed=failed)
@@ -163,11 +172,11 @@ def test_successes_and_too_few_requests_keep_it_closed(
 
 
 def test_after_the_cool_down_one_probe_decides(
-    client_factory: Callable[[], fakeredis.FakeRedis],
+    scripts_factory: Callable[[], LuaScripts],
 ) -> None:
     # Given an open breaker shared by two workers
-    first = CircuitBreaker(client=client_factory(), policy=FAST)
-    second = CircuitBreaker(client=client_factory(), policy=FAST)
+    first = CircuitBreaker(scripts=scripts_factory(), policy=FAST)
+    second = CircuitBreaker(scripts=scripts_factory(), policy=FAST)
     for _ in range(4):
         first.after_request(failed=True)
     # When the cool-down ends: one worker gets to probe, the other waits
@@ -185,7 +194,7 @@ def test_an_open_circuit_holds_commands_without_spending_attempts(
     harness: Harness, block: Callable[..., ChangeBlockStatus]
 ) -> None:
     # Given an executor whose breaker opened after the upstream failed four times
-    breaker = CircuitBreaker(client=harness.store.client, policy=FAST)
+    breaker = CircuitBreaker(scripts=harness.store.scripts, policy=FAST)
     harness.executor._traffic = TrafficControl(breaker=breaker)
     harness.upstream.script = [UpstreamUnavailable("503", status=503)] * 4
     for n in range(4):
