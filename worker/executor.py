@@ -38,8 +38,10 @@ from worker.store import (
     Lost,
     OutOfTime,
     OutOfTimeReason,
+    Settling,
     Store,
     Superseded,
+    Unresolved,
 )
 from worker.traffic import TrafficControl
 from worker.upstream.errors import PermanentError, TransientError, UpstreamError
@@ -124,6 +126,7 @@ class Executor:
         dead_letters: DeadLetterSink,
         policy: RetryPolicy,
         lease_ms: int,
+        settle_s: float,
         traffic: TrafficControl | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
@@ -133,6 +136,7 @@ class Executor:
         self._dead_letters = dead_letters
         self._policy = policy
         self._lease_ms = lease_ms
+        self._settle_ms = int(settle_s * 1000)
         self._traffic = traffic or TrafficControl()
         self._clock = clock
 
@@ -175,17 +179,36 @@ class Executor:
             lease_ms=self._lease_ms,
             max_attempts=self._policy.max_attempts,
             expired=expired,
+            settle_ms=self._settle_ms,
         )
         job = _Job(command, fingerprint, token)
         if isinstance(step, Go):
             return self._attempt(job, step.attempt)
-        if isinstance(step, Busy):
-            return RetryLater(self._policy.busy_delay(), "target busy")
+        if isinstance(step, Busy | Settling | Unresolved):
+            return self._wait(command, step)
         if isinstance(step, Finished):
             return self._publish(step, keys.command(command.command_id))
         if isinstance(step, Conflict):
             return self._reject_conflict(job)
         return self._close(job, step)
+
+    def _wait(self, command: Command, step: Busy | Settling | Unresolved) -> RetryLater:
+        if isinstance(step, Settling):
+            logger.info(
+                "%s: target settling after a lost answer for %.1fs more",
+                command.command_id,
+                step.remaining_ms / 1000,
+            )
+            delay = self._policy.settle_delay(step.remaining_ms / 1000)
+            return RetryLater(delay, "target settling after a lost answer")
+        if isinstance(step, Unresolved):
+            logger.info(
+                "%s: waiting for newer command %s on the target, whose result is unknown",
+                command.command_id,
+                step.newer,
+            )
+            return RetryLater(self._policy.unresolved_delay(), "a newer command is unresolved")
+        return RetryLater(self._policy.busy_delay(), "target busy")
 
     def _close(self, job: _Job, step: Superseded | AlreadyApplied | OutOfTime) -> Decision:
         """Finish a command that gets no (further) attempt; the target is held."""
@@ -217,23 +240,33 @@ class Executor:
 
     def _after_transient(self, job: _Job, attempt: int, exc: TransientError) -> Decision:
         command = job.command
+        # The write may still land upstream: hold the target while it settles (§2.5).
+        # Counted from now, which is never before the attempt was sent.
+        settle_ms = self._settle_ms if exc.maybe_applied else 0
         delay = self._policy.next_delay(
-            attempt, exc, now=self._clock(), not_after=command.not_after
+            attempt, exc, now=self._clock(), not_after=command.not_after, held_s=settle_ms / 1000
         )
         if delay is None:
-            return self._finish(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
+            return self._finish(
+                job, Outcome.FAILED, attempt, _event_error(exc), exc.status, settle_ms=settle_ms
+            )
         last_error = json.dumps(
             {"error": _event_error(exc).model_dump(by_alias=True), "upstream_status": exc.status}
         )
         if not self._store.release(
-            command.command_id, command.target, token=job.token, last_error=last_error
+            command.command_id,
+            command.target,
+            token=job.token,
+            last_error=last_error,
+            settle_ms=settle_ms,
         ):
             logger.warning("%s: lease lost during attempt %d", command.command_id, attempt)
         logger.info(
-            "attempt %d of %s failed (%s); retrying in %.2fs",
+            "attempt %d of %s failed (%s); %sretrying in %.2fs",
             attempt,
             command.command_id,
             exc,
+            f"answer lost, target settling for {settle_ms / 1000:.1f}s; " if settle_ms else "",
             delay,
         )
         return RetryLater(delay, str(exc))
@@ -270,6 +303,7 @@ class Executor:
         upstream_status: int | None = None,
         *,
         applied: bool = False,
+        settle_ms: int = 0,
     ) -> Decision:
         event = result_event(
             job.command,
@@ -287,6 +321,7 @@ class Executor:
             event=body,
             applied=applied,
             upstream_status=upstream_status,
+            settle_ms=settle_ms,
         )
         if isinstance(finished, Lost):
             # The lease ran out under this delivery: a new one decides, under a new lock.

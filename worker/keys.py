@@ -21,7 +21,9 @@ PUBLISH_CLAIM_MS: Final = 30_000
 
 
 def command(command_id: str) -> str:
-    """Hash: fp, state, attempts, deliveries, last_error, event, published, claim."""
+    """Hash: fp, state (sending, waiting, settling, done), attempts, token (of the
+    delivery that last began it), last_error, ambiguous, settle_until (ms), event,
+    published, claim, claim_until."""
     return f"{PREFIX}:cmd:{command_id}"
 
 
@@ -35,13 +37,23 @@ def _target_suffix(target: Target) -> str:
 
 
 def target(target: Target) -> str:
-    """Hash: ``us`` and ``id`` of the newest command applied to the target."""
+    """Hash: ``us``, ``id`` and upstream ``status`` of the newest command applied to the
+    target."""
     return f"{PREFIX}:target:{_target_suffix(target)}"
 
 
 def target_lock(target: Target) -> str:
-    """String with a lease (PX): the delivery token of the command in flight."""
+    """String with a lease (PX): the delivery token of the command in flight (lease
+    plus settle time), or ``settling`` while a write whose answer was lost may still
+    be applied upstream (settle time)."""
     return f"{PREFIX}:lock:{_target_suffix(target)}"
+
+
+def target_pending(target: Target) -> str:
+    """Hash ``command_id -> issued µs``: commands on the target with an attempt whose
+    result is unknown (answer lost, or its delivery died). An older command waits for
+    them. Lives as long as command records (refreshed on every entry)."""
+    return f"{PREFIX}:pending:{_target_suffix(target)}"
 
 
 def rejected(event_id: str) -> str:

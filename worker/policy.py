@@ -29,6 +29,9 @@ class RetryPolicy:
     max_delay_s: float = 60.0
     #: How long a delivery that found its target busy waits before looking again.
     busy_delay_s: float = 0.2
+    #: How long an older command waits before looking again at a target where a newer
+    #: command's result is unknown (it retries, settles, or its delivery died).
+    unresolved_delay_s: float = 1.0
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     @classmethod
@@ -47,15 +50,35 @@ class RetryPolicy:
         return min(delay, self.max_delay_s)
 
     def next_delay(
-        self, attempt: int, error: TransientError, *, now: datetime, not_after: datetime | None
+        self,
+        attempt: int,
+        error: TransientError,
+        *,
+        now: datetime,
+        not_after: datetime | None,
+        held_s: float = 0.0,
     ) -> float | None:
-        """Seconds until the next attempt, or ``None`` when there is to be none."""
+        """Seconds until the next delivery, or ``None`` when there is to be no attempt.
+
+        ``held_s``: the target is held that long (a lost answer settling), so the next
+        attempt cannot come sooner; the delivery itself still returns within
+        ``max_delay_s`` and waits again if the hold is longer.
+        """
         if attempt >= self.max_attempts:
             return None
-        delay = self.backoff(attempt, retry_after=error.retry_after)
+        delay = max(self.backoff(attempt, retry_after=error.retry_after), held_s)
         if not_after is not None and now + timedelta(seconds=delay) > not_after:
             return None
-        return delay
+        return min(delay, self.max_delay_s)
+
+    def settle_delay(self, remaining_s: float) -> float:
+        """Seconds to wait for a settling target: its remaining hold (plus a little
+        jitter, so waiters spread), never beyond ``max_delay_s``."""
+        return min(remaining_s + self.rng.uniform(0.0, self.busy_delay_s), self.max_delay_s)
+
+    def unresolved_delay(self) -> float:
+        """Seconds an older command waits for a newer one's unknown result (jittered)."""
+        return self.rng.uniform(0.5 * self.unresolved_delay_s, 1.5 * self.unresolved_delay_s)
 
     def busy_delay(self) -> float:
         """Seconds to wait before looking at a busy target again (jittered)."""

@@ -106,6 +106,7 @@ def build_runtime(app: Celery) -> Runtime:
         dead_letters=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
         policy=policy,
         lease_ms=int((request_budget_s(settings) + _LEASE_S_BEYOND_BUDGET) * 1000),
+        settle_s=settings.settle_seconds,
         traffic=traffic,
     )
     logger.info("worker runtime ready: upstream %s, %r", settings.upstream_url, store)

@@ -53,8 +53,8 @@ local function claim(key, token, claim_ms)
 end
 """
 
-# KEYS: command, lock, target. ARGV: fp, token, lease_ms, max_attempts, retention_s,
-# issued_us, command_id, expired (0/1), claim_ms.
+# KEYS: command, lock, target, pending. ARGV: fp, token, lease_ms, max_attempts,
+# retention_s, issued_us, command_id, expired (0/1), claim_ms, settle_ms.
 # A held lock means busy, whatever else is true: only the delivery holding the target
 # may decide anything about a command on it. Every other answer takes the lock and
 # writes this delivery's token into the record, which fences every later script.
@@ -64,7 +64,10 @@ _BEGIN_LUA: Final = (
 local rec = redis.call('HMGET', KEYS[1], 'fp', 'state', 'attempts', 'event', 'last_error')
 if rec[1] and rec[1] ~= ARGV[1] then return {'conflict'} end
 if rec[2] == 'done' then return {'done', claim(KEYS[1], ARGV[2], tonumber(ARGV[9])), rec[4]} end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) == false then return {'busy'} end
+local lock = redis.call('GET', KEYS[2])
+if lock == 'settling' then return {'settling', redis.call('PTTL', KEYS[2])} end
+if lock then return {'busy'} end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 local attempts = tonumber(rec[3] or '0')
 redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -76,37 +79,86 @@ if w[1] then
   local w_us, us = tonumber(w[1]), tonumber(ARGV[6])
   if w_us > us or (w_us == us and w[2] >= ARGV[7]) then return {'superseded', attempts} end
 end
+local us, pending = tonumber(ARGV[6]), redis.call('HGETALL', KEYS[4])
+for i = 1, #pending, 2 do
+  local p_id, p_us = pending[i], tonumber(pending[i + 1])
+  if p_id ~= ARGV[7] and (p_us > us or (p_us == us and p_id > ARGV[7])) then
+    redis.call('DEL', KEYS[2])
+    return {'unresolved', p_id}
+  end
+end
+redis.call('HSET', KEYS[4], ARGV[7], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
+-- A delivery that dies mid-request leaves a write that may still land: its lock
+-- outlives the attempt by the settle time.
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[10]))
 return {'go', attempts + 1}
 """
 )
 
-# KEYS: command, lock. ARGV: token, last_error, retention_s. Only under this
-# delivery's own lock: a delivery whose lease ran out changes nothing.
-_RELEASE_LUA: Final = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'waiting', 'last_error', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('DEL', KEYS[2])
-return 1
+# Shared by release, give_back and finish: hand the target over. After an attempt
+# whose answer was lost (settle_ms > 0) the lock stays, as 'settling', for the time
+# in which the upstream may still apply that write; else it goes. The command stops
+# counting for ordering once resolved, or once an attempt failed surely unapplied
+# and none before it was in doubt.
+_HAND_OVER_LUA: Final = """
+local function hand_over(cmd, lock, pending, command_id, settle_ms, resolved)
+  if resolved or redis.call('HGET', cmd, 'ambiguous') ~= '1' then
+    redis.call('HDEL', pending, command_id)
+  end
+  if tonumber(settle_ms) > 0 then
+    redis.call('SET', lock, 'settling', 'PX', settle_ms)
+  else
+    redis.call('DEL', lock)
+  end
+end
 """
 
-# KEYS: command, lock. ARGV: token. The attempt did not happen after all.
-_YIELD_LUA: Final = """
+# KEYS: command, lock, pending. ARGV: token, last_error, retention_s, settle_ms,
+# command_id. Only under this delivery's own lock: one whose lease ran out changes
+# nothing.
+_RELEASE_LUA: Final = (
+    _HAND_OVER_LUA
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local settle_ms = tonumber(ARGV[4])
+if settle_ms > 0 then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[1], 'state', 'settling', 'ambiguous', '1',
+    'settle_until', now_ms + settle_ms)
+else
+  redis.call('HSET', KEYS[1], 'state', 'waiting')
+end
+redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+hand_over(KEYS[1], KEYS[2], KEYS[3], ARGV[5], settle_ms, false)
+return 1
+"""
+)
+
+# KEYS: command, lock, pending. ARGV: token, command_id. The attempt did not happen.
+_YIELD_LUA: Final = (
+    _HAND_OVER_LUA
+    + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'state', 'waiting')
-redis.call('DEL', KEYS[2])
+hand_over(KEYS[1], KEYS[2], KEYS[3], ARGV[2], 0, false)
 return 1
 """
+)
 
-# KEYS: command, lock, target. ARGV: token, fp, event, applied (0/1), issued_us,
-# command_id, retention_s, target_retention_s, claim_ms, upstream status.
+# KEYS: command, lock, target, pending. ARGV: token, fp, event, applied (0/1),
+# issued_us, command_id, retention_s, target_retention_s, claim_ms, upstream status,
+# settle_ms.
 # An applied write always moves the watermark, whoever finished the record and whether
 # or not this delivery still holds the target: the upstream has it either way. The
 # record itself only changes under this delivery's own lock ('lost' otherwise).
 _FINISH_LUA: Final = (
     _CLAIM_LUA
+    + _HAND_OVER_LUA
     + """
 if ARGV[4] == '1' then
   local w = redis.call('HMGET', KEYS[3], 'us', 'id')
@@ -124,7 +176,7 @@ end
 if not mine then return {'lost'} end
 redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'state', 'done', 'event', ARGV[3], 'published', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('DEL', KEYS[2])
+hand_over(KEYS[1], KEYS[2], KEYS[4], ARGV[6], ARGV[11], true)
 return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), ARGV[3]}
 """
 )
@@ -227,6 +279,22 @@ class Busy:
 
 
 @dataclass(frozen=True)
+class Settling:
+    """An answer on the target was lost: the upstream may still apply that write, so
+    the target stays held for every command for ``remaining_ms`` more."""
+
+    remaining_ms: int
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A newer command on the target (``newer``) had an attempt whose result is unknown:
+    this older one may not overtake it, nor is it superseded (the newer may still fail)."""
+
+    newer: str
+
+
+@dataclass(frozen=True)
 class Conflict:
     """The command id was used before with another payload."""
 
@@ -272,7 +340,17 @@ class OutOfTime:
     last_error: str | None
 
 
-BeginResult = Go | Busy | Conflict | Finished | Superseded | AlreadyApplied | OutOfTime
+BeginResult = (
+    Go
+    | Busy
+    | Settling
+    | Unresolved
+    | Conflict
+    | Finished
+    | Superseded
+    | AlreadyApplied
+    | OutOfTime
+)
 
 
 class Store(Protocol):
@@ -291,11 +369,20 @@ class Store(Protocol):
         lease_ms: int,
         max_attempts: int,
         expired: bool,
+        settle_ms: int = 0,
     ) -> BeginResult:
         """Decide what this delivery of ``command`` does next."""
         ...
 
-    def release(self, command_id: str, target: Target, *, token: str, last_error: str) -> bool:
+    def release(
+        self,
+        command_id: str,
+        target: Target,
+        *,
+        token: str,
+        last_error: str,
+        settle_ms: int = 0,
+    ) -> bool:
         """Give the target back after a failed attempt; False if the lease was lost."""
         ...
 
@@ -312,6 +399,7 @@ class Store(Protocol):
         event: bytes,
         applied: bool,
         upstream_status: int | None = None,
+        settle_ms: int = 0,
     ) -> Finished | Lost:
         """Store the terminal event, move the watermark if applied, free the target."""
         ...
@@ -370,8 +458,13 @@ class RedisStore:
         lease_ms: int,
         max_attempts: int,
         expired: bool,
+        settle_ms: int = 0,
     ) -> BeginResult:
-        """Decide what this delivery of ``command`` does next (see the module doc)."""
+        """Decide what this delivery of ``command`` does next (see the module doc).
+
+        ``settle_ms``: how long after its lease a write may still land upstream; the
+        lock of an attempt is held that much longer, in case its delivery dies.
+        """
         args = [
             fingerprint,
             token,
@@ -382,20 +475,34 @@ class RedisStore:
             command.command_id,
             int(expired),
             self._claim_ms,
+            settle_ms,
         ]
         return _parse_begin(self._begin(_keys(command.command_id, command.target), args))
 
-    def release(self, command_id: str, target: Target, *, token: str, last_error: str) -> bool:
+    def release(
+        self,
+        command_id: str,
+        target: Target,
+        *,
+        token: str,
+        last_error: str,
+        settle_ms: int = 0,
+    ) -> bool:
         """Give the target back after a failed attempt, keeping the error.
 
-        False (and nothing changed) when this delivery no longer holds the target.
+        ``settle_ms > 0`` (the answer was lost): the target stays held that long for
+        every command, this one's retry included, and the command keeps counting for
+        ordering until it is resolved. False (and nothing changed) when this delivery
+        no longer holds the target.
         """
-        keys_ = [keys.command(command_id), keys.target_lock(target)]
-        return bool(self._release(keys_, [token, last_error, self._retention_s]))
+        keys_ = [keys.command(command_id), keys.target_lock(target), keys.target_pending(target)]
+        args = [token, last_error, self._retention_s, settle_ms, command_id]
+        return bool(self._release(keys_, args))
 
     def give_back(self, command_id: str, target: Target, *, token: str) -> None:
         """Give the target back without having sent: the attempt is not counted."""
-        self._yield([keys.command(command_id), keys.target_lock(target)], [token])
+        keys_ = [keys.command(command_id), keys.target_lock(target), keys.target_pending(target)]
+        self._yield(keys_, [token, command_id])
 
     def finish(
         self,
@@ -406,11 +513,14 @@ class RedisStore:
         event: bytes,
         applied: bool,
         upstream_status: int | None = None,
+        settle_ms: int = 0,
     ) -> Finished | Lost:
         """Store the terminal event, move the watermark if applied, free the target.
 
-        If another delivery finished first, its event wins and is returned. A delivery
-        that lost the target gets :class:`Lost` and changed nothing but the watermark.
+        ``settle_ms > 0``: the last attempt's answer was lost, the target stays held that
+        long. If another delivery finished first, its event wins and is returned. A
+        delivery that lost the target gets :class:`Lost` and changed nothing but the
+        watermark.
         """
         args = [
             token,
@@ -423,6 +533,7 @@ class RedisStore:
             self._target_retention_s,
             self._claim_ms,
             "" if upstream_status is None else upstream_status,
+            settle_ms,
         ]
         reply = self._finish(_keys(command.command_id, command.target), args)
         if _text(reply[0]) == "lost":
@@ -448,7 +559,12 @@ class RedisStore:
 
 
 def _keys(command_id: str, target: Target) -> list[str]:
-    return [keys.command(command_id), keys.target_lock(target), keys.target(target)]
+    return [
+        keys.command(command_id),
+        keys.target_lock(target),
+        keys.target(target),
+        keys.target_pending(target),
+    ]
 
 
 def _text(value: Any) -> str:
@@ -472,6 +588,8 @@ def _out_of_time(kind: str, reply: list[Any]) -> OutOfTime:
 _BEGIN_REPLIES: Final[dict[str, Callable[[list[Any]], BeginResult]]] = {
     "go": lambda reply: Go(attempt=int(reply[1])),
     "busy": lambda reply: Busy(),
+    "settling": lambda reply: Settling(remaining_ms=max(0, int(reply[1]))),
+    "unresolved": lambda reply: Unresolved(newer=_text(reply[1])),
     "conflict": lambda reply: Conflict(),
     "done": lambda reply: Finished(claim=Claim(_text(reply[1])), event=_bytes(reply[2])),
     "superseded": lambda reply: Superseded(attempts=int(reply[1])),

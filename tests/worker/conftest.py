@@ -93,23 +93,37 @@ def redis_client() -> Iterator[fakeredis.FakeRedis]:
     client.close()
 
 
+HarnessFactory = Callable[..., Harness]
+
+
 @pytest.fixture
-def harness(redis_client: fakeredis.FakeRedis) -> Harness:
-    clock = Clock()
-    store = RedisStore(client=redis_client)
-    upstream = ScriptedUpstream()
-    events, dead = InMemoryEventSink(), InMemoryDeadLetters()
-    policy = RetryPolicy(max_attempts=4, base_delay_s=0.5, max_delay_s=10.0)
-    executor = Executor(
-        store=store,
-        upstream=upstream,
-        events=events,
-        dead_letters=dead,
-        policy=policy,
-        lease_ms=30_000,
-        clock=clock,
-    )
-    return Harness(executor, store, upstream, events, dead, clock)
+def harness_factory(redis_client: fakeredis.FakeRedis) -> HarnessFactory:
+    """Harnesses on one fakeredis; ``settle_s`` is the settle time (0: no settling)."""
+
+    def make(*, settle_s: float = 0.0, lease_ms: int = 30_000) -> Harness:
+        clock = Clock()
+        store = RedisStore(client=redis_client)
+        upstream = ScriptedUpstream()
+        events, dead = InMemoryEventSink(), InMemoryDeadLetters()
+        policy = RetryPolicy(max_attempts=4, base_delay_s=0.5, max_delay_s=10.0)
+        executor = Executor(
+            store=store,
+            upstream=upstream,
+            events=events,
+            dead_letters=dead,
+            policy=policy,
+            lease_ms=lease_ms,
+            settle_s=settle_s,
+            clock=clock,
+        )
+        return Harness(executor, store, upstream, events, dead, clock)
+
+    return make
+
+
+@pytest.fixture
+def harness(harness_factory: HarnessFactory) -> Harness:
+    return harness_factory()
 
 
 @pytest.fixture

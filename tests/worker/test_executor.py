@@ -290,6 +290,7 @@ def test_a_crash_before_the_event_went_out_republishes_the_same_event_without_a_
             dead_letters=InMemoryDeadLetters(),
             policy=RetryPolicy(),
             lease_ms=30_000,
+            settle_s=0.0,
         )
 
     command = block()

@@ -27,7 +27,9 @@ from worker.store import (
     OutOfTime,
     OutOfTimeReason,
     RedisStore,
+    Settling,
     Superseded,
+    Unresolved,
 )
 
 BlockFactory = Callable[..., ChangeBlockStatus]
@@ -197,3 +199,143 @@ def test_a_delivery_that_lost_its_lease_cannot_fail_the_record(
     assert finish(store, command, "B", applied=True, event=b"applied-by-B") == Finished(
         Claim.PUBLISH, b"applied-by-B"
     )
+
+
+SETTLE_MS = 60_000
+
+
+def settle_passes(raw: redis.Redis, command: ChangeBlockStatus) -> None:
+    """The settle hold runs out (the state Redis reaches when its PX ends)."""
+    assert raw.get(keys.target_lock(command.target)) == b"settling"
+    raw.delete(keys.target_lock(command.target))
+
+
+def test_after_a_lost_answer_the_target_settles_for_every_command_its_retry_included(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given an attempt whose answer was lost
+    command = block()
+    begin(store, command, "A", settle_ms=SETTLE_MS)
+    store.release(
+        command.command_id, command.target, token="A", last_error="{}", settle_ms=SETTLE_MS
+    )
+    # When another command on the target, and the same command's retry, are delivered
+    other = begin(store, block(command_id="newer", issued_at=command.issued_at + timedelta(1)), "B")
+    retry = begin(store, command, "C")
+    # Then both wait out the settle time; the record says settling; after it, the retry goes
+    assert isinstance(other, Settling) and SETTLE_MS - 5_000 < other.remaining_ms <= SETTLE_MS
+    assert isinstance(retry, Settling)
+    assert raw.hget(keys.command(command.command_id), "state") == b"settling"
+    settle_passes(raw, command)
+    assert begin(store, command, "D") == Go(2)
+
+
+def test_an_attempt_holds_its_target_for_its_lease_plus_the_settle_time(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given the settle time
+    command = block()
+    # When an attempt begins (its delivery may die with the write on its way)
+    assert begin(store, command, "A", lease_ms=30_000, settle_ms=SETTLE_MS) == Go(1)
+    # Then nobody may take the target before the lease and the settle time are both over
+    ttl = raw.pttl(keys.target_lock(command.target))
+    assert 30_000 + SETTLE_MS - 5_000 < ttl <= 30_000 + SETTLE_MS
+
+
+def test_a_failure_after_a_lost_answer_keeps_the_target_settling(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given a last attempt whose answer was lost, closing the command as failed
+    command = block()
+    begin(store, command, "A")
+    store.finish(
+        command,
+        fingerprint=command.fingerprint(),
+        token="A",
+        event=b"failed",
+        applied=False,
+        settle_ms=SETTLE_MS,
+    )
+    # When an older command on the target arrives
+    older = block(command_id="older", issued_at=command.issued_at - timedelta(1))
+    # Then it waits for the lost write to settle, then goes (the newer one failed)
+    assert isinstance(begin(store, older, "B"), Settling)
+    settle_passes(raw, command)
+    assert begin(store, older, "C") == Go(1)
+
+
+def lost_answer(store: RedisStore, raw: redis.Redis, command: ChangeBlockStatus) -> None:
+    """``command`` has an attempt whose answer was lost, and the settle time passed."""
+    assert begin(store, command, "lost", settle_ms=SETTLE_MS) == Go(1)
+    store.release(
+        command.command_id, command.target, token="lost", last_error="{}", settle_ms=SETTLE_MS
+    )
+    settle_passes(raw, command)
+
+
+def test_an_older_command_waits_for_a_newer_unresolved_one_then_is_superseded(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given a newer command whose answer was lost
+    newer = block(command_id="newer", active=False)
+    lost_answer(store, raw, newer)
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    # When the older command arrives, then the newer one's retry is applied
+    waiting = begin(store, older, "o1")
+    assert begin(store, newer, "n2") == Go(2)
+    finish(store, newer, "n2", applied=True, event=b"applied")
+    # Then the older one waited (it was neither sent nor superseded), and is superseded now
+    assert waiting == Unresolved(newer="newer")
+    assert begin(store, older, "o2") == Superseded(0)
+
+
+def test_an_older_command_goes_once_the_newer_unresolved_one_failed(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given a newer command whose answer was lost, then whose retry failed for good
+    newer = block(command_id="newer", active=False)
+    lost_answer(store, raw, newer)
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    assert begin(store, older, "o1") == Unresolved(newer="newer")
+    begin(store, newer, "n2")
+    store.release(newer.command_id, newer.target, token="n2", last_error="{}")  # a sure 503
+    assert begin(store, older, "o2") == Unresolved(newer="newer")  # attempt 1 still unknown
+    begin(store, newer, "n3")
+    finish(store, newer, "n3", applied=False, event=b"failed")
+    # When the older command comes back
+    step = begin(store, older, "o3")
+    # Then it may go
+    assert step == Go(1)
+
+
+def test_an_older_command_waits_for_a_newer_one_whose_delivery_died(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given a newer command whose delivery died mid-attempt, and whose lease ran out
+    newer = block(command_id="newer", active=False)
+    assert begin(store, newer, "dead") == Go(1)
+    lease_runs_out(raw, newer)
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    # When the older command arrives, then the newer one is redelivered and applied
+    waiting = begin(store, older, "o1")
+    assert begin(store, newer, "n2") == Go(2)
+    finish(store, newer, "n2", applied=True, event=b"applied")
+    # Then the older one waited, and is superseded
+    assert waiting == Unresolved(newer="newer")
+    assert begin(store, older, "o2") == Superseded(0)
+
+
+def test_a_newer_command_surely_not_applied_does_not_hold_older_ones(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given a newer command that failed surely unapplied (503), and one not sent at all
+    newer = block(command_id="newer", active=False)
+    begin(store, newer, "n1")
+    store.release(newer.command_id, newer.target, token="n1", last_error="{}")
+    unsent = block(command_id="unsent", active=False, issued_at=newer.issued_at + timedelta(1))
+    begin(store, unsent, "u1")
+    store.give_back(unsent.command_id, unsent.target, token="u1")
+    # When an older command arrives
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    # Then it goes: nothing of the newer ones can have reached the upstream
+    assert begin(store, older, "o1") == Go(1)
