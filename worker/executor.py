@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from subswitch.contract import (
@@ -36,6 +36,7 @@ from worker.store import (
     Finished,
     Go,
     Lost,
+    OutOfBounds,
     OutOfTime,
     OutOfTimeReason,
     Settling,
@@ -127,6 +128,8 @@ class Executor:
         policy: RetryPolicy,
         lease_ms: int,
         settle_s: float,
+        max_clock_skew_s: float,
+        retention_s: float,
         traffic: TrafficControl | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
@@ -137,6 +140,8 @@ class Executor:
         self._policy = policy
         self._lease_ms = lease_ms
         self._settle_ms = int(settle_s * 1000)
+        self._max_skew = timedelta(seconds=max_clock_skew_s)
+        self._retention = timedelta(seconds=retention_s)
         self._traffic = traffic or TrafficControl()
         self._clock = clock
 
@@ -171,7 +176,8 @@ class Executor:
 
     def _handle_command(self, command: Command, token: str) -> Decision:
         fingerprint = command.fingerprint()
-        expired = command.not_after is not None and self._clock() > command.not_after
+        now = self._clock()
+        expired = command.not_after is not None and now > command.not_after
         step = self._store.begin(
             command,
             fingerprint=fingerprint,
@@ -180,6 +186,7 @@ class Executor:
             max_attempts=self._policy.max_attempts,
             expired=expired,
             settle_ms=self._settle_ms,
+            out_of_bounds=self._bounds_error(command, now) is not None,
         )
         job = _Job(command, fingerprint, token)
         if isinstance(step, Go):
@@ -210,7 +217,23 @@ class Executor:
             return RetryLater(self._policy.unresolved_delay(), "a newer command is unresolved")
         return RetryLater(self._policy.busy_delay(), "target busy")
 
-    def _close(self, job: _Job, step: Superseded | AlreadyApplied | OutOfTime) -> Decision:
+    def _bounds_error(self, command: Command, now: datetime) -> str | None:
+        """Why ``issued_at`` is outside the window in which a command is accepted (§2.6)."""
+        if command.issued_at > now + self._max_skew:
+            return (
+                f"issued_at {command.issued_at.isoformat()} is more than "
+                f"{self._max_skew.total_seconds():.0f} s ahead of the worker's clock"
+            )
+        if command.issued_at < now - self._retention:
+            return (
+                f"issued_at {command.issued_at.isoformat()} is older than the retention "
+                f"window ({self._retention.total_seconds():.0f} s)"
+            )
+        return None
+
+    def _close(
+        self, job: _Job, step: Superseded | AlreadyApplied | OutOfBounds | OutOfTime
+    ) -> Decision:
         """Finish a command that gets no (further) attempt; the target is held."""
         if isinstance(step, Superseded):
             reason = "a newer command on the same target was already applied"
@@ -219,6 +242,10 @@ class Executor:
             return self._finish(
                 job, Outcome.APPLIED, step.attempts, None, step.upstream_status, applied=True
             )
+        if isinstance(step, OutOfBounds):
+            reason = self._bounds_error(job.command, self._clock()) or "issued_at out of bounds"
+            logger.warning("rejected %s: %s", job.command.command_id, reason)
+            return self._finish(job, Outcome.REJECTED, 0, EventError(message=reason))
         return self._out_of_time(job, step)
 
     def _attempt(self, job: _Job, attempt: int) -> Decision:

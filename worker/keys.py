@@ -12,9 +12,24 @@ PREFIX: Final = "subswitch"
 #: last change by the configured retention (default 24 h): duplicates inside it
 #: never reach the upstream again.
 DEFAULT_RETENTION_S: Final = 24 * 3600
-#: A target's newest applied order key. Kept far longer than command records: a
-#: late, older command must still find it to be superseded.
-TARGET_RETENTION_S: Final = 30 * 24 * 3600
+#: Extra life of a target's watermark beyond the acceptance window (below): a command
+#: accepted at the window's edge may still retry, settle or wait for a while.
+TARGET_MARGIN_S: Final = 7 * 24 * 3600
+
+
+def target_retention_s(*, retention_s: int, max_clock_skew_s: int) -> int:
+    """How long a target's watermark lives after the write that set it.
+
+    A command is accepted while its ``issued_at`` lies within ``[now - retention,
+    now + skew]`` (contract §2.6), and a write that sets the watermark was issued at
+    most ``skew`` ahead of when it was applied. So a command older than the watermark
+    can be accepted at most ``retention + skew`` after that write: the watermark must
+    live that long (and the margin), or the older command would find no watermark and
+    be sent over the newer one.
+    """
+    return retention_s + max_clock_skew_s + TARGET_MARGIN_S
+
+
 #: How long a finished delivery may take to publish its event before another
 #: delivery of the same command takes the job over.
 PUBLISH_CLAIM_MS: Final = 30_000

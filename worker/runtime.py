@@ -81,7 +81,9 @@ def build_runtime(app: Celery) -> Runtime:
     """Wire the executor to real Redis, upstream and broker from the app's settings."""
     settings: Settings = app.conf.subswitch_settings
     store = RedisStore.from_url(
-        app.conf.subswitch_store_url, retention_s=settings.retention_seconds
+        app.conf.subswitch_store_url,
+        retention_s=settings.retention_seconds,
+        max_clock_skew_s=settings.max_clock_skew_seconds,
     )
     client = upstream.from_settings(settings)
     policy = RetryPolicy.within_window(
@@ -107,6 +109,8 @@ def build_runtime(app: Celery) -> Runtime:
         policy=policy,
         lease_ms=int((request_budget_s(settings) + _LEASE_S_BEYOND_BUDGET) * 1000),
         settle_s=settings.settle_seconds,
+        max_clock_skew_s=settings.max_clock_skew_seconds,
+        retention_s=settings.retention_seconds,
         traffic=traffic,
     )
     logger.info("worker runtime ready: upstream %s, %r", settings.upstream_url, store)

@@ -54,7 +54,8 @@ end
 """
 
 # KEYS: command, lock, target, pending. ARGV: fp, token, lease_ms, max_attempts,
-# retention_s, issued_us, command_id, expired (0/1), claim_ms, settle_ms.
+# retention_s, issued_us, command_id, expired (0/1), claim_ms, settle_ms,
+# out_of_bounds (0/1: issued_at outside the acceptance window; refused unless sent before).
 # A held lock means busy, whatever else is true: only the delivery holding the target
 # may decide anything about a command on it. Every other answer takes the lock and
 # writes this delivery's token into the record, which fences every later script.
@@ -73,6 +74,7 @@ redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempt
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 local w = redis.call('HMGET', KEYS[3], 'us', 'id', 'status')
 if w[2] == ARGV[7] then return {'applied', attempts, w[3] or ''} end
+if ARGV[11] == '1' and attempts == 0 then return {'out_of_bounds'} end
 if ARGV[8] == '1' then return {'expired', attempts, rec[5] or ''} end
 if attempts >= tonumber(ARGV[4]) then return {'exhausted', attempts, rec[5] or ''} end
 if w[1] then
@@ -332,6 +334,12 @@ class AlreadyApplied:
 
 
 @dataclass(frozen=True)
+class OutOfBounds:
+    """``issued_at`` is outside the acceptance window and the command was never sent:
+    refuse it. The target's lock is held."""
+
+
+@dataclass(frozen=True)
 class OutOfTime:
     """``not_after`` passed or the attempts ran out; the target's lock is held."""
 
@@ -349,6 +357,7 @@ BeginResult = (
     | Finished
     | Superseded
     | AlreadyApplied
+    | OutOfBounds
     | OutOfTime
 )
 
@@ -370,6 +379,7 @@ class Store(Protocol):
         max_attempts: int,
         expired: bool,
         settle_ms: int = 0,
+        out_of_bounds: bool = False,
     ) -> BeginResult:
         """Decide what this delivery of ``command`` does next."""
         ...
@@ -421,12 +431,14 @@ class RedisStore:
         *,
         client: redis.Redis,
         retention_s: int = keys.DEFAULT_RETENTION_S,
-        target_retention_s: int = keys.TARGET_RETENTION_S,
+        max_clock_skew_s: int = 0,
         claim_ms: int = keys.PUBLISH_CLAIM_MS,
     ) -> None:
         self._scripts = LuaScripts(client=client)
         self._retention_s = retention_s
-        self._target_retention_s = max(target_retention_s, retention_s)
+        self._target_retention_s = keys.target_retention_s(
+            retention_s=retention_s, max_clock_skew_s=max_clock_skew_s
+        )
         self._claim_ms = claim_ms
         self._begin = self._scripts.register(_BEGIN_LUA)
         self._release = self._scripts.register(_RELEASE_LUA)
@@ -436,10 +448,10 @@ class RedisStore:
         self._published = self._scripts.register(_PUBLISHED_LUA)
 
     @classmethod
-    def from_url(cls, url: str, *, retention_s: int = keys.DEFAULT_RETENTION_S) -> RedisStore:
+    def from_url(cls, url: str, *, retention_s: int, max_clock_skew_s: int) -> RedisStore:
         """A store on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        return cls(client=client, retention_s=retention_s)
+        return cls(client=client, retention_s=retention_s, max_clock_skew_s=max_clock_skew_s)
 
     def __repr__(self) -> str:
         return f"RedisStore(retention_s={self._retention_s})"
@@ -459,11 +471,14 @@ class RedisStore:
         max_attempts: int,
         expired: bool,
         settle_ms: int = 0,
+        out_of_bounds: bool = False,
     ) -> BeginResult:
         """Decide what this delivery of ``command`` does next (see the module doc).
 
         ``settle_ms``: how long after its lease a write may still land upstream; the
         lock of an attempt is held that much longer, in case its delivery dies.
+        ``out_of_bounds``: ``issued_at`` lies outside the acceptance window; such a
+        command is refused (:class:`OutOfBounds`) unless an attempt was made before.
         """
         args = [
             fingerprint,
@@ -476,6 +491,7 @@ class RedisStore:
             int(expired),
             self._claim_ms,
             settle_ms,
+            int(out_of_bounds),
         ]
         return _parse_begin(self._begin(_keys(command.command_id, command.target), args))
 
@@ -596,6 +612,7 @@ _BEGIN_REPLIES: Final[dict[str, Callable[[list[Any]], BeginResult]]] = {
     "applied": lambda reply: AlreadyApplied(
         attempts=int(reply[1]), upstream_status=_optional_int(reply[2])
     ),
+    "out_of_bounds": lambda reply: OutOfBounds(),
     "expired": lambda reply: _out_of_time("expired", reply),
     "exhausted": lambda reply: _out_of_time("exhausted", reply),
 }

@@ -114,6 +114,8 @@ def harness_factory(redis_client: fakeredis.FakeRedis) -> HarnessFactory:
             policy=policy,
             lease_ms=lease_ms,
             settle_s=settle_s,
+            max_clock_skew_s=300,
+            retention_s=86_400,
             clock=clock,
         )
         return Harness(executor, store, upstream, events, dead, clock)

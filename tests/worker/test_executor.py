@@ -10,7 +10,7 @@ from typing import Any
 import fakeredis
 
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Outcome
-from tests.worker.conftest import Harness
+from tests.worker.conftest import Clock, Harness
 from worker import keys
 from worker.executor import Ack, Executor, RetryLater
 from worker.policy import RetryPolicy
@@ -291,6 +291,9 @@ def test_a_crash_before_the_event_went_out_republishes_the_same_event_without_a_
             policy=RetryPolicy(),
             lease_ms=30_000,
             settle_s=0.0,
+            max_clock_skew_s=300,
+            retention_s=86_400,
+            clock=Clock(),
         )
 
     command = block()

@@ -54,7 +54,7 @@ def test_a_duplicate_during_the_last_attempt_leaves_the_attempt_to_decide(
     assert decision == Ack(Outcome.APPLIED)
     assert [event.data.outcome for event in harness.events_of("fraud-block")] == [Outcome.APPLIED]
     older = block(
-        command_id="old-unblock", active=False, issued_at=command.issued_at - timedelta(1)
+        command_id="old-unblock", active=False, issued_at=command.issued_at - timedelta(minutes=1)
     )
     assert harness.executor.handle(wire(older), token="o") == Ack(Outcome.SUPERSEDED)
     assert [write["active"] for write in harness.upstream.writes] == [True] * 4

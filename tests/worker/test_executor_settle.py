@@ -72,7 +72,7 @@ def test_an_answer_lost_on_the_last_attempt_keeps_the_target_settling(
     # Given a command on its last attempt (the policy allows 4), with no settle before it
     harness = harness_factory(settle_s=SETTLE_S)
     command = block(command_id="last", active=False)
-    older = block(command_id="older", issued_at=command.issued_at - timedelta(1))
+    older = block(command_id="older", issued_at=command.issued_at - timedelta(minutes=1))
     redis_client.hset(keys.command("last"), mapping={"fp": command.fingerprint(), "attempts": 3})
     harness.upstream.script = [lost()]
     # When that attempt's answer is lost, and an older command arrives
@@ -90,7 +90,7 @@ def test_an_older_command_never_overtakes_a_newer_one_whose_answer_was_lost(
 ) -> None:
     # Given a newer unblock whose answer was lost, and whose write settled
     newer = block(command_id="unblock", active=False)
-    older = block(command_id="block", active=True, issued_at=newer.issued_at - timedelta(1))
+    older = block(command_id="block", active=True, issued_at=newer.issued_at - timedelta(minutes=1))
     settling.upstream.script = [lost()]
     settling.executor.handle(wire(newer), token="n1")
     settle_passes(redis_client, newer)
@@ -109,7 +109,7 @@ def test_an_older_command_goes_once_the_newer_unresolved_one_failed(
 ) -> None:
     # Given a newer command whose answer was lost, then whose retry was refused (404)
     newer = block(command_id="unblock", active=False)
-    older = block(command_id="block", active=True, issued_at=newer.issued_at - timedelta(1))
+    older = block(command_id="block", active=True, issued_at=newer.issued_at - timedelta(minutes=1))
     settling.upstream.script = [lost(), PermanentError("404", status=404)]
     settling.executor.handle(wire(newer), token="n1")
     settle_passes(redis_client, newer)
@@ -127,7 +127,7 @@ def test_an_older_command_never_overtakes_a_newer_one_whose_delivery_died(
 ) -> None:
     # Given a newer unblock whose delivery died after its write (the lease then ran out)
     newer = block(command_id="unblock", active=False)
-    older = block(command_id="block", active=True, issued_at=newer.issued_at - timedelta(1))
+    older = block(command_id="block", active=True, issued_at=newer.issued_at - timedelta(minutes=1))
     settling.store.begin(
         newer,
         fingerprint=newer.fingerprint(),

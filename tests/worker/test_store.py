@@ -123,7 +123,9 @@ def test_a_duplicate_during_the_last_attempt_is_busy_not_exhausted(
     assert finish(store, command, "last", applied=True, event=b"applied") == Finished(
         Claim.PUBLISH, b"applied"
     )
-    older = block(command_id="older", active=False, issued_at=command.issued_at - timedelta(1))
+    older = block(
+        command_id="older", active=False, issued_at=command.issued_at - timedelta(minutes=1)
+    )
     assert begin(store, older, "o1") == Superseded(0)
 
 
@@ -161,7 +163,9 @@ def test_an_applied_finish_moves_the_watermark_even_when_the_record_is_done(
     # Then the first outcome stands, but the watermark moved: an older command is superseded
     assert late == Finished(Claim.BUSY, b"failed-by-B")
     assert raw.hget(keys.target(command.target), "id") == command.command_id.encode()
-    older = block(command_id="older", active=False, issued_at=command.issued_at - timedelta(1))
+    older = block(
+        command_id="older", active=False, issued_at=command.issued_at - timedelta(minutes=1)
+    )
     assert begin(store, older, "o1") == Superseded(0)
 
 
@@ -220,7 +224,9 @@ def test_after_a_lost_answer_the_target_settles_for_every_command_its_retry_incl
         command.command_id, command.target, token="A", last_error="{}", settle_ms=SETTLE_MS
     )
     # When another command on the target, and the same command's retry, are delivered
-    other = begin(store, block(command_id="newer", issued_at=command.issued_at + timedelta(1)), "B")
+    other = begin(
+        store, block(command_id="newer", issued_at=command.issued_at + timedelta(minutes=1)), "B"
+    )
     retry = begin(store, command, "C")
     # Then both wait out the settle time; the record says settling; after it, the retry goes
     assert isinstance(other, Settling) and SETTLE_MS - 5_000 < other.remaining_ms <= SETTLE_MS
@@ -257,7 +263,7 @@ def test_a_failure_after_a_lost_answer_keeps_the_target_settling(
         settle_ms=SETTLE_MS,
     )
     # When an older command on the target arrives
-    older = block(command_id="older", issued_at=command.issued_at - timedelta(1))
+    older = block(command_id="older", issued_at=command.issued_at - timedelta(minutes=1))
     # Then it waits for the lost write to settle, then goes (the newer one failed)
     assert isinstance(begin(store, older, "B"), Settling)
     settle_passes(raw, command)
@@ -279,7 +285,7 @@ def test_an_older_command_waits_for_a_newer_unresolved_one_then_is_superseded(
     # Given a newer command whose answer was lost
     newer = block(command_id="newer", active=False)
     lost_answer(store, raw, newer)
-    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(minutes=1))
     # When the older command arrives, then the newer one's retry is applied
     waiting = begin(store, older, "o1")
     assert begin(store, newer, "n2") == Go(2)
@@ -295,7 +301,7 @@ def test_an_older_command_goes_once_the_newer_unresolved_one_failed(
     # Given a newer command whose answer was lost, then whose retry failed for good
     newer = block(command_id="newer", active=False)
     lost_answer(store, raw, newer)
-    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(minutes=1))
     assert begin(store, older, "o1") == Unresolved(newer="newer")
     begin(store, newer, "n2")
     store.release(newer.command_id, newer.target, token="n2", last_error="{}")  # a sure 503
@@ -315,7 +321,7 @@ def test_an_older_command_waits_for_a_newer_one_whose_delivery_died(
     newer = block(command_id="newer", active=False)
     assert begin(store, newer, "dead") == Go(1)
     lease_runs_out(raw, newer)
-    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(minutes=1))
     # When the older command arrives, then the newer one is redelivered and applied
     waiting = begin(store, older, "o1")
     assert begin(store, newer, "n2") == Go(2)
@@ -332,10 +338,12 @@ def test_a_newer_command_surely_not_applied_does_not_hold_older_ones(
     newer = block(command_id="newer", active=False)
     begin(store, newer, "n1")
     store.release(newer.command_id, newer.target, token="n1", last_error="{}")
-    unsent = block(command_id="unsent", active=False, issued_at=newer.issued_at + timedelta(1))
+    unsent = block(
+        command_id="unsent", active=False, issued_at=newer.issued_at + timedelta(minutes=1)
+    )
     begin(store, unsent, "u1")
     store.give_back(unsent.command_id, unsent.target, token="u1")
     # When an older command arrives
-    older = block(command_id="older", issued_at=newer.issued_at - timedelta(1))
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(minutes=1))
     # Then it goes: nothing of the newer ones can have reached the upstream
     assert begin(store, older, "o1") == Go(1)
