@@ -19,6 +19,7 @@ from subswitch.contract import (
     ChangeServiceStatus,
     EventError,
     InvalidCommand,
+    Lane,
     Outcome,
     ResultEvent,
     parse_command,
@@ -45,7 +46,7 @@ from worker.store import (
     Unresolved,
 )
 from worker.traffic import TrafficControl
-from worker.upstream.errors import PermanentError, TransientError, UpstreamError
+from worker.upstream.errors import TransientError, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,22 @@ class Upstream(Protocol):
         idempotency_key: str,
         request_id: str | None = None,
     ) -> int: ...
+
+
+class Traffic(Protocol):
+    """What stands between the executor and the upstream (``worker.traffic.TrafficControl``)."""
+
+    def admit(self, lane: Lane) -> float | None:
+        """``None`` to send now; else seconds to come back after."""
+        ...
+
+    def after_request(self, *, failed: bool) -> None:
+        """Report how an admitted request went."""
+        ...
+
+    def abandon(self) -> None:
+        """An admitted request ended before the upstream answered (or was never made)."""
+        ...
 
 
 class EventSink(Protocol):
@@ -130,7 +147,7 @@ class Executor:
         settle_s: float,
         max_clock_skew_s: float,
         retention_s: float,
-        traffic: TrafficControl | None = None,
+        traffic: Traffic | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._store = store
@@ -142,7 +159,7 @@ class Executor:
         self._settle_ms = int(settle_s * 1000)
         self._max_skew = timedelta(seconds=max_clock_skew_s)
         self._retention = timedelta(seconds=retention_s)
-        self._traffic = traffic or TrafficControl()
+        self._traffic: Traffic = traffic or TrafficControl()
         self._clock = clock
 
     def handle(self, payload: Any, *, token: str, message_id: str | None = None) -> Decision:
@@ -253,17 +270,23 @@ class Executor:
         wait = self._traffic.admit(command.lane)
         if wait is not None:
             self._store.give_back(command.command_id, command.target, token=job.token)
-            return RetryLater(wait, "waiting for upstream budget")
+            return RetryLater(min(wait, self._policy.max_delay_s), "waiting for upstream budget")
         try:
             status = self._send(command)
-        except TransientError as exc:
-            self._traffic.after_request(failed=exc.status != 429)
-            return self._after_transient(job, attempt, exc)
-        except PermanentError as exc:
-            self._traffic.after_request(failed=False)
-            return self._finish(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
+        except UpstreamError as exc:
+            return self._after_error(job, attempt, exc)
+        except BaseException:
+            self._traffic.abandon()  # no answer to count; never keep a probe leased
+            raise
         self._traffic.after_request(failed=False)
         return self._finish(job, Outcome.APPLIED, attempt, None, status, applied=True)
+
+    def _after_error(self, job: _Job, attempt: int, exc: UpstreamError) -> Decision:
+        if isinstance(exc, TransientError):
+            self._traffic.after_request(failed=exc.status != 429)
+            return self._after_transient(job, attempt, exc)
+        self._traffic.after_request(failed=False)  # the upstream answered
+        return self._finish(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
 
     def _after_transient(self, job: _Job, attempt: int, exc: TransientError) -> Decision:
         command = job.command

@@ -33,11 +33,15 @@ from worker.store import Script
 
 logger = logging.getLogger(__name__)
 
-# KEYS: tat, urgent marker. ARGV: interval_us, horizon_us, urgent (0/1), marker_ms.
+# KEYS: tat, urgent marker. ARGV: interval_us, horizon_us, urgent (0/1), marker_ms,
+# furthest_us. A stored time further ahead than any lane may reserve means the store's
+# clock stepped back: it starts afresh from now (the hard cap still holds), so a clock
+# step never stalls traffic.
 _RESERVE_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if tat > now + tonumber(ARGV[5]) then tat = now end
 local wait, horizon = tat - now, tonumber(ARGV[2])
 if ARGV[3] == '1' then
   if wait > horizon then
@@ -54,12 +58,14 @@ return {1, wait, string.format('%d', tat)}
 
 # KEYS: log of sends (zset, µs). ARGV: cap, window_us, member. The hard cap, checked
 # right before sending: however late threads wake from their reservations, no window
-# of one second ever holds more than ``cap`` sends.
+# of one second ever holds more than ``cap`` sends. Sends logged in the future (the
+# store's clock stepped back) are dropped, or they would hold the cap for the step.
 _ADMIT_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
@@ -69,12 +75,17 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(oldest[2]) + window - now + 1}
 """
 
-# KEYS: state, probe. ARGV: token, probe_ttl_ms.
+# KEYS: state, probe. ARGV: token, probe_ttl_ms, cooldown_ms. An open circuit never
+# waits longer than one cool-down from now (a step of the store's clock).
 _CHECK_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local st = redis.call('HMGET', KEYS[1], 'state', 'until')
 if not st[1] or st[1] == 'closed' then return {'closed', 0} end
+if st[1] == 'open' and tonumber(st[2]) > now + tonumber(ARGV[3]) then
+  st[2] = now + tonumber(ARGV[3])
+  redis.call('HSET', KEYS[1], 'until', st[2])
+end
 if st[1] == 'open' and now < tonumber(st[2]) then return {'open', tonumber(st[2]) - now} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'half_open')
@@ -117,6 +128,14 @@ end
 return 'same'
 """
 
+# KEYS: probe. ARGV: token. A probe that never reached the upstream hands the probe
+# back (the state stays half-open), so the next caller probes without waiting out
+# the probe's lease.
+_ABANDON_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 #: How much further ahead than bulk each lane may reserve: the first to be turned
 #: away when the budget runs short is bulk, the last is urgent.
 _LANE_REACH: Final = {Lane.BULK: 1.0, Lane.NORMAL: 1.5, Lane.URGENT: 2.0}
@@ -125,6 +144,8 @@ _LANE_REACH: Final = {Lane.BULK: 1.0, Lane.NORMAL: 1.5, Lane.URGENT: 2.0}
 MAX_WAIT_S: Final = 2.0
 #: How long "urgent commands are waiting" holds the other lanes back, once set (ms).
 _URGENT_MARK_MS: Final = 1000
+#: The hard cap's window: no admission hint is longer.
+_ADMIT_WINDOW_S: Final = 1.0
 
 
 class Scripts(Protocol):
@@ -147,11 +168,13 @@ class RateLimiter:
         horizon_s: float = 0.25,
         max_wait_s: float = MAX_WAIT_S,
         sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self._interval_us = max(1, math.ceil(1_000_000 / rate_per_s))
         self._horizon_us = int(horizon_s * 1_000_000)
         self._max_wait_s = max_wait_s
         self._sleep = sleep
+        self._rng = rng or random.Random()
         self._cap = max(1, math.floor(rate_per_s))
         self._reserve = scripts.register(_RESERVE_LUA)
         self._admit = scripts.register(_ADMIT_LUA)
@@ -159,7 +182,8 @@ class RateLimiter:
     def reserve(self, lane: Lane) -> Reservation:
         """One try for a slot within this lane's reach (one store round trip)."""
         horizon = int(self._horizon_us * _LANE_REACH[lane])
-        args = [self._interval_us, horizon, int(lane is Lane.URGENT), _URGENT_MARK_MS]
+        furthest = int(self._horizon_us * max(_LANE_REACH.values())) + self._interval_us
+        args = [self._interval_us, horizon, int(lane is Lane.URGENT), _URGENT_MARK_MS, furthest]
         reply = self._reserve([keys.RATE_TAT, keys.RATE_URGENT_WAITING], args)
         slot_us = int(reply[2]) if int(reply[0]) else None
         return Reservation(wait_s=int(reply[1]) / 1_000_000, slot_us=slot_us)
@@ -169,7 +193,7 @@ class RateLimiter:
         else the seconds until it will not (nothing recorded)."""
         args = [self._cap, 1_000_000, uuid.uuid4().hex]
         granted, wait_us = self._admit([keys.RATE_SENT], args)
-        return None if int(granted) else int(wait_us) / 1_000_000
+        return None if int(granted) else min(int(wait_us) / 1_000_000, _ADMIT_WINDOW_S)
 
     def acquire(self, lane: Lane) -> float | None:
         """Wait for a slot; ``None`` once it is this caller's turn to send, else the
@@ -185,7 +209,7 @@ class RateLimiter:
                 reservation = self.reserve(lane)
                 reserved, wait = reservation.granted, reservation.wait_s
             if waited + wait > self._max_wait_s:
-                return wait + random.uniform(0, 0.1)
+                return min(wait, self._max_wait_s) + self._rng.uniform(0, 0.1)
             self._sleep(wait)
             waited += wait
 
@@ -221,10 +245,20 @@ class BreakerPolicy:
 class CircuitBreaker:
     """Shared circuit breaker; counts are batched per process to spare the store."""
 
-    def __init__(self, *, scripts: Scripts, policy: BreakerPolicy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        scripts: Scripts,
+        policy: BreakerPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self._policy = policy or BreakerPolicy()
+        self._clock = clock
+        self._rng = rng or random.Random()
         self._check = scripts.register(_CHECK_LUA)
         self._record = scripts.register(_RECORD_LUA)
+        self._abandon = scripts.register(_ABANDON_LUA)
         self._lock = threading.Lock()
         self._closed_until = 0.0
         self._counts = [0, 0]  # ok, failed, not yet in the store
@@ -233,22 +267,32 @@ class CircuitBreaker:
 
     def before_request(self) -> float | None:
         """``None`` to go ahead; else the seconds to wait while the circuit is open."""
-        if time.monotonic() < self._closed_until:
+        if self._clock() < self._closed_until:
             return None
+        policy = self._policy
         token = uuid.uuid4().hex
-        ttl_ms = int(self._policy.probe_ttl_s * 1000)
-        state, wait_ms = self._check([keys.BREAKER_STATE, keys.BREAKER_PROBE], [token, ttl_ms])
+        args = [token, int(policy.probe_ttl_s * 1000), int(policy.cooldown_s * 1000)]
+        state, wait_ms = self._check([keys.BREAKER_STATE, keys.BREAKER_PROBE], args)
         state = _text(state)
         if state == "closed":
-            self._closed_until = time.monotonic() + self._policy.recheck_s
+            self._closed_until = self._clock() + policy.recheck_s
             return None
         if state == "probe":
             logger.warning("circuit half-open: probing the upstream")
             self._local.probe = token
             return None
         if state == "probing":
-            return self._policy.cooldown_s / 4 + random.uniform(0, 0.5)
-        return int(wait_ms) / 1000 + random.uniform(0, 1.0)
+            return policy.cooldown_s / 4 + self._rng.uniform(0, 0.5)
+        return min(int(wait_ms) / 1000, policy.cooldown_s) + self._rng.uniform(0, 1.0)
+
+    def abandon(self) -> None:
+        """The request allowed by :meth:`before_request` will not be made (the rate
+        limiter made it wait, or something failed before it reached the upstream):
+        hand back the probe, if this thread holds it."""
+        probe = getattr(self._local, "probe", None)
+        self._local.probe = None
+        if probe is not None:
+            self._abandon([keys.BREAKER_PROBE], [probe])
 
     def after_request(self, *, failed: bool) -> None:
         """Count one answer (``failed``: 5xx, timeout or connection error)."""
@@ -256,12 +300,12 @@ class CircuitBreaker:
         self._local.probe = None
         with self._lock:
             self._counts[int(failed)] += 1
-            due = failed or probe is not None or time.monotonic() >= self._flush_at
+            due = failed or probe is not None or self._clock() >= self._flush_at
             if not due:
                 return
             ok, bad = self._counts
             self._counts = [0, 0]
-            self._flush_at = time.monotonic() + self._policy.recheck_s
+            self._flush_at = self._clock() + self._policy.recheck_s
         self._flush(ok, bad, probe, probe_ok=not failed)
 
     def _flush(self, ok: int, bad: int, probe: str | None, *, probe_ok: bool) -> None:
@@ -297,17 +341,28 @@ class TrafficControl:
         self._breaker = breaker
 
     def admit(self, lane: Lane) -> float | None:
-        """``None`` to send now; else seconds to come back after (no attempt spent)."""
+        """``None`` to send now; else seconds to come back after (no attempt spent).
+
+        After ``None`` the caller must report :meth:`after_request` or :meth:`abandon`.
+        """
         if self._breaker is not None:
             wait = self._breaker.before_request()
             if wait is not None:
                 return wait
-        return self._limiter.acquire(lane) if self._limiter is not None else None
+        wait = self._limiter.acquire(lane) if self._limiter is not None else None
+        if wait is not None:
+            self.abandon()
+        return wait
 
     def after_request(self, *, failed: bool) -> None:
         """Report how the request went."""
         if self._breaker is not None:
             self._breaker.after_request(failed=failed)
+
+    def abandon(self) -> None:
+        """The admitted request was not made, or ended before an upstream answer."""
+        if self._breaker is not None:
+            self._breaker.abandon()
 
 
 def _text(value: Any) -> str:
