@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from subswitch.contract import (
     ChangeBlockStatus,
@@ -54,7 +55,11 @@ Command = ChangeServiceStatus | ChangeBlockStatus
 
 
 class Upstream(Protocol):
-    """The two writes the worker makes (``worker.upstream.MasStackClient`` has them)."""
+    """The two writes the worker makes (``worker.upstream.MasStackClient`` has them).
+
+    ``deadline`` is a ``time.monotonic()`` instant by which the call is over, token
+    fetches included.
+    """
 
     def change_service_status(
         self,
@@ -65,6 +70,7 @@ class Upstream(Protocol):
         active: bool,
         idempotency_key: str,
         request_id: str | None = None,
+        deadline: float | None = None,
     ) -> int: ...
 
     def change_block_status(
@@ -77,6 +83,7 @@ class Upstream(Protocol):
         reason: str | None = None,
         idempotency_key: str,
         request_id: str | None = None,
+        deadline: float | None = None,
     ) -> int: ...
 
 
@@ -128,6 +135,11 @@ class RetryLater:
 Decision = Ack | RetryLater
 
 
+#: The part of a target's lease kept free after an attempt's deadline: the store round
+#: trips that record its result, and scheduling hiccups.
+LEASE_MARGIN_S: Final = 2.0
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -149,7 +161,10 @@ class Executor:
         retention_s: float,
         traffic: Traffic | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if lease_ms / 1000 <= 2 * LEASE_MARGIN_S:
+            raise ValueError(f"lease_ms {lease_ms} leaves no time for an attempt")
         self._store = store
         self._upstream = upstream
         self._events = events
@@ -161,6 +176,10 @@ class Executor:
         self._retention = timedelta(seconds=retention_s)
         self._traffic: Traffic = traffic or TrafficControl()
         self._clock = clock
+        self._monotonic = monotonic
+        # Every attempt is over this long after its lock was taken, safely inside the
+        # lease: the deadline bounds the rate-limit wait, token fetches and the request.
+        self._attempt_s = lease_ms / 1000 - LEASE_MARGIN_S
 
     def handle(self, payload: Any, *, token: str, message_id: str | None = None) -> Decision:
         """Handle one delivery; ``token`` is unique to this delivery.
@@ -267,12 +286,13 @@ class Executor:
 
     def _attempt(self, job: _Job, attempt: int) -> Decision:
         command = job.command
+        deadline = self._monotonic() + self._attempt_s
         wait = self._traffic.admit(command.lane)
         if wait is not None:
             self._store.give_back(command.command_id, command.target, token=job.token)
             return RetryLater(min(wait, self._policy.max_delay_s), "waiting for upstream budget")
         try:
-            status = self._send(command)
+            status = self._send(command, deadline)
         except UpstreamError as exc:
             return self._after_error(job, attempt, exc)
         except BaseException:
@@ -396,7 +416,7 @@ class Executor:
             self._store.mark_published(key)
         return Ack(event.outcome)
 
-    def _send(self, command: Command) -> int:
+    def _send(self, command: Command, deadline: float) -> int:
         if isinstance(command, ChangeBlockStatus):
             return self._upstream.change_block_status(
                 command.org_id,
@@ -405,6 +425,7 @@ class Executor:
                 active=command.active,
                 reason=command.reason,
                 idempotency_key=command.command_id,
+                deadline=deadline,
             )
         return self._upstream.change_service_status(
             command.org_id,
@@ -412,6 +433,7 @@ class Executor:
             command.service_id,
             active=command.active,
             idempotency_key=command.command_id,
+            deadline=deadline,
         )
 
 

@@ -15,7 +15,7 @@ from celery import Celery
 
 from subswitch.settings import Settings
 from worker import upstream
-from worker.executor import Executor
+from worker.executor import LEASE_MARGIN_S, Executor
 from worker.factory import request_budget_s
 from worker.policy import RetryPolicy
 from worker.sinks import KombuDeadLetters, KombuEventSink
@@ -30,11 +30,9 @@ from worker.traffic import (
 
 logger = logging.getLogger(__name__)
 
-# Extra lease beyond the longest attempt: store round trips and scheduling hiccups.
-_LEASE_MARGIN_S = 2.0
-# The lock is taken before the wait for a rate-limit slot, so the lease covers both:
-# a lease ending while the request is in flight would let a second command start.
-_LEASE_S_BEYOND_BUDGET = MAX_WAIT_S + _LEASE_MARGIN_S
+# The lock is taken before the wait for a rate-limit slot, so the lease covers both;
+# the executor gives each attempt a deadline that ends LEASE_MARGIN_S before it.
+_LEASE_S_BEYOND_BUDGET = MAX_WAIT_S + LEASE_MARGIN_S
 
 
 @dataclass

@@ -35,6 +35,7 @@ class ScriptedUpstream:
         active: bool,
         idempotency_key: str,
         request_id: str | None = None,
+        deadline: float | None = None,
     ) -> int:
         return self._answer(kind="service", ident=service_id, active=active, key=idempotency_key)
 
@@ -48,6 +49,7 @@ class ScriptedUpstream:
         reason: str | None = None,
         idempotency_key: str,
         request_id: str | None = None,
+        deadline: float | None = None,
     ) -> int:
         return self._answer(kind="block", ident=block_id, active=active, key=idempotency_key)
 

@@ -28,10 +28,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from worker.upstream._validation import http_url
+from worker.upstream.deadline import capped_timeout, current_deadline
 from worker.upstream.errors import (
     AuthenticationError,
     ConfigurationError,
     UpstreamError,
+    UpstreamTimeout,
     UpstreamUnavailable,
     map_transport_errors,
     one_line,
@@ -222,8 +224,15 @@ class ServiceAccountTokenProvider:
         if cached is not None and now < cached.refresh_at:
             return cached.value.get_secret_value()
         fetches_seen = self._completed_fetches
-        with self._lock:
+        # Waiting for another thread's fetch counts against the caller's deadline too.
+        deadline = current_deadline()
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise UpstreamTimeout("the attempt's deadline passed while waiting for a token")
+        try:
             return self._token_locked(fetches_seen)
+        finally:
+            self._lock.release()
 
     def invalidate(self, token: str) -> None:
         """Drop the cached token if it is ``token``, so the next :meth:`token` refreshes."""
@@ -257,7 +266,10 @@ class ServiceAccountTokenProvider:
         operation = f"POST {safe_url(self._token_url)}"
         with map_transport_errors(operation, write=False):
             response = self._http.post(
-                self._token_url, data=form, headers={"Accept": "application/json"}
+                self._token_url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=capped_timeout(self._http.timeout, current_deadline()),
             )
         if not response.is_success:
             raise self._refusal(response, operation)

@@ -23,9 +23,11 @@ import pydantic
 
 from worker.upstream import _validation as check
 from worker.upstream.auth import TokenProvider
+from worker.upstream.deadline import bounded_by, capped_timeout, deadline_transport
 from worker.upstream.errors import (
     ConfigurationError,
     MalformedResponseError,
+    UpstreamTimeout,
     error_for_status,
     map_transport_errors,
     one_line,
@@ -85,7 +87,10 @@ class MasStackClient:
     bearer tokens; ``auth_roles`` is sent as ``x-auth-roles`` unless ``None``.
     ``timeout`` defaults to connect 3 s, read 10 s, write 10 s, pool 5 s.
     ``transport`` replaces the pooled HTTP transport (tests); ``clock`` is the POSIX
-    time used for ``Retry-After`` dates. Proxy and TLS settings are not taken from
+    time used for ``Retry-After`` dates. A write given a ``deadline`` (a
+    ``time.monotonic()`` instant) is over by then, whatever the server does: every
+    network operation of the call, token fetches included, is bounded by it
+    (:mod:`worker.upstream.deadline`). Proxy and TLS settings are not taken from
     the environment.
     """
 
@@ -109,10 +114,11 @@ class MasStackClient:
         self._auth_roles = auth_roles
         self._clock = clock
         self._closers: list[Callable[[], None]] = []
+        self._timeout = timeout or DEFAULT_TIMEOUT
         self._http = httpx.Client(
             base_url=base,
-            timeout=timeout or DEFAULT_TIMEOUT,
-            transport=transport or _pooled_transport(max_connections),
+            timeout=self._timeout,
+            transport=transport or pooled_transport(max_connections),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,  # a redirect could carry the token to another host
             trust_env=False,
@@ -163,12 +169,13 @@ class MasStackClient:
         active: bool,
         idempotency_key: str,
         request_id: str | None = None,
+        deadline: float | None = None,
     ) -> int:
         """Switch a service on (``active=True``) or off; returns the 2xx status (201)."""
         service = check.int64_id("service_id", service_id)
         path = f"{_subscription_path(org_id, subscription_id)}/services/{service:d}"
         body = ServiceStatus(active=check.active(active))
-        return self._write(path, body, idempotency_key, request_id)
+        return self._write(path, body, idempotency_key, request_id, deadline)
 
     def change_block_status(
         self,
@@ -180,12 +187,13 @@ class MasStackClient:
         reason: str | None = None,
         idempotency_key: str,
         request_id: str | None = None,
+        deadline: float | None = None,
     ) -> int:
         """Put a block on (``active=True``) or lift it; returns the 2xx status (201)."""
         block = check.block_id(block_id)
         path = f"{_subscription_path(org_id, subscription_id)}/blocks/{block:d}"
         body = BlockStatus(active=check.active(active), reason=check.reason(reason))
-        return self._write(path, body, idempotency_key, request_id)
+        return self._write(path, body, idempotency_key, request_id, deadline)
 
     def _close_also(self, closer: Callable[[], None]) -> None:
         """Call ``closer`` on :meth:`close` (the factory hands over its token client)."""
@@ -203,7 +211,12 @@ class MasStackClient:
             ) from exc
 
     def _write(
-        self, path: str, body: pydantic.BaseModel, idempotency_key: str, request_id: str | None
+        self,
+        path: str,
+        body: pydantic.BaseModel,
+        idempotency_key: str,
+        request_id: str | None,
+        deadline: float | None,
     ) -> int:
         call = _Call(
             "PATCH",
@@ -214,14 +227,15 @@ class MasStackClient:
             body=body.model_dump_json().encode(),
             idempotency_key=check.header_token("idempotency_key", idempotency_key),
         )
-        return self._execute(call).status
+        with bounded_by(deadline):
+            return self._execute(call, deadline).status
 
-    def _execute(self, call: _Call) -> _Answer:
+    def _execute(self, call: _Call, deadline: float | None = None) -> _Answer:
         token = self._auth.token()
-        answer = self._exchange(call, token)
+        answer = self._exchange(call, token, deadline)
         note = ""
         if answer.status == 401:
-            answer, note = self._after_401(call, token, answer)
+            answer, note = self._after_401(call, token, answer, deadline)
         if 200 <= answer.status < 300:
             return answer
         raise error_for_status(
@@ -234,7 +248,9 @@ class MasStackClient:
             note=note,
         )
 
-    def _after_401(self, call: _Call, token: str | None, answer: _Answer) -> tuple[_Answer, str]:
+    def _after_401(
+        self, call: _Call, token: str | None, answer: _Answer, deadline: float | None
+    ) -> tuple[_Answer, str]:
         """Repeat ``call`` once with a fresh token; return the answer and a note for errors."""
         if token is None:
             return answer, "no bearer token is configured"
@@ -243,15 +259,18 @@ class MasStackClient:
         if fresh is None or fresh == token:  # e.g. a static token: repeating cannot help
             return answer, "the access token cannot be refreshed"
         logger.info("access token refused; repeating %s once with a fresh one", call.operation)
-        return self._exchange(call, fresh), "refused again after one token refresh"
+        return self._exchange(call, fresh, deadline), "refused again after one token refresh"
 
-    def _exchange(self, call: _Call, token: str | None) -> _Answer:
+    def _exchange(self, call: _Call, token: str | None, deadline: float | None) -> _Answer:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise UpstreamTimeout(f"{call.operation}: the attempt's deadline passed before sending")
         request = self._http.build_request(
             call.method,
             call.path,
             params=call.params,
             content=call.body,
             headers=self._headers(call, token),
+            timeout=capped_timeout(self._timeout, deadline),
         )
         with map_transport_errors(call.operation, write=call.write):
             response = self._http.send(request, stream=True)
@@ -284,13 +303,15 @@ def _checked_base_url(base_url: str) -> httpx.URL:
     return base
 
 
-def _pooled_transport(max_connections: int) -> httpx.HTTPTransport:
+def pooled_transport(max_connections: int) -> httpx.HTTPTransport:
+    """The pooled transport of the upstream's clients: no proxies from the environment,
+    every network operation bounded by the call's deadline."""
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections,  # keep one warm per busy thread
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
-    return httpx.HTTPTransport(limits=limits, trust_env=False)
+    return deadline_transport(limits=limits)
 
 
 def _subscription_path(org_id: str, subscription_id: int) -> str:

@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 import httpx
 
 from worker.upstream.auth import token_provider_from_settings
-from worker.upstream.client import MasStackClient
+from worker.upstream.client import MasStackClient, pooled_transport
 
 if TYPE_CHECKING:
     from subswitch.settings import Settings
+
+
+#: Token requests are rare (one per token lifetime, shared by every thread).
+_TOKEN_CONNECTIONS = 2
 
 
 def timeout_from_settings(settings: Settings) -> httpx.Timeout:
@@ -34,7 +38,10 @@ def from_settings(
     """
     timeout = timeout_from_settings(settings)
     token_http = httpx.Client(
-        timeout=timeout, transport=transport, follow_redirects=False, trust_env=False
+        timeout=timeout,
+        transport=transport or pooled_transport(_TOKEN_CONNECTIONS),
+        follow_redirects=False,
+        trust_env=False,
     )
     try:
         client = MasStackClient(
