@@ -66,8 +66,13 @@ local rec = redis.call('HMGET', KEYS[1], 'fp', 'state', 'attempts', 'event', 'la
 if rec[1] and rec[1] ~= ARGV[1] then return {'conflict'} end
 if rec[2] == 'done' then return {'done', claim(KEYS[1], ARGV[2], tonumber(ARGV[9])), rec[4]} end
 local lock = redis.call('GET', KEYS[2])
-if lock == 'settling' then return {'settling', redis.call('PTTL', KEYS[2])} end
-if lock then return {'busy'} end
+if lock then
+  -- A holder with no more than the settle time left is past its attempt's deadline:
+  -- it died or stalled, and whatever it sent is settling.
+  local ttl = redis.call('PTTL', KEYS[2])
+  if lock == 'settling' or ttl <= tonumber(ARGV[10]) then return {'settling', ttl} end
+  return {'busy'}
+end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 local attempts = tonumber(rec[3] or '0')
 redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)

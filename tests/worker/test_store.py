@@ -347,3 +347,17 @@ def test_a_newer_command_surely_not_applied_does_not_hold_older_ones(
     older = block(command_id="older", issued_at=newer.issued_at - timedelta(minutes=1))
     # Then it goes: nothing of the newer ones can have reached the upstream
     assert begin(store, older, "o1") == Go(1)
+
+
+def test_a_holder_past_its_lease_is_waited_out_as_settling_not_polled(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given an attempt whose lease (30 s) is over but whose lock still covers the settle
+    # time: its worker died or stalled with the write on its way
+    command = block()
+    assert begin(store, command, "A", lease_ms=30_000, settle_ms=SETTLE_MS) == Go(1)
+    raw.pexpire(keys.target_lock(command.target), SETTLE_MS - 10_000)
+    # When another command on the target arrives
+    step = begin(store, block(command_id="other"), "B", settle_ms=SETTLE_MS)
+    # Then it is told how long the hold lasts, instead of polling a busy target
+    assert isinstance(step, Settling) and step.remaining_ms <= SETTLE_MS - 10_000
