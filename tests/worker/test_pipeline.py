@@ -37,7 +37,8 @@ from tests.worker.processes import WorkerProcess, running_worker, wait_idle, wai
 pytestmark = pytest.mark.integration
 
 STORE_URL = "redis://127.0.0.1:6379/14"
-T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+#: An hour ago: inside the window in which the worker accepts commands (contract §2.6).
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,8 @@ def pipeline(broker_url: str, simulator: SimulatorHandle, tmp_path: Path) -> Ite
         "SUBSWITCH_POOL_TIMEOUT": "1",
         "SUBSWITCH_READ_TIMEOUT": "3",
         "SUBSWITCH_MAX_ATTEMPTS": "15",
+        # A lost answer holds its target this long (contract §2.5): short, for the test.
+        "SUBSWITCH_SETTLE_SECONDS": "2",
     }
     producer = CommandProducer(
         publisher=CeleryPublisher(broker_url=broker_url, visibility_timeout=8)

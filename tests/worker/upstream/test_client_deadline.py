@@ -78,7 +78,7 @@ def test_a_trickled_answer_cannot_outlast_the_deadline(trickling_server: int) ->
             "telco", 7, 1, active=True, idempotency_key="k", deadline=started + 0.3
         )
     # Then it gives up at the deadline (the request went out: it may have been applied)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0
     assert caught.value.maybe_applied is True
     client.close()
 
@@ -101,7 +101,7 @@ def test_a_hanging_name_lookup_cannot_outlast_the_deadline() -> None:
             "telco", 7, 1, active=True, idempotency_key="k", deadline=started + 0.2
         )
     # Then it gives up at the deadline, and nothing can have been sent
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0
     assert caught.value.maybe_applied is False
     released.set()
     client.close()
