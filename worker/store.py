@@ -13,10 +13,19 @@ Lifecycle of a command record (``worker.keys.command``):
   ``busy``, whatever else is true. Otherwise the target's lock is taken (a lease, so
   a killed worker never wedges a target) and the command is superseded, expired,
   exhausted, found applied already, or allowed one more upstream attempt.
-* ``release`` after a transient failure: the lock goes, the error is kept.
+* ``release`` after a transient failure: the lock goes, the error is kept. When the
+  answer was lost the lock stays instead, as ``settling``, for the settle time: the
+  upstream may still apply that write (contract §2.5).
 * ``finish`` (atomic): the terminal event is stored, the target's watermark moves
   if the command was applied, and the lock goes. Whoever finishes holds a
   short claim on publishing the event; ``mark_published`` ends it.
+
+Unresolved attempts (``worker.keys.target_pending``): a command counts for ordering
+from its first attempt until it is finished, unless every attempt failed surely
+unapplied. An older command on the target waits for it (``Unresolved``): it may
+neither overtake it nor be superseded by it, since the newer one may still fail.
+An attempt's lock lives its lease plus the settle time, so a worker that dies with
+a write on its way leaves the target held as long as that write may land.
 
 Fencing: ``release``, ``give_back`` and ``finish`` act only while the delivery's own
 token is in the lock. A delivery whose lease ran out changes nothing, with one
