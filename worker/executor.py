@@ -328,6 +328,7 @@ class Executor:
             command.target,
             token=job.token,
             last_error=last_error,
+            ambiguous=exc.maybe_applied,
             settle_ms=settle_ms,
         ):
             logger.warning("%s: lease lost during attempt %d", command.command_id, attempt)

@@ -132,18 +132,18 @@ end
 """
 
 # KEYS: command, lock, pending. ARGV: token, last_error, retention_s, settle_ms,
-# command_id. Only under this delivery's own lock: one whose lease ran out changes
-# nothing.
+# command_id, ambiguous (0/1: the answer was lost). Only under this delivery's own
+# lock: one whose lease ran out changes nothing.
 _RELEASE_LUA: Final = (
     _HAND_OVER_LUA
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local settle_ms = tonumber(ARGV[4])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'ambiguous', '1') end
 if settle_ms > 0 then
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', KEYS[1], 'state', 'settling', 'ambiguous', '1',
-    'settle_until', now_ms + settle_ms)
+  redis.call('HSET', KEYS[1], 'state', 'settling', 'settle_until', now_ms + settle_ms)
 else
   redis.call('HSET', KEYS[1], 'state', 'waiting')
 end
@@ -405,6 +405,7 @@ class Store(Protocol):
         *,
         token: str,
         last_error: str,
+        ambiguous: bool = False,
         settle_ms: int = 0,
     ) -> bool:
         """Give the target back after a failed attempt; False if the lease was lost."""
@@ -516,17 +517,18 @@ class RedisStore:
         *,
         token: str,
         last_error: str,
+        ambiguous: bool = False,
         settle_ms: int = 0,
     ) -> bool:
         """Give the target back after a failed attempt, keeping the error.
 
-        ``settle_ms > 0`` (the answer was lost): the target stays held that long for
-        every command, this one's retry included, and the command keeps counting for
-        ordering until it is resolved. False (and nothing changed) when this delivery
-        no longer holds the target.
+        ``ambiguous`` (the answer was lost): the command keeps counting for ordering
+        until it is resolved, and the target stays held ``settle_ms`` for every
+        command, this one's retry included. False (and nothing changed) when this
+        delivery no longer holds the target.
         """
         keys_ = [keys.command(command_id), keys.target_lock(target), keys.target_pending(target)]
-        args = [token, last_error, self._retention_s, settle_ms, command_id]
+        args = [token, last_error, self._retention_s, settle_ms, command_id, int(ambiguous)]
         return bool(self._release(keys_, args))
 
     def give_back(self, command_id: str, target: Target, *, token: str) -> None:

@@ -221,7 +221,12 @@ def test_after_a_lost_answer_the_target_settles_for_every_command_its_retry_incl
     command = block()
     begin(store, command, "A", settle_ms=SETTLE_MS)
     store.release(
-        command.command_id, command.target, token="A", last_error="{}", settle_ms=SETTLE_MS
+        command.command_id,
+        command.target,
+        token="A",
+        last_error="{}",
+        ambiguous=True,
+        settle_ms=SETTLE_MS,
     )
     # When another command on the target, and the same command's retry, are delivered
     other = begin(
@@ -274,7 +279,12 @@ def lost_answer(store: RedisStore, raw: redis.Redis, command: ChangeBlockStatus)
     """``command`` has an attempt whose answer was lost, and the settle time passed."""
     assert begin(store, command, "lost", settle_ms=SETTLE_MS) == Go(1)
     store.release(
-        command.command_id, command.target, token="lost", last_error="{}", settle_ms=SETTLE_MS
+        command.command_id,
+        command.target,
+        token="lost",
+        last_error="{}",
+        ambiguous=True,
+        settle_ms=SETTLE_MS,
     )
     settle_passes(raw, command)
 
@@ -361,3 +371,16 @@ def test_a_holder_past_its_lease_is_waited_out_as_settling_not_polled(
     step = begin(store, block(command_id="other"), "B", settle_ms=SETTLE_MS)
     # Then it is told how long the hold lasts, instead of polling a busy target
     assert isinstance(step, Settling) and step.remaining_ms <= SETTLE_MS - 10_000
+
+
+def test_a_lost_answer_counts_for_ordering_even_without_a_settle_time(
+    store: RedisStore, raw: redis.Redis, block: BlockFactory
+) -> None:
+    # Given a newer command whose answer was lost, on a store told not to settle
+    newer = block(command_id="newer", active=False)
+    begin(store, newer, "n1")
+    store.release(newer.command_id, newer.target, token="n1", last_error="{}", ambiguous=True)
+    # When an older command arrives
+    older = block(command_id="older", issued_at=newer.issued_at - timedelta(minutes=1))
+    # Then it still waits for the newer one's result
+    assert begin(store, older, "o1") == Unresolved(newer="newer")
