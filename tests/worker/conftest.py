@@ -25,6 +25,8 @@ class ScriptedUpstream:
 
     script: list[Reply] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)
+    #: Run, one per write, while that write is in flight (before it is answered).
+    during_writes: list[Callable[[], None]] = field(default_factory=list)
 
     def change_service_status(
         self,
@@ -55,6 +57,8 @@ class ScriptedUpstream:
 
     def _answer(self, **write: Any) -> int:
         self.writes.append(write)
+        if self.during_writes:
+            self.during_writes.pop(0)()
         reply = self.script.pop(0) if self.script else 201
         if isinstance(reply, Exception):
             raise reply

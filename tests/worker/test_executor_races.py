@@ -21,19 +21,6 @@ def wire(command: ChangeBlockStatus) -> dict[str, Any]:
     return command.model_dump(mode="json")
 
 
-def during_next_write(harness: Harness, action: Callable[[], None]) -> None:
-    """Run ``action`` while the next upstream write is in flight (then answer 201)."""
-    upstream = harness.upstream
-    original = upstream._answer
-
-    def answer(**write: Any) -> int:
-        upstream._answer = original  # type: ignore[method-assign]
-        action()
-        return original(**write)
-
-    upstream._answer = answer  # type: ignore[method-assign]
-
-
 def test_a_duplicate_during_the_last_attempt_leaves_the_attempt_to_decide(
     harness: Harness, block: BlockFactory
 ) -> None:
@@ -43,9 +30,9 @@ def test_a_duplicate_during_the_last_attempt_leaves_the_attempt_to_decide(
     for n in range(3):
         assert isinstance(harness.executor.handle(wire(command), token=f"t{n}"), RetryLater)
     duplicate: list[Any] = []
-    during_next_write(
-        harness, lambda: duplicate.append(harness.executor.handle(wire(command), token="dup"))
-    )
+    harness.upstream.during_writes = [
+        lambda: duplicate.append(harness.executor.handle(wire(command), token="dup"))
+    ]
     # When a duplicate arrives while the last attempt is in flight, and that attempt gets 201
     decision = harness.executor.handle(wire(command), token="last")
     # Then the duplicate waited, the command is applied (one event), and an older unblock
@@ -72,7 +59,7 @@ def test_a_stale_delivery_never_causes_a_second_send_or_event(
         assert harness.executor.handle(wire(command), token="B") == Ack(Outcome.APPLIED)
         harness.upstream.script = [UpstreamUnavailable("502", status=502, maybe_applied=True)]
 
-    during_next_write(harness, lease_ends_and_b_applies)
+    harness.upstream.during_writes = [lease_ends_and_b_applies]
     # When A's answer (a 502) finally comes back, and the message is delivered once more
     stale = harness.executor.handle(wire(command), token="A")
     again = harness.executor.handle(wire(command), token="C")

@@ -73,21 +73,24 @@ def test_a_command_sent_before_is_not_refused_on_its_retry(
 ) -> None:
     # Given a command whose first attempt was made
     store = RedisStore(client=redis_client)
-    command = block()
-    options: dict[str, Any] = {
-        "fingerprint": command.fingerprint(),
-        "lease_ms": 30_000,
-        "max_attempts": 4,
-        "expired": False,
-    }
-    assert store.begin(command, token="t1", **options) == Go(1)
+    command, fresh = block(), block(command_id="fresh", block_id=2)
+
+    def begin(cmd: ChangeBlockStatus, token: str, **flags: bool) -> Any:
+        return store.begin(
+            cmd,
+            fingerprint=cmd.fingerprint(),
+            token=token,
+            lease_ms=30_000,
+            max_attempts=4,
+            expired=False,
+            **flags,
+        )
+
+    assert begin(command, "t1") == Go(1)
     store.release(command.command_id, command.target, token="t1", last_error="")
     # When its retry comes after its issued_at left the window, and a fresh one does too
-    retry = store.begin(command, token="t2", out_of_bounds=True, **options)
-    fresh = block(command_id="fresh", block_id=2)
-    refused = store.begin(fresh, token="t3", out_of_bounds=True, **options | {
-        "fingerprint": fresh.fingerprint()
-    })  # fmt: skip
+    retry = begin(command, "t2", out_of_bounds=True)
+    refused = begin(fresh, "t3", out_of_bounds=True)
     # Then the retry goes on (it was accepted once), the fresh one is refused
     assert retry == Go(2)
     assert refused == OutOfBounds()
