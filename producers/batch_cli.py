@@ -57,10 +57,11 @@ from producers.cli import (
 from producers.commands import AnyCommand
 from producers.errors import BrokerError
 from producers.events import EventStream
-from producers.publisher import BatchPublisher, CeleryPublisher, resolve_broker_url
+from producers.publisher import BatchPublisher, CeleryPublisher
 from subswitch.contract import Lane, ResultEvent
 from subswitch.embedded import EmbeddedRedisError
 from subswitch.settings import Settings
+from subswitch.urls import MissingUrlError, resolve_broker_url
 
 EXIT_INTERRUPTED: Final = 130
 MAX_CHUNK_SIZE: Final = 10_000
@@ -216,6 +217,8 @@ def run_batch(settings: Settings, options: BatchOptions) -> int:
             return EXIT_OK
         try:
             return run.enqueue(settings)
+        except MissingUrlError as exc:
+            fail(str(exc), EXIT_BAD_INPUT)
         except (BrokerError, EmbeddedRedisError) as exc:
             fail(str(exc), EXIT_BROKER)
 

@@ -30,11 +30,12 @@ from producers.commands import (
 from producers.errors import BrokerError, InvalidCommandError
 from producers.events import EventStream
 from producers.producer import CommandProducer
-from producers.publisher import CeleryPublisher, resolve_broker_url
+from producers.publisher import CeleryPublisher
 from producers.render import EventTable, json_line, summary
 from subswitch.contract import Lane, Outcome, ResultEvent, describe_validation_error
 from subswitch.embedded import EmbeddedRedisError
 from subswitch.settings import Settings
+from subswitch.urls import MissingUrlError, resolve_broker_url
 
 if TYPE_CHECKING:
     # typer >= 0.2x vendors click: its commands take and make typer's own Context.
@@ -274,6 +275,8 @@ def _submit(build: Callable[[str], AnyCommand], *, wait: bool, timeout: float) -
 def _enqueue(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float) -> int:
     try:
         return _send(settings, command, wait=wait, timeout=timeout)
+    except MissingUrlError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     except (BrokerError, EmbeddedRedisError) as exc:
         fail(str(exc), EXIT_BROKER)
 
@@ -322,6 +325,8 @@ def _follow(
                 seen += 1
                 if seen == count:
                     return EXIT_OK
+    except MissingUrlError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     except (BrokerError, EmbeddedRedisError) as exc:
         fail(str(exc), EXIT_BROKER)
     if count is not None:

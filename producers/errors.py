@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from urllib.parse import unquote, urlsplit, urlunsplit
-
 from subswitch.contract import InvalidCommand
+from subswitch.redact import redact_url, scrub
 
-_WHITESPACE = re.compile(r"\s+")
+__all__ = ["BrokerError", "InvalidCommandError", "PublishError", "redact_url", "scrub"]
 
 
 class InvalidCommandError(InvalidCommand):
@@ -26,22 +24,3 @@ class PublishError(BrokerError):
     """A command could not be handed to the broker; it may or may not have been enqueued
     if the connection broke after the broker took it, so re-sending the same command
     (same ``command_id``) is the safe recovery: the worker applies it once."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (at and colon and password):
-        return url
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` on one line, with ``url``'s password (if any) replaced by ``***``."""
-    password = urlsplit(url).password
-    if password:
-        for spelling in {password, unquote(password)}:
-            text = text.replace(spelling, "***")
-    return _WHITESPACE.sub(" ", text).strip()

@@ -14,10 +14,11 @@ from kombu import Connection, Consumer, Message, Queue, binding
 from pydantic import ValidationError
 
 from producers.errors import BrokerError, redact_url, scrub
-from producers.publisher import BROKER_FAILURES, resolve_broker_url
+from producers.publisher import BROKER_FAILURES
 from subswitch.broker import EVENTS
 from subswitch.contract import Outcome, ResultEvent, describe_validation_error
 from subswitch.settings import Settings
+from subswitch.urls import resolve_broker_url
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from producers.commands import AnyCommand
 from producers.errors import PublishError, redact_url, scrub
 from subswitch.broker import celery_config
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, parse_command
-from subswitch.embedded import ensure_embedded_redis
 from subswitch.settings import Settings
+from subswitch.urls import resolve_broker_url
 
 #: Bounded, so a send to an unreachable broker fails in seconds instead of hanging.
 RETRY_POLICY: Final = {
@@ -74,13 +74,6 @@ def _bulk_chunk(commands: Sequence[AnyCommand]) -> list[dict[str, Any]]:
     if strays:
         raise ValueError(f"only bulk commands travel in chunks, not {', '.join(strays[:3])}")
     return [command.model_dump(mode="json") for command in commands]
-
-
-def resolve_broker_url(settings: Settings) -> str:
-    """The configured broker, or the embedded one (started if needed) when unset."""
-    if settings.broker_url:
-        return settings.broker_url
-    return ensure_embedded_redis(settings.data_dir).broker_url
 
 
 class CeleryPublisher:

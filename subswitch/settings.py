@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from subswitch.redact import redact_url
 
 DEFAULT_UPSTREAM_URL = "http://127.0.0.1:8080/v2"
 
@@ -57,3 +60,10 @@ class Settings(BaseSettings):
     source: str = "subswitch"
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Every URL may carry a password (broker, store, upstream, token endpoint):
+        # masked wherever Settings is shown (logs, errors, `celery report`).
+        for name, value in super().__repr_args__():
+            masked = name is not None and name.endswith("_url") and isinstance(value, str)
+            yield name, redact_url(value) if masked else value

@@ -55,8 +55,6 @@ STILL_TO_MOVE: Final = frozenset(
     {
         ("subswitch.cli", "subswitch.demo"),
         ("subswitch.cli", "subswitch.settings"),
-        ("worker.consumer", "worker.runtime"),
-        ("worker.tasks", "worker.runtime"),
         ("producers.batch_cli", "producers.cli"),
         ("producers.cli", "producers.batch_cli"),
     }

@@ -25,7 +25,7 @@ import typer
 
 from subswitch.contract import Lane
 from subswitch.settings import Settings
-from worker.factory import DEFAULT_CONCURRENCY, create_app
+from worker.bootstrap import DEFAULT_CONCURRENCY, check_runtime, create_app, start_or_refuse
 
 DEFAULT_URGENT_CONCURRENCY = 8
 _PR_SET_PDEATHSIG = 1
@@ -90,6 +90,9 @@ def worker(
     if len(plans) == 1:
         _run_celery(plans[0], loglevel=loglevel, hostname=hostname)
         return
+    # Check once here, so a worker that cannot start says so in one line, not one per
+    # child; each child still builds (and checks) its own runtime.
+    start_or_refuse(lambda: check_runtime(Settings()))
     raise typer.Exit(_supervise(plans, loglevel=loglevel, hostname=hostname))
 
 
@@ -100,7 +103,7 @@ def _run_celery(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> N
     if loglevel.upper() != "DEBUG":
         for name in ("httpx", "celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    app = create_app(Settings())
+    app = start_or_refuse(lambda: create_app(Settings()))
     queues = ",".join(lane.queue for lane in plan.lanes)
     argv = [
         "worker",

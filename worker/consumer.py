@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
 from subswitch.contract import readable_command_id
+from worker.executor import Executor
 
 logger = logging.getLogger(__name__)
 
 
 class DeadLetteringConsumer(Consumer):
-    """Celery's consumer, with its four give-up paths turned into dead letters."""
+    """Celery's consumer, with its four give-up paths turned into dead letters.
+
+    Celery instantiates the consumer itself; :func:`bound_consumer` makes the subclass
+    that knows where this process's executor comes from.
+    """
+
+    #: This process's executor (raises while the runtime is not built).
+    executor: ClassVar[Callable[[], Executor]]
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         """The body could not be decoded (not JSON, pickle, unknown content type)."""
@@ -41,12 +50,9 @@ class DeadLetteringConsumer(Consumer):
         self._dead_letter(message, f"invalid task message: {exc}")
 
     def _dead_letter(self, message: Message, reason: str) -> None:
-        from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
-
         command_id = readable_command_id((message.headers or {}).get("id"))
         try:
-            executor = get_runtime(self.app).executor
-            executor.reject_message(
+            type(self).executor().reject_message(
                 _raw_body(message), reason=reason, command_id=command_id, token=uuid.uuid4().hex
             )
         except Exception:
@@ -56,6 +62,13 @@ class DeadLetteringConsumer(Consumer):
             message.reject(requeue=True)
             return
         message.ack()
+
+
+def bound_consumer(executor: Callable[[], Executor]) -> type[DeadLetteringConsumer]:
+    """A :class:`DeadLetteringConsumer` that takes its executor from ``executor``."""
+    return type(
+        "DeadLetteringConsumer", (DeadLetteringConsumer,), {"executor": staticmethod(executor)}
+    )
 
 
 def _raw_body(message: Message) -> bytes:

@@ -11,14 +11,14 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_shutdown
 
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
-from worker.executor import RetryLater
+from worker.executor import Executor, RetryLater
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,12 @@ _TROUBLE_BASE_S = 0.5
 _TROUBLE_MAX_S = 30.0
 
 
-def register(app: Celery) -> None:
-    """Register ``subswitch.apply`` on ``app``."""
+def register(app: Celery, *, executor: Callable[[], Executor]) -> None:
+    """Register ``subswitch.apply`` and ``subswitch.apply_batch`` on ``app``.
+
+    ``executor`` gives this process's executor, or raises while there is none: like
+    any other unexpected exception, that sends the message back, never acks it.
+    """
 
     @app.task(
         name=APPLY_TASK,
@@ -40,7 +44,7 @@ def register(app: Celery) -> None:
         ignore_result=True,
     )
     def apply(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str:
-        return run_apply(self, args, kwargs)
+        return run_apply(self, args, kwargs, executor=executor)
 
     @app.task(
         name=APPLY_BATCH_TASK,
@@ -51,28 +55,33 @@ def register(app: Celery) -> None:
         ignore_result=True,
     )
     def apply_batch(self: Task[Any, Any], *args: Any, **kwargs: Any) -> int:
-        return run_apply_batch(self, args, kwargs)
-
-    worker_process_shutdown.connect(_close_runtime, weak=False)
+        return run_apply_batch(self, args, kwargs, executor=executor)
 
 
-def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """Execute one delivery of ``subswitch.apply``; retries go back through the broker."""
-    from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
+def run_apply(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    executor: Callable[[], Executor],
+) -> str:
+    """Execute one delivery of ``subswitch.apply``; retries go back through the broker.
 
-    executor = get_runtime(task.app).executor
+    Everything that can raise runs inside the ``try``: an exception escaping a task
+    would make Celery ack the message (acks on failure), and the command would be lost.
+    """
     token = uuid.uuid4().hex
     try:
         if len(args) != 1 or kwargs:
             reason = "subswitch.apply takes exactly one positional argument, the command"
-            decision = executor.reject_message(
+            decision = executor().reject_message(
                 repr((args, kwargs)).encode(),
                 reason=reason,
                 command_id=readable_command_id(task.request.id),
                 token=token,
             )
         else:
-            decision = executor.handle(args[0], token=token, message_id=task.request.id)
+            decision = executor().handle(args[0], token=token, message_id=task.request.id)
     except Exception:
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed, retrying in %.1fs", delay)
@@ -82,7 +91,13 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
     return decision.outcome.value
 
 
-def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+def run_apply_batch(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    executor: Callable[[], Executor],
+) -> int:
     """Execute a chunk of commands one by one; returns how many were finished here.
 
     A command that must wait (retry, busy target) leaves the chunk as a single
@@ -90,19 +105,21 @@ def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
     others back. If anything else goes wrong the whole chunk is retried: commands
     already finished are recognised as duplicates and cost one store round trip.
     """
-    from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
-
-    executor = get_runtime(task.app).executor
-    if len(args) != 1 or kwargs or not isinstance(args[0], list):
-        reason = "subswitch.apply_batch takes exactly one positional argument, a list of commands"
-        executor.reject_message(
-            repr((args, kwargs)).encode(), reason=reason, command_id=None, token=uuid.uuid4().hex
-        )
-        return 0
     finished = 0
     try:
+        if len(args) != 1 or kwargs or not isinstance(args[0], list):
+            reason = (
+                "subswitch.apply_batch takes exactly one positional argument, a list of commands"
+            )
+            executor().reject_message(
+                repr((args, kwargs)).encode(),
+                reason=reason,
+                command_id=None,
+                token=uuid.uuid4().hex,
+            )
+            return 0
         for command in args[0]:
-            decision = executor.handle(command, token=uuid.uuid4().hex)
+            decision = executor().handle(command, token=uuid.uuid4().hex)
             if isinstance(decision, RetryLater):
                 _send_alone(task, command, decision.delay_s)
             else:
@@ -148,9 +165,3 @@ def retry_later(task: Task[Any, Any], delay_s: float) -> NoReturn:
 def _trouble_delay(retries: int) -> float:
     ceiling = min(_TROUBLE_MAX_S, _TROUBLE_BASE_S * 2 ** min(retries, 10))
     return random.uniform(ceiling / 2, ceiling)
-
-
-def _close_runtime(**_: Any) -> None:
-    from worker.runtime import close_runtime  # noqa: PLC0415
-
-    close_runtime()

@@ -140,7 +140,7 @@ return 0
 #: away when the budget runs short is bulk, the last is urgent.
 _LANE_REACH: Final = {Lane.BULK: 1.0, Lane.NORMAL: 1.5, Lane.URGENT: 2.0}
 #: Longest a thread waits in place for a slot, holding its target's lock meanwhile:
-#: part of the lock's lease (see worker/runtime.py).
+#: part of the lock's lease (see worker/bootstrap.py).
 MAX_WAIT_S: Final = 2.0
 #: How long "urgent commands are waiting" holds the other lanes back, once set (ms).
 _URGENT_MARK_MS: Final = 1000
