@@ -2,8 +2,8 @@
 
 :func:`create_app` creates the app and registers the tasks and the consumer against a
 :class:`RuntimeHolder`. The runtime (store, upstream client, sinks, executor) is built
-when the worker process starts (Celery's ``worker_init``; under a prefork pool again
-in each child), so a worker that cannot build it (a missing service-account file, an
+when the worker process starts (Celery's ``celeryd_after_setup``; under a prefork pool
+again in each child), so a worker that cannot build it (a missing service-account file, an
 unreachable store) refuses to start, with one line and a non-zero exit, instead of
 taking messages it cannot finish.
 
@@ -23,7 +23,7 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import redis
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 from celery.signals import worker_shutdown as worker_shutdown_signal
 from pydantic import ValidationError
 
@@ -123,9 +123,13 @@ class RuntimeHolder:
                 self._runtime.close()
             self._runtime = None
 
-    def on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        """``worker_init``: build the runtime, or end the worker with one line."""
-        if getattr(sender, "app", None) is not self._app:
+    def on_worker_setup(self, instance: Any = None, **_: Any) -> None:
+        """``celeryd_after_setup``: build the runtime, or end the worker with one line.
+
+        Sent once logging is set up and before any consumer or pool starts, so no
+        message is taken by a worker without a runtime.
+        """
+        if getattr(instance, "app", None) is not self._app:
             return
         start_or_refuse(self.start)
 
@@ -140,7 +144,7 @@ class RuntimeHolder:
     def attach(self, app: Celery) -> None:
         """Build at ``app``'s worker start, close at its end (weakly: dies with the app)."""
         self._app = app
-        worker_init.connect(self.on_worker_init)
+        celeryd_after_setup.connect(self.on_worker_setup)
         worker_process_init.connect(self.on_process_init)
         worker_process_shutdown.connect(self.on_shutdown)
         worker_shutdown_signal.connect(self.on_shutdown)

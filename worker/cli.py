@@ -22,6 +22,8 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from celery import Celery
+from celery.bin.celery import celery as celery_command
 
 from subswitch.contract import Lane
 from subswitch.settings import Settings
@@ -120,7 +122,23 @@ def _run_celery(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> N
     ]
     if hostname:
         argv += ["--hostname", hostname]
-    app.worker_main(argv=argv)
+    status = _start_celery(app, argv)
+    if status:
+        raise typer.Exit(status)
+
+
+def _start_celery(app: Celery, argv: list[str]) -> int:
+    """``app.worker_main(argv)``, returning the worker's exit status.
+
+    ``worker_main`` (``app.start``) drops it, so a worker that refused to start would
+    exit 0 under a supervisor that trusts the status.
+    """
+    celery_command.params[0].default = app
+    try:
+        status = celery_command.main(args=argv, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    return status if isinstance(status, int) else 0
 
 
 def child_hostname(hostname: str | None, suffix: str) -> str:
