@@ -54,11 +54,10 @@ from producers.cli import (
     fail,
     read_settings,
 )
-from producers.commands import AnyCommand
 from producers.errors import BrokerError
 from producers.events import EventStream
 from producers.publisher import BatchPublisher, CeleryPublisher
-from subswitch.contract import Lane, ResultEvent
+from subswitch.contract import AnyCommand, Lane, ResultEvent
 from subswitch.embedded import EmbeddedRedisError
 from subswitch.settings import Settings
 from subswitch.urls import MissingUrlError, resolve_broker_url

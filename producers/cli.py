@@ -22,7 +22,6 @@ from typer.core import TyperCommand
 from typer.exceptions import TyperException
 
 from producers.commands import (
-    AnyCommand,
     Envelope,
     block_status_command,
     service_status_command,
@@ -32,7 +31,7 @@ from producers.events import EventStream
 from producers.producer import CommandProducer
 from producers.publisher import CeleryPublisher
 from producers.render import EventTable, json_line, summary
-from subswitch.contract import Lane, Outcome, ResultEvent, describe_validation_error
+from subswitch.contract import AnyCommand, Lane, Outcome, ResultEvent, describe_validation_error
 from subswitch.embedded import EmbeddedRedisError
 from subswitch.settings import Settings
 from subswitch.urls import MissingUrlError, resolve_broker_url

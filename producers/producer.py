@@ -7,13 +7,13 @@ from typing import Self, Unpack
 
 from producers.commands import (
     DEFAULT_SOURCE,
-    AnyCommand,
     Envelope,
     block_status_command,
     revalidate,
     service_status_command,
 )
 from producers.publisher import CeleryPublisher, Publisher
+from subswitch.contract import AnyCommand
 from subswitch.settings import Settings
 
 

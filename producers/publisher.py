@@ -14,10 +14,9 @@ from kombu.exceptions import KombuError
 from kombu.pools import ProducerPool
 from redis.exceptions import RedisError
 
-from producers.commands import AnyCommand
 from producers.errors import PublishError, redact_url, scrub
 from subswitch.broker import celery_config
-from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, parse_command
+from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, AnyCommand, Lane, parse_command
 from subswitch.settings import Settings
 from subswitch.urls import resolve_broker_url
 
@@ -87,9 +86,7 @@ class CeleryPublisher:
     ever ran is kept. On RabbitMQ ``publish`` returns once the broker confirmed it.
     """
 
-    def __init__(
-        self, *, broker_url: str, visibility_timeout: int = 300, queue_type: str = "quorum"
-    ) -> None:
+    def __init__(self, *, broker_url: str, visibility_timeout: int, queue_type: str) -> None:
         self._broker_url = broker_url
         self._app = Celery("subswitch-producer", set_as_current=False)
         self._app.conf.update(

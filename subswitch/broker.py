@@ -28,7 +28,7 @@ def _queue_arguments(broker_url: str, queue_type: str) -> dict[str, Any] | None:
     return {"x-queue-type": queue_type} if is_amqp(broker_url) else None
 
 
-def lane_queue(lane: Lane, *, broker_url: str, queue_type: str = "quorum") -> Queue:
+def lane_queue(lane: Lane, *, broker_url: str, queue_type: str) -> Queue:
     """The durable queue of one lane, routed by its own name."""
     return Queue(
         lane.queue,
@@ -39,12 +39,12 @@ def lane_queue(lane: Lane, *, broker_url: str, queue_type: str = "quorum") -> Qu
     )
 
 
-def lane_queues(*, broker_url: str, queue_type: str = "quorum") -> list[Queue]:
+def lane_queues(*, broker_url: str, queue_type: str) -> list[Queue]:
     """Every lane's queue, urgent first."""
     return [lane_queue(lane, broker_url=broker_url, queue_type=queue_type) for lane in Lane]
 
 
-def dead_letter_queue(*, broker_url: str, queue_type: str = "quorum") -> Queue:
+def dead_letter_queue(*, broker_url: str, queue_type: str) -> Queue:
     """Where undecodable, invalid or unauthorised messages are kept with their reason."""
     return Queue(
         DEAD_LETTER_QUEUE,
@@ -55,9 +55,7 @@ def dead_letter_queue(*, broker_url: str, queue_type: str = "quorum") -> Queue:
     )
 
 
-def celery_config(
-    *, broker_url: str, visibility_timeout: int, queue_type: str = "quorum"
-) -> dict[str, Any]:
+def celery_config(*, broker_url: str, visibility_timeout: int, queue_type: str) -> dict[str, Any]:
     """Celery settings both sides agree on: JSON only, topology, delivery safety."""
     return {
         "broker_url": broker_url,

@@ -19,10 +19,9 @@ from pathlib import Path
 from rich.console import Console
 
 from producers import CommandProducer
-from producers.commands import AnyCommand
 from producers.events import EventStream
 from producers.render import EventTable
-from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
+from subswitch.contract import AnyCommand, ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
 from subswitch.embedded import private_file, stop_embedded_redis
 from subswitch.settings import Settings
 from subswitch.simulator.testing import spawned_simulator

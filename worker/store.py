@@ -42,10 +42,8 @@ from typing import Any, Final, Protocol
 
 import redis
 
-from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Target
+from subswitch.contract import AnyCommand, Target
 from worker import keys
-
-Command = ChangeServiceStatus | ChangeBlockStatus
 
 # Shared by the scripts below: may this delivery publish a finished record's event?
 # Returns 'publish' (the claim is now ours), 'skip' (published already) or 'busy'
@@ -385,7 +383,7 @@ class Store(Protocol):
 
     def begin(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,
@@ -417,7 +415,7 @@ class Store(Protocol):
 
     def finish(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,
@@ -445,8 +443,8 @@ class RedisStore:
         self,
         *,
         client: redis.Redis,
-        retention_s: int = keys.DEFAULT_RETENTION_S,
-        max_clock_skew_s: int = 0,
+        retention_s: int,
+        max_clock_skew_s: int,
         claim_ms: int = keys.PUBLISH_CLAIM_MS,
     ) -> None:
         self._scripts = LuaScripts(client=client)
@@ -478,7 +476,7 @@ class RedisStore:
 
     def begin(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,
@@ -538,7 +536,7 @@ class RedisStore:
 
     def finish(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,

@@ -142,7 +142,7 @@ def test_a_worker_without_its_credentials_refuses_and_the_command_stays_queued(
     clean_redis_url: str, tmp_path: Path, entry: str
 ) -> None:
     # Given a command waiting on the normal lane
-    publisher = CeleryPublisher(broker_url=clean_redis_url, visibility_timeout=300)
+    publisher = CeleryPublisher.from_settings(Settings(broker_url=clean_redis_url))
     command = block_status_command(
         org_id="telco", subscription_id=7, block_id=1, active=True, source="tests"
     )

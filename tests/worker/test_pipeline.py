@@ -130,7 +130,7 @@ def pipeline(broker_url: str, simulator: SimulatorHandle, tmp_path: Path) -> Ite
         "SUBSWITCH_SETTLE_SECONDS": "2",
     }
     producer = CommandProducer(
-        publisher=CeleryPublisher(broker_url=broker_url, visibility_timeout=8)
+        publisher=CeleryPublisher(broker_url=broker_url, visibility_timeout=8, queue_type="quorum")
     )
     with producer, EventStream(broker_url=broker_url) as events:
         yield Pipeline(broker_url, simulator, env, producer, events)
@@ -301,7 +301,9 @@ def test_a_poison_message_is_dead_lettered_and_the_next_command_still_runs(
         valid = pipeline.block(3)
         outcomes = pipeline.outcomes(["poison-1", valid])
         pipeline.settle(worker)
-        dead = dead_letter_queue(broker_url=pipeline.broker_url)(connection.default_channel)
+        dead = dead_letter_queue(broker_url=pipeline.broker_url, queue_type="quorum")(
+            connection.default_channel
+        )
         letter = dead.get(no_ack=True)
     # Then it is rejected and dead-lettered with its reason, and the command is applied
     assert outcomes == {"poison-1": Outcome.REJECTED, valid: Outcome.APPLIED}

@@ -12,7 +12,7 @@ from worker.upstream.auth import (
     TokenProvider,
     token_provider_from_settings,
 )
-from worker.upstream.client import DEFAULT_TIMEOUT, MasStackClient
+from worker.upstream.client import MasStackClient
 from worker.upstream.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -39,7 +39,6 @@ from worker.upstream.models import (
 )
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "AuthenticationError",
     "Block",
     "BlockStatus",
