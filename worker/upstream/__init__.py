@@ -1,7 +1,8 @@
 """The MasStack customers API v2 client and its authentication.
 
 Start with :func:`from_settings` (or :class:`MasStackClient` directly); catch
-:class:`TransientError` to retry and :class:`PermanentError` to give up.
+:class:`UpstreamTransientError` to retry and :class:`UpstreamPermanentError` to give up
+(``TransientError`` and ``PermanentError`` are their older names).
 """
 
 from worker.upstream.auth import (
@@ -22,7 +23,9 @@ from worker.upstream.errors import (
     TransientError,
     UpstreamConnectionError,
     UpstreamError,
+    UpstreamPermanentError,
     UpstreamTimeout,
+    UpstreamTransientError,
     UpstreamUnavailable,
     parse_retry_after,
 )
@@ -62,7 +65,9 @@ __all__ = [
     "TransientError",
     "UpstreamConnectionError",
     "UpstreamError",
+    "UpstreamPermanentError",
     "UpstreamTimeout",
+    "UpstreamTransientError",
     "UpstreamUnavailable",
     "from_settings",
     "parse_retry_after",
