@@ -38,7 +38,12 @@ def run_demo(settings: Settings, console: Console) -> int:
     with ExitStack() as stack:
         broker_url, store_url = _urls(settings, stack)
         console.print("[bold]subswitch demo[/]: starting the simulator and a worker...")
-        sim = stack.enter_context(spawned_simulator("--token", DEMO_TOKEN, "--latency-ms", "20"))
+        # 1000 subscriptions: the mix shows a command on an unknown one (999_999) fail.
+        sim = stack.enter_context(
+            spawned_simulator(
+                "--token", DEMO_TOKEN, "--latency-ms", "20", "--subscriptions", "1000"
+            )
+        )
         env = {
             "SUBSWITCH_BROKER_URL": broker_url,
             "SUBSWITCH_STORE_URL": store_url,

@@ -1,8 +1,9 @@
 """``subswitch simulator``: serve the local MasStack stand-in.
 
 With neither ``--token`` nor ``--service-account-file`` it accepts requests without a
-token, so a worker with no ``SUBSWITCH_*`` variables set works with it out of the box;
-given either, it checks every request's bearer token.
+token, and every subscription id exists unless ``--subscriptions`` says otherwise, so a
+worker and the CLI with no ``SUBSWITCH_*`` variables set work with it out of the box;
+given a token or an account, it checks every request's bearer token.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from subswitch.commandline import ExitCode, OneLineErrors, fail
 from subswitch.simulator.accounts import generate_service_account
-from subswitch.simulator.config import Faults, SimulatorConfig
+from subswitch.simulator.config import MAX_ID, Faults, SimulatorConfig
 from subswitch.simulator.server import serve
 
 FAULTS_PANEL = "Faults (all /v2 requests; probabilities 0..1)"
@@ -61,8 +62,13 @@ def simulator(
     ] = 8080,
     orgs: Annotated[str, typer.Option(help="Comma-separated org ids.")] = "telco,acme",
     subscriptions: Annotated[
-        int, typer.Option(min=1, help="Subscription ids 1..N per org.")
-    ] = 1000,
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_ID,
+            help="Subscription ids 1..N per org; by default every id the contract allows.",
+        ),
+    ] = MAX_ID,
     token: Annotated[
         list[str] | None,
         typer.Option(

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from subswitch.cli import app as subswitch_app
 from subswitch.simulator import cli
-from subswitch.simulator.config import Faults, SimulatorConfig
+from subswitch.simulator.config import MAX_ID, Faults, SimulatorConfig
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200", "NO_COLOR": "1"}
@@ -78,8 +78,9 @@ def test_defaults(served: list[dict[str, Any]]) -> None:
         "info",
         False,
     )
-    # ...and, with no token and no service account named, requests need no token
-    assert call["config"] == SimulatorConfig(tokens=(), auth=False)
+    # ...and, with no token and no service account named, requests need no token, and
+    # every subscription id of the contract exists
+    assert call["config"] == SimulatorConfig(tokens=(), auth=False, subscriptions=MAX_ID)
 
 
 @pytest.mark.parametrize(
