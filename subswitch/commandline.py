@@ -28,14 +28,13 @@ from subswitch.errors import (
     PermanentError,
     SubswitchError,
     UnavailableError,
+    settings_error,
 )
 from subswitch.settings import Settings
 
 if TYPE_CHECKING:
     # typer >= 0.2x vendors click: its commands take and make typer's own Context.
     from typer._click import Context as ClickContext
-
-ENV_PREFIX: Final = "SUBSWITCH_"
 
 
 class ExitCode(IntEnum):
@@ -77,22 +76,6 @@ def fail(message: str, code: int) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code``."""
     typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
-
-
-def settings_error(exc: ValidationError) -> ConfigurationError:
-    """The :class:`ConfigurationError` for invalid settings, naming the variables.
-
-    ``SUBSWITCH_MAX_ATTEMPTS: Input should be a valid integer``, not ``max_attempts``.
-    """
-    named = [
-        (f"{ENV_PREFIX}{'_'.join(str(part) for part in error['loc']).upper()}", error["msg"])
-        for error in exc.errors(include_url=False)
-    ]
-    if not named:
-        return ConfigurationError(one_line(str(exc)))
-    (variable, message), *others = named
-    message += "".join(f"; {name}: {text}" for name, text in others)
-    return ConfigurationError(message, variable=variable)
 
 
 def read_settings() -> Settings:

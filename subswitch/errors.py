@@ -19,6 +19,13 @@ from the classes here.
 
 from __future__ import annotations
 
+from typing import Final
+
+from pydantic import ValidationError
+
+#: The prefix of every setting's environment variable.
+ENV_PREFIX: Final = "SUBSWITCH_"
+
 
 class SubswitchError(Exception):
     """Root of every error subswitch raises; ``str()`` is one line without secrets."""
@@ -74,3 +81,18 @@ class ConfigurationError(PermanentError, ValueError):
     def __init__(self, message: str, *, variable: str | None = None) -> None:
         super().__init__(f"{variable}: {message}" if variable else message)
         self.variable = variable
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """The :class:`ConfigurationError` for settings that failed validation, naming the
+    environment variables: ``SUBSWITCH_MAX_ATTEMPTS: Input should be a valid integer``,
+    not ``max_attempts``."""
+    named = [
+        (f"{ENV_PREFIX}{'_'.join(str(part) for part in error['loc']).upper()}", error["msg"])
+        for error in exc.errors(include_url=False)
+    ]
+    if not named:
+        return ConfigurationError(" ".join(str(exc).split()))
+    (variable, message), *others = named
+    message += "".join(f"; {name}: {text}" for name, text in others)
+    return ConfigurationError(message, variable=variable)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+from pydantic import ValidationError
 
 import producers
 import subswitch
@@ -18,6 +19,7 @@ from subswitch import errors
 from subswitch.broker import celery_config, check_broker_url
 from subswitch.contract import InvalidCommand, parse_command
 from subswitch.embedded import EmbeddedRedisError
+from subswitch.settings import Settings
 from worker.upstream import errors as upstream
 
 PACKAGES = (subswitch, worker, producers)
@@ -150,3 +152,18 @@ def test_an_unknown_broker_scheme_is_a_configuration_error(url: str) -> None:
 def test_known_broker_schemes_pass(url: str) -> None:
     # Given a supported scheme, then the URL passes the check unchanged
     assert check_broker_url(url) == url
+
+
+def test_invalid_settings_name_each_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given two bad settings in the environment
+    monkeypatch.setenv("SUBSWITCH_MAX_ATTEMPTS", "many")
+    monkeypatch.setenv("SUBSWITCH_RABBITMQ_QUEUE_TYPE", "stream")
+    # When the settings are read and the failure mapped
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    error = errors.settings_error(caught.value)
+    # Then one line names both variables, the first as the one to fix
+    assert error.variable == "SUBSWITCH_MAX_ATTEMPTS"
+    assert str(error).startswith("SUBSWITCH_MAX_ATTEMPTS: Input should be a valid integer")
+    assert "; SUBSWITCH_RABBITMQ_QUEUE_TYPE: Input should be 'quorum' or 'classic'" in str(error)
+    assert "\n" not in str(error) and "max_attempts" not in str(error)
