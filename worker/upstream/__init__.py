@@ -5,6 +5,7 @@ Start with :func:`from_settings` (or :class:`MasStackClient` directly); catch
 (``TransientError`` and ``PermanentError`` are their older names).
 """
 
+from subswitch.errors import ConfigurationError
 from worker.upstream.auth import (
     NoAuth,
     ServiceAccount,
@@ -16,7 +17,6 @@ from worker.upstream.auth import (
 from worker.upstream.client import DEFAULT_TIMEOUT, MasStackClient
 from worker.upstream.errors import (
     AuthenticationError,
-    ConfigurationError,
     InvalidRequestError,
     MalformedResponseError,
     PermanentError,

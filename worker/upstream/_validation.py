@@ -11,7 +11,8 @@ from typing import Final
 
 import httpx
 
-from worker.upstream.errors import ConfigurationError, InvalidRequestError, one_line, safe_url
+from subswitch.errors import ConfigurationError
+from worker.upstream.errors import InvalidRequestError, one_line, safe_url
 from worker.upstream.models import MAX_REASON_LENGTH
 
 MAX_INT64: Final = 2**63 - 1

@@ -34,30 +34,7 @@ import httpx
 import pydantic
 
 from subswitch import errors
-from subswitch.errors import ConfigurationError
 from worker.upstream.models import ErrorMessage
-
-__all__ = [
-    "AuthenticationError",
-    "ConfigurationError",
-    "InvalidRequestError",
-    "MalformedResponseError",
-    "PermanentError",
-    "TransientError",
-    "UpstreamConnectionError",
-    "UpstreamError",
-    "UpstreamPermanentError",
-    "UpstreamTimeout",
-    "UpstreamTransientError",
-    "UpstreamUnavailable",
-    "error_for_status",
-    "error_message_from",
-    "map_transport_errors",
-    "one_line",
-    "parse_retry_after",
-    "safe_url",
-    "transport_error",
-]
 
 #: Statuses that say the request was refused before being processed, yet may pass later.
 _REFUSED_FOR_NOW: Final = frozenset({408, 429, 503})
