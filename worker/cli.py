@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
@@ -30,9 +30,9 @@ from subswitch.settings import Settings
 from worker.factory import DEFAULT_CONCURRENCY, create_app
 
 DEFAULT_URGENT_CONCURRENCY = 8
-WORKER_EPILOG = (
+WORKER_EPILOG: Final = (
     "Exit status: 0 stopped; 2 bad option or configuration (nothing started); "
-    "3 broker or store unreachable at start; else the Celery worker's own."
+    "3 the embedded broker and store could not start; else the Celery worker's own."
 )
 _PR_SET_PDEATHSIG = 1
 #: The normal/bulk worker yields the CPU to the urgent one: on a busy machine an
@@ -41,7 +41,7 @@ _MAIN_NICENESS = 5
 
 
 #: Celery's log levels (any case on the command line).
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
