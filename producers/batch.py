@@ -35,6 +35,7 @@ from subswitch.contract import (
     Lane,
     describe_validation_error,
 )
+from subswitch.errors import InvalidInput
 
 #: Every column (CSV header) or key (JSON Lines) a row may have.
 COLUMNS: Final = (
@@ -85,7 +86,7 @@ class BatchFormat(StrEnum):
     JSONL = "jsonl"
 
 
-class BatchFileError(ValueError):
+class BatchFileError(InvalidInput):
     """The file as a whole cannot be used (empty, not UTF-8, bad header...); one line."""
 
 

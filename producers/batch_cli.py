@@ -45,24 +45,14 @@ from producers.batch_results import (
     ResultTally,
     await_results,
 )
-from producers.cli import (
-    EXIT_BAD_INPUT,
-    EXIT_BROKER,
-    EXIT_OK,
-    EXIT_OUTCOME_FAILED,
-    EXIT_TIMEOUT,
-    fail,
-    read_settings,
-)
 from producers.errors import BrokerError
 from producers.events import EventStream
 from producers.publisher import BatchPublisher, CeleryPublisher
+from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
 from subswitch.contract import AnyCommand, Lane, ResultEvent
-from subswitch.embedded import EmbeddedRedisError
 from subswitch.settings import Settings
-from subswitch.urls import MissingUrlError, resolve_broker_url
+from subswitch.urls import resolve_broker_url
 
-EXIT_INTERRUPTED: Final = 130
 MAX_CHUNK_SIZE: Final = 10_000
 
 BATCH_EPILOG: Final = (
@@ -72,10 +62,16 @@ BATCH_EPILOG: Final = (
     "(default batch-<batch id>-<line>), issued_at, not_after, source, correlation_id, "
     "priority (bulk only: any other value is an error). "
     "Exit status: 0 enqueued (with --wait: every result applied or superseded); "
-    "1 some failed, rejected or expired (--wait); 2 invalid file or rows (nothing "
-    "enqueued), or results missing after --timeout (--wait); 3 broker unreachable; "
-    "130 interrupted. Re-running the same file never applies a command twice."
+    "1 some failed, rejected or expired (--wait); 2 invalid file, rows or configuration "
+    "(nothing enqueued); 3 broker unreachable; 4 results missing after --timeout "
+    "(--wait; they are enqueued); 130 interrupted. Re-running the same file never "
+    "applies a command twice."
 )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``batch`` to the ``subswitch`` CLI."""
+    app.command("batch", cls=OneLineErrors, epilog=BATCH_EPILOG)(batch)
 
 
 class _CountColumn(ProgressColumn):
@@ -184,9 +180,9 @@ def batch(
     """
     settings = read_settings()
     if batch_id is not None and not BATCH_ID_PATTERN.match(batch_id):
-        fail("--batch-id: 1 to 64 characters of A-Z a-z 0-9 . _ : -", EXIT_BAD_INPUT)
+        fail("--batch-id: 1 to 64 characters of A-Z a-z 0-9 . _ : -", ExitCode.BAD_INPUT)
     if report is not None and report.resolve() == file.resolve():
-        fail("--report must not be the batch file itself", EXIT_BAD_INPUT)
+        fail("--report must not be the batch file itself", ExitCode.BAD_INPUT)
     options = BatchOptions(
         path=file,
         source=source or settings.source,
@@ -213,13 +209,8 @@ def run_batch(settings: Settings, options: BatchOptions) -> int:
             typer.echo(
                 f"batch {run.batch_id}: {check.valid} valid rows; nothing enqueued (--check)"
             )
-            return EXIT_OK
-        try:
-            return run.enqueue(settings)
-        except MissingUrlError as exc:
-            fail(str(exc), EXIT_BAD_INPUT)
-        except (BrokerError, EmbeddedRedisError) as exc:
-            fail(str(exc), EXIT_BROKER)
+            return ExitCode.OK
+        return run.enqueue(settings)
 
 
 def _open_report(path: Path | None) -> AbstractContextManager[BatchReport | None]:
@@ -228,7 +219,7 @@ def _open_report(path: Path | None) -> AbstractContextManager[BatchReport | None
     try:
         return BatchReport(path)
     except OSError as exc:
-        fail(f"cannot write the report {path}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+        fail(f"cannot write the report {path}: {exc.strerror or exc}", ExitCode.BAD_INPUT)
 
 
 def _validate(options: BatchOptions, console: Console, report: BatchReport | None) -> BatchCheck:
@@ -246,20 +237,20 @@ def _validate(options: BatchOptions, console: Console, report: BatchReport | Non
             )
             progress.update(task, completed=source.bytes_read)
     except BatchFileError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), ExitCode.BAD_INPUT)
     except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+        fail(f"cannot read {path}: {exc.strerror or exc}", ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
-        fail("interrupted while validating; nothing enqueued", EXIT_INTERRUPTED)
+        fail("interrupted while validating; nothing enqueued", ExitCode.INTERRUPTED)
     _show_invalid(check, console)
     if check.invalid and not options.skip_invalid:
         fail(
             f"{path.name}: {check.invalid} of {check.rows} rows are invalid; nothing enqueued "
             "(--skip-invalid enqueues the others)",
-            EXIT_BAD_INPUT,
+            ExitCode.BAD_INPUT,
         )
     if not check.valid:
-        fail(f"{path.name}: no valid row; nothing enqueued", EXIT_BAD_INPUT)
+        fail(f"{path.name}: no valid row; nothing enqueued", ExitCode.BAD_INPUT)
     return check
 
 
@@ -310,13 +301,15 @@ class _BatchRun:
                 f"batch {self.batch_id}: {_count(self.sent, 'command')} enqueued in "
                 f"{_count(self.messages, 'message')} on {Lane.BULK.queue}{skipped}"
             )
-            return EXIT_OK if stream is None else self.await_results(stream)
+            return ExitCode.OK if stream is None else self.await_results(stream)
 
     def publish(self, publisher: BatchPublisher) -> None:
         """Pass 2: stream the file again and send its commands in chunks."""
         path = self.options.path
         if file_identity(path) != self.check.identity:
-            fail(f"{path.name} changed since it was validated; nothing enqueued", EXIT_BAD_INPUT)
+            fail(
+                f"{path.name} changed since it was validated; nothing enqueued", ExitCode.BAD_INPUT
+            )
         source = BatchSource(path, self.options.fmt)
         rows = source.rows(RowBuilder(batch_id=self.batch_id, source=self.options.source))
         try:
@@ -327,16 +320,16 @@ class _BatchRun:
                     self._sent(chunk)
                     progress.advance(task, len(chunk))
         except KeyboardInterrupt:
-            fail(f"interrupted; {self._resume_hint()}", EXIT_INTERRUPTED)
+            fail(f"interrupted; {self._resume_hint()}", ExitCode.INTERRUPTED)
         except BrokerError as exc:
-            fail(f"{exc}; {self._resume_hint()}", EXIT_BROKER)
+            fail(f"{exc}; {self._resume_hint()}", ExitCode.UNAVAILABLE)
         except (BatchFileError, OSError) as exc:
-            fail(f"{path.name} could not be read again: {exc}", EXIT_BAD_INPUT)
+            fail(f"{path.name} could not be read again: {exc}", ExitCode.BAD_INPUT)
         if source.digest != self.check.digest:
             fail(
                 f"{path.name} changed while it was being enqueued ({self.sent} commands "
                 "sent); check it and run it again",
-                EXIT_BAD_INPUT,
+                ExitCode.BAD_INPUT,
             )
 
     def _sent(self, chunk: list[tuple[int, AnyCommand]]) -> None:
@@ -370,7 +363,9 @@ class _BatchRun:
 
                 await_results(stream, self.pending, on_result, idle_timeout=self.options.timeout)
         except KeyboardInterrupt:
-            fail("interrupted while waiting for results; the batch is enqueued", EXIT_INTERRUPTED)
+            fail(
+                "interrupted while waiting for results; the batch is enqueued", ExitCode.INTERRUPTED
+            )
         missing = len(self.pending)
         self._report_missing()
         typer.echo(f"results: {tally.describe()}" + (f", no result {missing}" if missing else ""))
@@ -378,9 +373,9 @@ class _BatchRun:
             fail(
                 f"{missing} of {total} commands had no result after {self.options.timeout:g} s "
                 "without one; they are enqueued",
-                EXIT_TIMEOUT,
+                ExitCode.TIMEOUT,
             )
-        return EXIT_OUTCOME_FAILED if tally.failed else EXIT_OK
+        return ExitCode.FAILED if tally.failed else ExitCode.OK
 
     def _report_missing(self) -> None:
         if self.report is None:

@@ -1,64 +1,47 @@
 """``subswitch`` commands of the producers side: enqueue commands, follow result events.
 
-Every error is one line on stderr, never a traceback. Exit status:
-
-- 0: enqueued (with ``--wait``: the outcome is ``applied`` or ``superseded``);
-- 1: with ``--wait``, the outcome is ``failed``, ``rejected`` or ``expired``;
-- 2: bad input (nothing enqueued), or no result event within ``--timeout``;
-- 3: the broker could not be reached, or the connection was lost.
+Every error is one line on stderr, never a traceback; the exit status is one of
+:class:`subswitch.commandline.ExitCode` (0 enqueued, or with ``--wait`` applied or
+superseded; 1 failed, rejected or expired; 2 bad input, nothing enqueued; 3 broker
+unreachable; 4 no result event within ``--timeout``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from typing import Annotated, Final
 
-import click
 import typer
-from pydantic import ValidationError
 from rich.console import Console
-from typer.core import TyperCommand
-from typer.exceptions import TyperException
 
 from producers.commands import (
     Envelope,
     block_status_command,
     service_status_command,
 )
-from producers.errors import BrokerError, InvalidCommandError
 from producers.events import EventStream
 from producers.producer import CommandProducer
 from producers.publisher import CeleryPublisher
 from producers.render import EventTable, json_line, summary
-from subswitch.contract import AnyCommand, Lane, Outcome, ResultEvent, describe_validation_error
-from subswitch.embedded import EmbeddedRedisError
+from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
+from subswitch.contract import AnyCommand, Lane, Outcome, ResultEvent
 from subswitch.settings import Settings
-from subswitch.urls import MissingUrlError, resolve_broker_url
+from subswitch.urls import resolve_broker_url
 
-if TYPE_CHECKING:
-    # typer >= 0.2x vendors click: its commands take and make typer's own Context.
-    from typer._click import Context as ClickContext
-
-# typer's vendored click raises TyperException subclasses; older typer, click's own.
-_USAGE_ERRORS: Final = (TyperException, click.UsageError)
-
-EXIT_OK: Final = 0
-EXIT_OUTCOME_FAILED: Final = 1
-EXIT_BAD_INPUT: Final = 2
-EXIT_TIMEOUT: Final = 2
-EXIT_BROKER: Final = 3
 SUCCESSFUL_OUTCOMES: Final = frozenset({Outcome.APPLIED, Outcome.SUPERSEDED})
 
 _SEND_EPILOG: Final = (
     "Exit status: 0 enqueued (with --wait: applied or superseded); "
     "1 failed, rejected or expired (--wait); "
-    "2 bad input (nothing enqueued) or no result within --timeout (--wait); "
-    "3 broker unreachable."
+    "2 bad input or configuration (nothing enqueued); "
+    "3 broker unreachable; "
+    "4 no result within --timeout (--wait; it is enqueued)."
 )
 _EVENTS_EPILOG: Final = (
-    "Exit status: 0 done (--count reached or --timeout over); 130 interrupted; "
-    "2 --timeout over before --count events; 3 broker unreachable."
+    "Exit status: 0 done (--count reached or --timeout over); 2 bad option or "
+    "configuration; 3 broker unreachable; 4 --timeout over before --count events; "
+    "130 interrupted."
 )
 
 OrgArg = Annotated[str, typer.Argument(help="Organisation id (goes into the upstream URL).")]
@@ -83,41 +66,10 @@ WaitOpt = Annotated[
     typer.Option(
         "--wait",
         help="Wait for the result event and print it: exit 0 applied or superseded, "
-        "1 failed, rejected or expired, 2 no result within --timeout.",
+        "1 failed, rejected or expired, 4 no result within --timeout.",
     ),
 ]
 TimeoutOpt = Annotated[float, typer.Option(min=0, help="Seconds --wait waits.")]
-
-
-class OneLineErrors(TyperCommand):
-    """A command whose usage errors are one line on stderr (exit 2), not a rich panel."""
-
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: ClickContext | None = None,
-        **extra: Any,
-    ) -> ClickContext:
-        """Parse arguments; a usage error ends the process with one line."""
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except _USAGE_ERRORS as exc:
-            fail(exc.format_message(), exc.exit_code)
-
-
-def fail(message: str, code: int) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def read_settings() -> Settings:
-    """The ``SUBSWITCH_*`` settings, or exit 2 naming the bad variable."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        fail(f"invalid configuration: {describe_validation_error(exc)}", EXIT_BAD_INPUT)
 
 
 def register(app: typer.Typer) -> None:
@@ -130,10 +82,6 @@ def register(app: typer.Typer) -> None:
     ):
         app.command(name, cls=OneLineErrors, epilog=_SEND_EPILOG)(function)
     app.command("events", cls=OneLineErrors, epilog=_EVENTS_EPILOG)(events)
-    # Imported here: producers.batch_cli builds on this module's helpers.
-    from producers.batch_cli import BATCH_EPILOG, batch  # noqa: PLC0415
-
-    app.command("batch", cls=OneLineErrors, epilog=BATCH_EPILOG)(batch)
 
 
 def _block_command(*, active: bool, doc: str) -> Callable[..., None]:
@@ -261,23 +209,12 @@ def events(
 def _submit(build: Callable[[str], AnyCommand], *, wait: bool, timeout: float) -> int:
     """Build the command from the default source and enqueue it; the exit status.
 
-    Settings are read first; an invalid command exits 2 with nothing enqueued.
+    Settings are read first; an invalid command (``InvalidCommandError``) exits
+    2 with nothing enqueued, an unreachable broker 3 (both through ``OneLineErrors``).
     """
     settings = read_settings()
-    try:
-        command = build(settings.source)
-    except InvalidCommandError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    return _enqueue(settings, command, wait=wait, timeout=timeout)
-
-
-def _enqueue(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float) -> int:
-    try:
-        return _send(settings, command, wait=wait, timeout=timeout)
-    except MissingUrlError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    except (BrokerError, EmbeddedRedisError) as exc:
-        fail(str(exc), EXIT_BROKER)
+    command = build(settings.source)
+    return _send(settings, command, wait=wait, timeout=timeout)
 
 
 def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float) -> int:
@@ -296,16 +233,16 @@ def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float
         producer.send(command)
         typer.echo(command.command_id)
         if stream is None:
-            return EXIT_OK
+            return ExitCode.OK
         return _await_result(stream, command.command_id, timeout)
 
 
 def _await_result(stream: EventStream, command_id: str, timeout: float) -> int:
     event = stream.wait_for({command_id}, timeout).get(command_id)
     if event is None:
-        fail(f"no result for {command_id} within {timeout:g} s; it is enqueued", EXIT_TIMEOUT)
+        fail(f"no result for {command_id} within {timeout:g} s; it is enqueued", ExitCode.TIMEOUT)
     Console(highlight=False, soft_wrap=True).print(summary(event))
-    return EXIT_OK if event.outcome in SUCCESSFUL_OUTCOMES else EXIT_OUTCOME_FAILED
+    return ExitCode.OK if event.outcome in SUCCESSFUL_OUTCOMES else ExitCode.FAILED
 
 
 def _follow(
@@ -317,20 +254,15 @@ def _follow(
 ) -> int:
     """Print events until ``count`` of them or ``timeout`` s; the exit status."""
     seen = 0
-    try:
-        with EventStream(broker_url=resolve_broker_url(settings), outcomes=outcomes) as stream:
-            for event in stream.iter(timeout=timeout):
-                show(event)
-                seen += 1
-                if seen == count:
-                    return EXIT_OK
-    except MissingUrlError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    except (BrokerError, EmbeddedRedisError) as exc:
-        fail(str(exc), EXIT_BROKER)
+    with EventStream(broker_url=resolve_broker_url(settings), outcomes=outcomes) as stream:
+        for event in stream.iter(timeout=timeout):
+            show(event)
+            seen += 1
+            if seen == count:
+                return ExitCode.OK
     if count is not None:
-        fail(f"{seen} of {count} events within {timeout:g} s", EXIT_TIMEOUT)
-    return EXIT_OK
+        fail(f"{seen} of {count} events within {timeout:g} s", ExitCode.TIMEOUT)
+    return ExitCode.OK
 
 
 def _print_json(event: ResultEvent) -> None:

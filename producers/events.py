@@ -14,8 +14,7 @@ from kombu import Connection, Consumer, Message, Queue, binding
 from pydantic import ValidationError
 
 from producers.errors import BrokerError, redact_url, scrub
-from producers.publisher import BROKER_FAILURES
-from subswitch.broker import EVENTS
+from subswitch.broker import BROKER_FAILURES, EVENTS, check_broker_url
 from subswitch.contract import Outcome, ResultEvent, describe_validation_error
 from subswitch.settings import Settings
 from subswitch.urls import resolve_broker_url
@@ -46,7 +45,7 @@ class EventStream:
         routing_key: str = ALL_EVENTS,
         connect_timeout: float = 4.0,
     ) -> None:
-        self._broker_url = broker_url
+        self._broker_url = check_broker_url(broker_url)
         self._connect_timeout = connect_timeout
         keys = sorted({Outcome(o).routing_key for o in outcomes}) if outcomes else [routing_key]
         self.routing_keys: tuple[str, ...] = tuple(keys)

@@ -8,14 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from amqp.exceptions import AMQPError
 from celery import Celery
-from kombu.exceptions import KombuError
 from kombu.pools import ProducerPool
-from redis.exceptions import RedisError
 
 from producers.errors import PublishError, redact_url, scrub
-from subswitch.broker import celery_config
+from subswitch.broker import BROKER_FAILURES, celery_config
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, AnyCommand, Lane, parse_command
 from subswitch.settings import Settings
 from subswitch.urls import resolve_broker_url
@@ -27,8 +24,6 @@ RETRY_POLICY: Final = {
     "interval_step": 0.5,
     "interval_max": 1.0,
 }
-#: What a broker, its client libraries or the network raise when a publish fails.
-BROKER_FAILURES: Final = (KombuError, AMQPError, RedisError, OSError)
 # Fixed namespace: the same chunk gets the same task id in every process and re-run.
 _CHUNK_ID_NAMESPACE: Final = uuid.UUID("2b0d9c64-5a1e-4f0b-8c53-0f6f4e1d7a39")
 

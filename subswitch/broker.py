@@ -6,17 +6,40 @@ re-declaration that differs), so the topology lives here, once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-from kombu import Exchange, Queue
+from amqp.exceptions import AMQPError
+from kombu import Connection, Exchange, Queue
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 
 from subswitch.contract import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
+from subswitch.errors import ConfigurationError
 
 #: One topic exchange for every lane. Topic, not direct, because Celery's native
 #: delayed delivery on RabbitMQ quorum queues (used by retries) needs topic exchanges.
 COMMANDS_EXCHANGE = Exchange("subswitch.commands", type="topic", durable=True)
 EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
 DEAD_LETTER = Exchange(DEAD_LETTER_QUEUE, type="direct", durable=True)
+
+#: What a broker, its client libraries or the network raise when an operation fails;
+#: the publisher, the event stream and the worker's sinks map these to ``BrokerError``.
+BROKER_FAILURES: Final = (KombuError, AMQPError, RedisError, OSError)
+
+
+def check_broker_url(broker_url: str) -> str:
+    """``broker_url`` if kombu has a transport for it, else a one-line
+    :class:`ConfigurationError` naming ``SUBSWITCH_BROKER_URL`` (never the URL itself:
+    it may hold a password)."""
+    try:
+        Connection(broker_url)  # resolves the transport class; connects to nothing
+    except (KeyError, ValueError):
+        scheme = broker_url.partition("://")[0]
+        raise ConfigurationError(
+            f"unknown broker scheme {scheme!r}; use redis://, rediss://, amqp:// or amqps://",
+            variable="SUBSWITCH_BROKER_URL",
+        ) from None
+    return broker_url
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -56,7 +79,12 @@ def dead_letter_queue(*, broker_url: str, queue_type: str) -> Queue:
 
 
 def celery_config(*, broker_url: str, visibility_timeout: int, queue_type: str) -> dict[str, Any]:
-    """Celery settings both sides agree on: JSON only, topology, delivery safety."""
+    """Celery settings both sides agree on: JSON only, topology, delivery safety.
+
+    Raises:
+        ConfigurationError: kombu knows no transport for ``broker_url``.
+    """
+    check_broker_url(broker_url)
     return {
         "broker_url": broker_url,
         # JSON only: pickle on a shared broker lets any producer run code in workers.

@@ -27,6 +27,8 @@ from pydantic import (
     ValidationError,
 )
 
+from subswitch.errors import InvalidInput
+
 SCHEMA_VERSION: Final = 1
 
 #: Celery task name every command travels under (one command per message).
@@ -206,8 +208,11 @@ class Target(NamedTuple):
         return f"orgs/{self.org_id}/subscriptions/{self.subscription_id}/{self.kind}s/{self.ident}"
 
 
-class InvalidCommand(ValueError):
-    """A message is not a valid command; ``str()`` is one line naming what is wrong."""
+class InvalidCommand(InvalidInput):
+    """A message is not a valid command; ``str()`` is one line naming what is wrong.
+
+    A :class:`~subswitch.errors.PermanentError` and a ``ValueError``.
+    """
 
     def __init__(self, message: str, *, command_id: str | None = None) -> None:
         super().__init__(message)

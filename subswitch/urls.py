@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from subswitch.embedded import ensure_embedded_redis
+from subswitch.errors import ConfigurationError
 from subswitch.redact import redact_url
 from subswitch.settings import Settings
 
@@ -20,7 +21,7 @@ BROKER_VARIABLE: Final = "SUBSWITCH_BROKER_URL"
 STORE_VARIABLE: Final = "SUBSWITCH_STORE_URL"
 
 
-class MissingUrlError(ValueError):
+class MissingUrlError(ConfigurationError):
     """Only one of the broker and store URLs is set; ``str()`` names the missing variable."""
 
     def __init__(self, missing: str, present: str) -> None:
@@ -28,7 +29,7 @@ class MissingUrlError(ValueError):
             f"{missing} is not set but {present} is: set both (a fleet) or neither "
             "(the embedded broker and store on this machine)"
         )
-        self.missing = missing
+        self.variable = self.missing = missing
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from celery.signals import worker_shutdown as worker_shutdown_signal
 from pydantic import ValidationError
 
 from subswitch.broker import celery_config, is_amqp
-from subswitch.contract import describe_validation_error
-from subswitch.embedded import EmbeddedRedisError
+from subswitch.commandline import exit_for, one_line
+from subswitch.errors import StoreError, SubswitchError, TransientError, settings_error
 from subswitch.redact import redact_url, scrub
 from subswitch.settings import Settings
-from subswitch.urls import Endpoints, MissingUrlError, resolve_endpoints
+from subswitch.urls import Endpoints, resolve_endpoints
 from worker import tasks, upstream
 from worker.consumer import bound_consumer
 from worker.durability import check_durability
@@ -48,25 +48,13 @@ _T = TypeVar("_T")
 #: Slots of the threads pool: the work is I/O-bound (an HTTP call and a few Redis
 #: round trips), so many threads per process beat processes.
 DEFAULT_CONCURRENCY: Final = 64
-#: Exit status of a worker that refuses to start: its configuration is wrong...
-EXIT_BAD_CONFIG: Final = 2
-#: ...or a service it needs (the store) does not answer.
-EXIT_UNREACHABLE: Final = 3
 # The lock is taken before the wait for a rate-limit slot, so the lease covers both;
 # the executor gives each attempt a deadline that ends LEASE_MARGIN_S before it.
 _LEASE_S_BEYOND_BUDGET: Final = MAX_WAIT_S + LEASE_MARGIN_S
 _STORE_CHECK_TIMEOUT_S: Final = 5.0
 
 
-class StartRefused(Exception):
-    """The worker cannot do its job; ``str()`` is one line, ``exit_code`` its status."""
-
-    def __init__(self, message: str, *, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class RuntimeNotReady(RuntimeError):
+class RuntimeNotReady(TransientError):
     """A delivery arrived in a process whose runtime was not built (never acked)."""
 
 
@@ -202,8 +190,8 @@ def create_app(settings: Settings) -> Celery:
     """The worker's Celery app: tasks and consumer registered, runtime built at start.
 
     Raises:
-        StartRefused: half configured (one URL without the other), or the embedded
-            Redis would not start.
+        ConfigurationError: half configured (one URL without the other).
+        UnavailableError: the embedded Redis would not start.
     """
     endpoints = start_or_raise(lambda: resolve_endpoints(settings))
     app = Celery("subswitch", set_as_current=False)
@@ -219,7 +207,7 @@ def check_runtime(settings: Settings) -> None:
     """Build a runtime and close it again: raises what a worker start would.
 
     Raises:
-        StartRefused: as :func:`create_app` and :func:`build_runtime`.
+        SubswitchError: as :func:`create_app` and :func:`build_runtime`.
     """
     app = create_app(settings)
     try:
@@ -236,13 +224,14 @@ def build_runtime(
     ``report`` logs the store's durability risks (off for a mere check).
 
     Raises:
-        StartRefused: bad upstream settings or credentials, or the store does not answer.
+        ConfigurationError: bad upstream settings or credentials.
+        StoreError: the store does not answer.
     """
     # Configuration first: a worker that cannot start says so in one line, no warnings.
     client = start_or_raise(lambda: upstream.from_settings(settings))
     try:
         check_store(endpoints.store_url, report=report)
-    except StartRefused:
+    except StoreError:
         client.close()
         raise
     store = RedisStore.from_url(
@@ -287,7 +276,7 @@ def check_store(store_url: str, *, report: bool = True) -> None:
     except (redis.RedisError, OSError) as exc:
         reason = scrub(str(exc) or type(exc).__name__, store_url)
         message = f"store unreachable at {redact_url(store_url)}: {reason}"
-        raise StartRefused(message, exit_code=EXIT_UNREACHABLE) from None
+        raise StoreError(message) from None
     finally:
         client.close()
 
@@ -318,33 +307,29 @@ def breaker_policy(settings: Settings) -> BreakerPolicy:
 
 
 def start_or_raise(step: Callable[[], _T]) -> _T:
-    """``step()``, with a configuration failure turned into :class:`StartRefused`."""
+    """``step()``, with invalid settings turned into the tree's :class:`ConfigurationError`."""
     try:
         return step()
-    except (MissingUrlError, upstream.ConfigurationError) as exc:
-        raise StartRefused(str(exc), exit_code=EXIT_BAD_CONFIG) from None
     except ValidationError as exc:
-        message = f"invalid configuration: {describe_validation_error(exc)}"
-        raise StartRefused(message, exit_code=EXIT_BAD_CONFIG) from None
-    except EmbeddedRedisError as exc:
-        raise StartRefused(str(exc), exit_code=EXIT_UNREACHABLE) from None
+        raise settings_error(exc) from None
 
 
 def start_or_refuse(step: Callable[[], _T]) -> _T:
     """``step()``, or end the process with one line on stderr and a non-zero status."""
     try:
         return start_or_raise(step)
-    except StartRefused as exc:
+    except SubswitchError as exc:
         refuse(exc)
 
 
-def refuse(exc: StartRefused) -> NoReturn:
-    """Print ``error: worker cannot start: <why>`` and exit with the refusal's status.
+def refuse(exc: SubswitchError) -> NoReturn:
+    """Print ``error: worker cannot start: <why>`` and exit with the error's status
+    (2 for configuration, 3 for a service that does not answer).
 
     ``SystemExit`` rather than an exception: Celery's signal dispatch logs and
     swallows exceptions (the worker would start without a runtime), not exits.
     """
-    first_line = (str(exc).splitlines() or [""])[0]
-    sys.stderr.write(f"error: worker cannot start: {first_line}\n")
+    message, status = exit_for(exc)
+    sys.stderr.write(f"error: worker cannot start: {one_line(message)}\n")
     sys.stderr.flush()
-    raise SystemExit(exc.exit_code)
+    raise SystemExit(status)

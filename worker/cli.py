@@ -19,21 +19,31 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 from celery import Celery
 from celery.bin.celery import celery as celery_command
 
+from subswitch.broker import check_broker_url
+from subswitch.commandline import OneLineErrors, read_settings
 from subswitch.contract import Lane
 from subswitch.settings import Settings
 from worker.bootstrap import DEFAULT_CONCURRENCY, check_runtime, create_app, start_or_refuse
 
 DEFAULT_URGENT_CONCURRENCY = 8
+WORKER_EPILOG: Final = (
+    "Exit status: 0 stopped; 2 bad option or configuration (nothing started); "
+    "3 the embedded broker and store could not start; else the Celery worker's own."
+)
 _PR_SET_PDEATHSIG = 1
 #: The normal/bulk worker yields the CPU to the urgent one: on a busy machine an
 #: urgent command must not queue for a core behind bulk work either.
 _MAIN_NICENESS = 5
+
+
+#: Celery's log levels (any case on the command line).
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,22 @@ def parse_lanes(value: str) -> list[Lane]:
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         choices = ", ".join(known)
-        raise typer.BadParameter(f"unknown lane(s) {', '.join(unknown) or '(none)'}; use {choices}")
+        raise typer.BadParameter(
+            f"unknown lane(s) {', '.join(unknown) or '(none)'}; use {choices}",
+            param_hint="'--lanes'",
+        )
     return [known[name] for name in dict.fromkeys(names)]
+
+
+def parse_loglevel(value: str) -> str:
+    """``"info"`` to ``"INFO"``; a one-line error names an unknown level (Celery's own
+    check would end in a traceback)."""
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"unknown level {value!r}; use {', '.join(LOG_LEVELS)}", param_hint="'--loglevel'"
+        )
+    return level
 
 
 def plan_consumers(
@@ -80,7 +104,12 @@ def worker(
     lanes: Annotated[
         str, typer.Option("--lanes", help="Comma-separated lanes to serve: urgent,normal,bulk.")
     ] = "urgent,normal,bulk",
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
+    loglevel: Annotated[
+        str,
+        typer.Option(
+            "--loglevel", "-l", callback=parse_loglevel, help=f"Log level: {', '.join(LOG_LEVELS)}."
+        ),
+    ] = "INFO",
     hostname: Annotated[
         str | None, typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h.")
     ] = None,
@@ -89,23 +118,29 @@ def worker(
     plans = plan_consumers(
         parse_lanes(lanes), concurrency=concurrency, urgent_concurrency=urgent_concurrency
     )
+    # Checked here, once, before any child process could report the same mistake twice.
+    settings = read_settings()
+    if settings.broker_url:
+        check_broker_url(settings.broker_url)
     if len(plans) == 1:
-        _run_celery(plans[0], loglevel=loglevel, hostname=hostname)
+        _run_celery(plans[0], settings, loglevel=loglevel, hostname=hostname)
         return
     # Check once here, so a worker that cannot start says so in one line, not one per
     # child; each child still builds (and checks) its own runtime.
-    start_or_refuse(lambda: check_runtime(Settings()))
+    start_or_refuse(lambda: check_runtime(settings))
     raise typer.Exit(_supervise(plans, loglevel=loglevel, hostname=hostname))
 
 
-def _run_celery(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> None:
+def _run_celery(
+    plan: ConsumerPlan, settings: Settings, *, loglevel: str, hostname: str | None
+) -> None:
     # One INFO line per HTTP request, and Celery's two per task ("received",
     # "succeeded"), drown the worker's own log and cost CPU at hundreds of commands a
     # second; the result events say the same. --loglevel DEBUG brings them back.
     if loglevel.upper() != "DEBUG":
         for name in ("httpx", "celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    app = start_or_refuse(lambda: create_app(Settings()))
+    app = start_or_refuse(lambda: create_app(settings))
     queues = ",".join(lane.queue for lane in plan.lanes)
     argv = [
         "worker",
@@ -196,4 +231,4 @@ def _prepare_child(niceness: int) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``worker`` to the ``subswitch`` CLI."""
-    app.command("worker")(worker)
+    app.command("worker", cls=OneLineErrors, epilog=WORKER_EPILOG)(worker)

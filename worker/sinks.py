@@ -3,18 +3,22 @@
 Both publish through the Celery app's producer pool (one connection pool per
 process, reused) and return only once the broker accepted the message: with
 RabbitMQ, ``confirm_publish`` makes ``publish`` wait for the broker's confirm.
+A publish that fails raises :class:`~subswitch.errors.PublishError` (transient): the
+broker's and its client libraries' errors are mapped here, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
 
-from subswitch.broker import DEAD_LETTER, EVENTS, dead_letter_queue
+from subswitch.broker import BROKER_FAILURES, DEAD_LETTER, EVENTS, dead_letter_queue
 from subswitch.contract import DEAD_LETTER_QUEUE, EVENT_CONTENT_TYPE
+from subswitch.errors import PublishError
 
 _RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2}
 
@@ -26,8 +30,12 @@ class KombuEventSink:
         self._app = app
 
     def publish(self, event: bytes, *, routing_key: str, event_id: str) -> None:
-        """Publish one structured-mode CloudEvent (persistent, confirmed)."""
-        with self._app.producer_pool.acquire(block=True) as producer:
+        """Publish one structured-mode CloudEvent (persistent, confirmed).
+
+        Raises:
+            PublishError: the broker did not take it.
+        """
+        with _mapped(f"event {event_id}"), self._app.producer_pool.acquire(block=True) as producer:
             producer.publish(
                 event,
                 exchange=EVENTS,
@@ -50,9 +58,13 @@ class KombuDeadLetters:
         self._queue = dead_letter_queue(broker_url=app.conf.broker_url, queue_type=queue_type)
 
     def dead_letter(self, body: bytes, *, reason: str, headers: Mapping[str, Any]) -> None:
-        """Publish ``body`` unchanged, with the reason in the ``x-subswitch-reason`` header."""
+        """Publish ``body`` unchanged, with the reason in the ``x-subswitch-reason`` header.
+
+        Raises:
+            PublishError: the broker did not take it.
+        """
         kept = {key: value for key, value in headers.items() if value is not None}
-        with self._app.producer_pool.acquire(block=True) as producer:
+        with _mapped("a dead letter"), self._app.producer_pool.acquire(block=True) as producer:
             producer.publish(
                 body,
                 exchange=DEAD_LETTER,
@@ -65,6 +77,15 @@ class KombuDeadLetters:
                 retry=True,
                 retry_policy=_RETRY_POLICY,
             )
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except BROKER_FAILURES as exc:
+        # The type only: a broker error's text can quote the URL, and with it a password.
+        raise PublishError(f"could not publish {what}: {type(exc).__name__}") from exc
 
 
 @dataclass

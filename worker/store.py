@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol
 import redis
 
 from subswitch.contract import AnyCommand, Target
+from subswitch.errors import StoreError
 from worker import keys
 
 # Shared by the scripts below: may this delivery publish a finished record's event?
@@ -213,10 +214,6 @@ end
 return {claim(KEYS[1], ARGV[1], tonumber(ARGV[4])), redis.call('HGET', KEYS[1], 'event')}
 """
 )
-
-
-class StoreError(Exception):
-    """The store could not be reached or answered unexpectedly; retry later."""
 
 
 Script = Callable[[Sequence[str], Sequence[Any]], Any]

@@ -18,12 +18,14 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
+from subswitch.errors import TransientError
 from worker.executor import Executor, RetryLater
 
 logger = logging.getLogger(__name__)
 
-# Backoff for trouble that is not the upstream's (store or broker unreachable, a
-# bug): the command is never dropped, only retried more slowly.
+# Backoff for trouble that is not the upstream's: a store or broker out of reach (a
+# TransientError, mapped at the store and sink boundaries) or a bug. The command is
+# never dropped, only retried more slowly.
 _TROUBLE_BASE_S = 0.5
 _TROUBLE_MAX_S = 30.0
 
@@ -82,9 +84,13 @@ def run_apply(
             )
         else:
             decision = executor().handle(args[0], token=token, message_id=task.request.id)
-    except Exception:
+    except TransientError as exc:
         delay = _trouble_delay(task.request.retries)
-        logger.exception("delivery failed, retrying in %.1fs", delay)
+        logger.warning("delivery failed (%s), retrying in %.1fs", exc, delay)
+        retry_later(task, delay)
+    except Exception:  # a bug: never acknowledge a command that was not finished
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("delivery failed unexpectedly, retrying in %.1fs", delay)
         retry_later(task, delay)
     if isinstance(decision, RetryLater):
         retry_later(task, decision.delay_s)
@@ -124,9 +130,13 @@ def run_apply_batch(
                 _send_alone(task, command, decision.delay_s)
             else:
                 finished += 1
-    except Exception:
+    except TransientError as exc:
         delay = _trouble_delay(task.request.retries)
-        logger.exception("batch delivery failed, retrying it in %.1fs", delay)
+        logger.warning("batch delivery failed (%s), retrying it in %.1fs", exc, delay)
+        retry_later(task, delay)
+    except Exception:  # a bug: never acknowledge commands that were not finished
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("batch delivery failed unexpectedly, retrying it in %.1fs", delay)
         retry_later(task, delay)
     return finished
 

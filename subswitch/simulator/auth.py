@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 from jwt.types import Options
 
+from subswitch.errors import PermanentError
 from subswitch.simulator.accounts import TrustedAccount
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -23,7 +24,7 @@ ISSUER = "subswitch-simulator"
 _CACHE_CAP = 10_000
 
 
-class GrantError(Exception):
+class GrantError(PermanentError):
     """A token request refused with an OAuth error code (RFC 6749 section 5.2)."""
 
     def __init__(self, error: str, description: str) -> None:

@@ -1,20 +1,28 @@
-"""``subswitch simulator``: serve the local MasStack stand-in."""
+"""``subswitch simulator``: serve the local MasStack stand-in.
+
+With neither ``--token`` nor ``--service-account-file`` it accepts requests without a
+token, and every subscription id exists unless ``--subscriptions`` says otherwise, so a
+worker and the CLI with no ``SUBSWITCH_*`` variables set work with it out of the box;
+given a token or an account, it checks every request's bearer token.
+"""
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Final, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 
+from subswitch.commandline import ExitCode, OneLineErrors, fail
 from subswitch.simulator.accounts import generate_service_account
-from subswitch.simulator.config import DEFAULT_STATIC_TOKEN, Faults, SimulatorConfig
+from subswitch.simulator.config import MAX_ID, Faults, SimulatorConfig
 from subswitch.simulator.server import serve
 
 FAULTS_PANEL = "Faults (all /v2 requests; probabilities 0..1)"
 AUTH_PANEL = "Authentication"
+SIMULATOR_EPILOG: Final = "Exit status: 0 stopped; 2 bad option, or the port cannot be used."
 M = TypeVar("M", Faults, SimulatorConfig)
 
 
@@ -41,7 +49,9 @@ def _fault(field: str, *names: str, **limits: float) -> typer.models.OptionInfo:
 
 def register(app: typer.Typer) -> None:
     """Add this side's commands to the ``subswitch`` CLI."""
-    app.command("simulator", no_args_is_help=False)(simulator)
+    app.command("simulator", cls=OneLineErrors, no_args_is_help=False, epilog=SIMULATOR_EPILOG)(
+        simulator
+    )
 
 
 def simulator(
@@ -52,25 +62,34 @@ def simulator(
     ] = 8080,
     orgs: Annotated[str, typer.Option(help="Comma-separated org ids.")] = "telco,acme",
     subscriptions: Annotated[
-        int, typer.Option(min=1, help="Subscription ids 1..N per org.")
-    ] = 1000,
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_ID,
+            help="Subscription ids 1..N per org; by default every id the contract allows.",
+        ),
+    ] = MAX_ID,
     token: Annotated[
         list[str] | None,
         typer.Option(
-            help=f"Static bearer token to accept (repeatable; default {DEFAULT_STATIC_TOKEN}).",
+            help="Static bearer token to accept (repeatable). With no --token and no "
+            "--service-account-file, requests need no token.",
             rich_help_panel=AUTH_PANEL,
         ),
     ] = None,
     no_auth: Annotated[
         bool,
         typer.Option(
-            "--no-auth", help="Accept requests without a token.", rich_help_panel=AUTH_PANEL
+            "--no-auth",
+            help="Accept requests without a token even with --token or --service-account-file.",
+            rich_help_panel=AUTH_PANEL,
         ),
     ] = False,
     service_account_file: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Trust this service account (repeatable); created if missing.",
+            help="Trust this service account (repeatable); created if missing, in a folder "
+            "that exists.",
             rich_help_panel=AUTH_PANEL,
         ),
     ] = None,
@@ -112,8 +131,9 @@ def simulator(
         SimulatorConfig,
         orgs=tuple(org.strip() for org in orgs.split(",") if org.strip()),
         subscriptions=subscriptions,
-        tokens=tuple(token or (DEFAULT_STATIC_TOKEN,)),
-        auth=not no_auth,
+        tokens=tuple(token or ()),
+        # Tokens are checked only when someone said which to accept.
+        auth=bool(token or service_account_file) and not no_auth,
         service_account_files=tuple(_ensure_account(path) for path in service_account_file or ()),
         token_ttl=token_ttl,
         token_audience=token_audience,
@@ -134,6 +154,9 @@ def _build(model: type[M], **fields: object) -> M:
 
 
 def _ensure_account(path: Path) -> Path:
+    if not path.exists() and not path.parent.is_dir():
+        # A typo in the folder would otherwise make a new key nobody else holds.
+        _fail(f"--service-account-file: no folder {path.parent}; nothing created")
     if not path.exists():
         try:
             generate_service_account(path)
@@ -153,5 +176,4 @@ def _serve(config: SimulatorConfig, host: str, port: int, log_level: str, access
 
 
 def _fail(message: str) -> NoReturn:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
+    fail(message, ExitCode.BAD_INPUT)

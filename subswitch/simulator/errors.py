@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from subswitch.errors import PermanentError
+
 MESSAGES = {
     400: "Invalid request",
     401: "Authentication required",
@@ -18,7 +20,7 @@ MESSAGES = {
 _CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
-class ApiError(Exception):
+class ApiError(PermanentError):
     """Raised inside a handler to answer with an ``ErrorMessage``."""
 
     def __init__(self, status: int, detail: str) -> None:

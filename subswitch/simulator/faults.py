@@ -16,6 +16,7 @@ from email.utils import formatdate
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from subswitch.errors import TransientError
 from subswitch.simulator.config import Faults
 
 DROP = "drop"
@@ -40,7 +41,7 @@ _DRAW_ORDER: tuple[tuple[str, str], ...] = (
 )
 
 
-class InjectedDrop(Exception):
+class InjectedDrop(TransientError):
     """Raised after a deliberately incomplete answer so the server drops the connection."""
 
 

@@ -90,7 +90,7 @@ def describe(config: SimulatorConfig) -> str:
         trusted = len(config.service_account_files)
         auth = f"{len(config.tokens)} static token(s), {trusted} service account(s)"
     else:
-        auth = "off"
+        auth = "off (requests need no token)"
     changed = config.faults.model_dump(exclude_defaults=True)
     faults = ", ".join(f"{name}={value}" for name, value in changed.items()) or "none"
     orgs = ", ".join(config.orgs)

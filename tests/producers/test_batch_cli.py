@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 import producers.batch_cli as batch_cli
 from producers import AnyCommand
 from producers.batch import BatchCheck, BatchSource, check_file
-from producers.cli import register
+from producers.batch_cli import register
 from producers.publisher import InMemoryPublisher, chunk_task_id
 from subswitch.contract import (
     APPLY_BATCH_TASK,
@@ -41,6 +41,11 @@ HEADER = "type,org_id,subscription_id,block_id,service_id,active,reason,priority
 def app() -> typer.Typer:
     app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
     register(app)
+
+    @app.callback()
+    def root() -> None:
+        """Keep ``batch`` a named subcommand, as in ``subswitch``."""
+
     return app
 
 
@@ -231,7 +236,8 @@ def test_help_documents_columns_and_exit_codes(app: typer.Typer) -> None:
     text = " ".join(result.stdout.split())
     assert result.exit_code == 0
     for fragment in ("type (block, service", "priority (bulk only", "Exit status: 0",
-                     "1 some failed", "2 invalid file", "3 broker", "130 interrupted",
+                     "1 some failed", "2 invalid file", "3 broker", "4 results missing",
+                     "130 interrupted",
                      "--skip-invalid", "--wait", "--report", "--chunk-size"):  # fmt: skip
         assert fragment in text
 
@@ -463,7 +469,7 @@ def test_wait_exits_0_when_all_are_applied(
     assert "results: applied 3," in result.stdout
 
 
-def test_wait_without_every_result_exits_2_and_reports_them_pending(
+def test_wait_without_every_result_exits_4_and_reports_them_pending(
     app: typer.Typer, memory: InMemoryPublisher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given no result ever for subscription 2
@@ -471,8 +477,8 @@ def test_wait_without_every_result_exits_2_and_reports_them_pending(
     report = tmp_path / "out.csv"
     # When 3 rows are enqueued with --wait
     result = run(app, write(tmp_path, blocks(3)), "--wait", "--timeout", "0", "--report", report)
-    # Then exit 2 with one error line; the report marks it pending
-    assert result.exit_code == 2, result.output
+    # Then exit 4 (timed out) with one error line; the report marks it pending
+    assert result.exit_code == 4, result.output
     assert result.stderr == (
         "error: 1 of 3 commands had no result after 0 s without one; they are enqueued\n"
     )

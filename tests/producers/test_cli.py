@@ -102,9 +102,11 @@ def test_bad_configuration_is_one_line_and_exit_2(
 ) -> None:
     # Given a malformed setting
     monkeypatch.setenv("SUBSWITCH_VISIBILITY_TIMEOUT", "soon")
-    # When any command runs / Then it names the setting on one line
+    # When any command runs / Then it names the environment variable on one line
     assert_one_line_error(
-        run(app, "activate", "telco", "5", "7"), 2, "invalid configuration: visibility_timeout"
+        run(app, "activate", "telco", "5", "7"),
+        2,
+        "invalid configuration: SUBSWITCH_VISIBILITY_TIMEOUT: Input should be a valid integer",
     )
 
 
@@ -131,7 +133,8 @@ def test_help_documents_the_exit_codes(app: typer.Typer, command: str) -> None:
     # Then it explains --wait and every exit status
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
-    for fragment in ("--wait", "--timeout", "Exit status: 0", "1 failed", "2 bad input", "3 "):
+    for fragment in ("--wait", "--timeout", "Exit status: 0", "1 failed", "2 bad input", "3 ",
+                     "4 no result within --timeout"):  # fmt: skip
         assert fragment in text
 
 
@@ -198,15 +201,16 @@ def test_wait_prints_the_result_and_exits_by_outcome(
 
 
 @pytest.mark.integration
-def test_wait_without_a_result_exits_2(
+def test_wait_without_a_result_exits_4(
     app: typer.Typer, clean_redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a broker and no worker
     monkeypatch.setenv("SUBSWITCH_BROKER_URL", clean_redis_url)
     # When a command is sent with a short --wait
     result = run(app, "block", "telco", "5", "--block-id", "1", "--wait", "--timeout", "0.2")
-    # Then it printed the id (it is enqueued), and says on one line that no result came
-    assert result.exit_code == 2, result.output
+    # Then it printed the id (it is enqueued), says on one line that no result came, and
+    # exits with the timeout's own status (not bad input's 2)
+    assert result.exit_code == 4, result.output
     [command_id] = result.stdout.splitlines()
     assert result.stderr == f"error: no result for {command_id} within 0.2 s; it is enqueued\n"
 
@@ -251,11 +255,11 @@ def test_events_table_shows_a_row_per_event(
 
 
 @pytest.mark.integration
-def test_events_count_not_reached_exits_2(
+def test_events_count_not_reached_exits_4(
     app: typer.Typer, clean_redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given no events at all
     monkeypatch.setenv("SUBSWITCH_BROKER_URL", clean_redis_url)
-    # When waiting for one within 0.2 s / Then exit 2, one line
+    # When waiting for one within 0.2 s / Then exit 4 (timed out), one line
     result = run(app, "events", "--count", "1", "--timeout", "0.2")
-    assert_one_line_error(result, 2, "0 of 1 events within 0.2 s")
+    assert_one_line_error(result, 4, "0 of 1 events within 0.2 s")

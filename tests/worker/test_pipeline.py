@@ -41,8 +41,9 @@ T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(ho
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorHandle]:
-    with spawned_simulator("--token", "dev-token", "--seed", "7") as handle:
-        yield handle
+    # 1000 subscriptions, so that 999_999 is one the upstream does not know
+    with spawned_simulator("--token", "dev-token", "--seed", "7", "--subscriptions", "1000") as h:
+        yield h
 
 
 @dataclass

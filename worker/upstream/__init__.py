@@ -1,9 +1,11 @@
 """The MasStack customers API v2 client and its authentication.
 
 Start with :func:`from_settings` (or :class:`MasStackClient` directly); catch
-:class:`TransientError` to retry and :class:`PermanentError` to give up.
+:class:`UpstreamTransientError` to retry and :class:`UpstreamPermanentError` to give up
+(``TransientError`` and ``PermanentError`` are their older names).
 """
 
+from subswitch.errors import ConfigurationError
 from worker.upstream.auth import (
     NoAuth,
     ServiceAccount,
@@ -15,14 +17,15 @@ from worker.upstream.auth import (
 from worker.upstream.client import MasStackClient
 from worker.upstream.errors import (
     AuthenticationError,
-    ConfigurationError,
     InvalidRequestError,
     MalformedResponseError,
     PermanentError,
     TransientError,
     UpstreamConnectionError,
     UpstreamError,
+    UpstreamPermanentError,
     UpstreamTimeout,
+    UpstreamTransientError,
     UpstreamUnavailable,
     parse_retry_after,
 )
@@ -61,7 +64,9 @@ __all__ = [
     "TransientError",
     "UpstreamConnectionError",
     "UpstreamError",
+    "UpstreamPermanentError",
     "UpstreamTimeout",
+    "UpstreamTransientError",
     "UpstreamUnavailable",
     "from_settings",
     "parse_retry_after",

@@ -12,7 +12,8 @@ from typing import Final
 import httpx
 
 from subswitch.contract import COMMAND_ID_PATTERN, MAX_INT64, ORG_ID_PATTERN
-from worker.upstream.errors import ConfigurationError, InvalidRequestError, one_line, safe_url
+from subswitch.errors import ConfigurationError
+from worker.upstream.errors import InvalidRequestError, one_line, safe_url
 from worker.upstream.models import MAX_REASON_LENGTH
 
 # The contract's rules: a key is a command id, and org ids are what commands carry.

@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from subswitch.errors import ConfigurationError
 from worker.upstream._validation import http_url
 from worker.upstream.deadline import capped_timeout, current_deadline
 from worker.upstream.errors import (
     AuthenticationError,
-    ConfigurationError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,

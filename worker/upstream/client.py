@@ -21,11 +21,11 @@ from typing import Final, Self, TypeVar
 import httpx
 import pydantic
 
+from subswitch.errors import ConfigurationError
 from worker.upstream import _validation as check
 from worker.upstream.auth import TokenProvider
 from worker.upstream.deadline import bounded_by, capped_timeout, deadline_transport
 from worker.upstream.errors import (
-    ConfigurationError,
     MalformedResponseError,
     UpstreamTimeout,
     error_for_status,

@@ -1,18 +1,23 @@
 """Errors of the upstream client, mapped once at this boundary.
 
-Everything the client raises is an :class:`UpstreamError`:
+Everything the client raises is an :class:`UpstreamError`, in one of the two families
+of the error tree (:mod:`subswitch.errors`):
 
-* :class:`TransientError` (retry may help): timeouts, connection failures, 408, 429
-  and 5xx except 501/505. ``maybe_applied`` says whether a write may have reached the
-  upstream and taken effect; ``retry_after`` carries a parsed ``Retry-After``.
-* :class:`PermanentError` (never retry): every other 4xx, 501/505, redirects, and
-  2xx answers to reads whose body cannot be parsed (:class:`MalformedResponseError`).
-  :class:`AuthenticationError` (401/403, token endpoint refusals) and
-  :class:`InvalidRequestError` (bad input refused before anything is sent) are
-  permanent too.
+* :class:`UpstreamTransientError` (a :class:`subswitch.errors.TransientError`: retry may
+  help): timeouts, connection failures, 408, 429 and 5xx except 501/505.
+  ``maybe_applied`` says whether a write may have reached the upstream and taken
+  effect; ``retry_after`` carries a parsed ``Retry-After``.
+* :class:`UpstreamPermanentError` (a :class:`subswitch.errors.PermanentError`: never
+  retry): every other 4xx, 501/505, redirects, and 2xx answers to reads whose body
+  cannot be parsed (:class:`MalformedResponseError`). :class:`AuthenticationError`
+  (401/403, token endpoint refusals) and :class:`InvalidRequestError` (bad input
+  refused before anything is sent) are permanent too.
 
-:class:`ConfigurationError` is separate: it is raised while building a client or a
-token provider from bad settings, never while talking to the upstream.
+:class:`~subswitch.errors.ConfigurationError` is separate: it is raised while building a
+client or a token provider from bad settings, never while talking to the upstream.
+
+``TransientError`` and ``PermanentError`` here are the older names of the two upstream
+families, kept for their importers; they are the upstream's classes, not the tree's.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Final
 import httpx
 import pydantic
 
+from subswitch import errors
 from worker.upstream.models import ErrorMessage
 
 #: Statuses that say the request was refused before being processed, yet may pass later.
@@ -45,7 +51,7 @@ def one_line(text: str, limit: int = _MAX_TEXT) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-class UpstreamError(Exception):
+class UpstreamError(errors.SubswitchError):
     """Base of every error the upstream client raises.
 
     ``status`` is the HTTP status when the upstream answered, else ``None``;
@@ -61,7 +67,7 @@ class UpstreamError(Exception):
         return self.message
 
 
-class TransientError(UpstreamError):
+class UpstreamTransientError(UpstreamError, errors.TransientError):
     """A failure a later retry may overcome.
 
     ``retry_after`` is the upstream's ``Retry-After`` in seconds (never negative) or
@@ -82,19 +88,19 @@ class TransientError(UpstreamError):
         self.maybe_applied = maybe_applied
 
 
-class UpstreamTimeout(TransientError):
+class UpstreamTimeout(UpstreamTransientError):
     """Connect, read, write or connection-pool timeout."""
 
 
-class UpstreamConnectionError(TransientError):
+class UpstreamConnectionError(UpstreamTransientError):
     """The connection failed, was reset or closed without a (complete) answer."""
 
 
-class UpstreamUnavailable(TransientError):
+class UpstreamUnavailable(UpstreamTransientError):
     """The upstream answered 408, 429 or a retryable 5xx."""
 
 
-class PermanentError(UpstreamError):
+class UpstreamPermanentError(UpstreamError, errors.PermanentError):
     """A failure a retry will not fix.
 
     ``error`` holds the upstream's ``ErrorMessage`` when its body carried one.
@@ -107,26 +113,27 @@ class PermanentError(UpstreamError):
         self.error = error
 
 
-class AuthenticationError(PermanentError):
+class AuthenticationError(UpstreamPermanentError):
     """Credentials refused: 401 after one token refresh, 403, or the token endpoint said no."""
 
 
-class InvalidRequestError(PermanentError, ValueError):
+class InvalidRequestError(UpstreamPermanentError, ValueError):
     """Bad input, refused before any request left the process."""
 
 
-class MalformedResponseError(PermanentError):
+class MalformedResponseError(UpstreamPermanentError):
     """A 2xx answer to a read whose body is not the documented JSON."""
 
 
-class ConfigurationError(ValueError):
-    """Settings or credentials files that cannot make a working client."""
+#: The upstream families by their older names (the executor and tests import these).
+TransientError = UpstreamTransientError
+PermanentError = UpstreamPermanentError
 
 
 #: httpx errors a retry may overcome: (causes, error class, whether the request may
 #: have reached the upstream). Order matters: the first match wins.
 _TRANSIENT_TRANSPORT_ERRORS: Final[
-    tuple[tuple[tuple[type[httpx.HTTPError], ...], type[TransientError], bool], ...]
+    tuple[tuple[tuple[type[httpx.HTTPError], ...], type[UpstreamTransientError], bool], ...]
 ] = (
     ((httpx.ConnectTimeout, httpx.PoolTimeout), UpstreamTimeout, False),
     ((httpx.TimeoutException,), UpstreamTimeout, True),  # read/write timeout
@@ -182,7 +189,7 @@ def transport_error(exc: httpx.HTTPError, operation: str, *, write: bool) -> Ups
     if isinstance(exc, httpx.DecodingError):
         return MalformedResponseError(f"{operation}: the response body could not be decoded")
     if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol):
-        return PermanentError(f"{operation}: the request could not be sent ({kind})")
+        return UpstreamPermanentError(f"{operation}: the request could not be sent ({kind})")
     # Unknown transport trouble: assume the worst for writes and let the worker retry.
     return UpstreamConnectionError(f"{operation} failed: {kind}", maybe_applied=write)
 
@@ -226,7 +233,7 @@ def error_for_status(
         return AuthenticationError(message, status=status, error=error)
     if 300 <= status < 400:
         message += " (redirects are not followed)"
-    return PermanentError(message, status=status, error=error)
+    return UpstreamPermanentError(message, status=status, error=error)
 
 
 def _status_text(status: int) -> str:

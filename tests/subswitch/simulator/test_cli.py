@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from subswitch.cli import app as subswitch_app
 from subswitch.simulator import cli
-from subswitch.simulator.config import Faults, SimulatorConfig
+from subswitch.simulator.config import MAX_ID, Faults, SimulatorConfig
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200", "NO_COLOR": "1"}
@@ -78,7 +78,57 @@ def test_defaults(served: list[dict[str, Any]]) -> None:
         "info",
         False,
     )
-    assert call["config"] == SimulatorConfig()
+    # ...and, with no token and no service account named, requests need no token, and
+    # every subscription id of the contract exists
+    assert call["config"] == SimulatorConfig(tokens=(), auth=False, subscriptions=MAX_ID)
+
+
+@pytest.mark.parametrize(
+    ("args", "auth", "tokens"),
+    [
+        ([], False, []),
+        (["--token", "t1"], True, ["t1"]),
+        (["--token", "t1", "--no-auth"], False, ["t1"]),
+    ],
+)
+def test_tokens_are_checked_only_when_given(
+    served: list[dict[str, Any]], args: list[str], auth: bool, tokens: list[str]
+) -> None:
+    # When the simulator starts with or without a token
+    result = runner.invoke(_app(), ["simulator", *args])
+    # Then it checks tokens exactly when one was given (and --no-auth was not)
+    assert result.exit_code == 0, result.output
+    config: SimulatorConfig = served[0]["config"]
+    assert config.auth is auth
+    assert [token.get_secret_value() for token in config.tokens] == tokens
+
+
+def test_a_service_account_alone_turns_token_checks_on(
+    served: list[dict[str, Any]], account_file: Path
+) -> None:
+    # When the simulator is told to trust a service account and given no static token
+    result = runner.invoke(_app(), ["simulator", "--service-account-file", str(account_file)])
+    # Then tokens are checked, and only the account's count (no well-known static token)
+    assert result.exit_code == 0, result.output
+    config: SimulatorConfig = served[0]["config"]
+    assert (config.auth, config.tokens) == (True, ())
+
+
+def test_a_service_account_file_in_a_missing_folder_is_refused(
+    served: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    # Given a path into a folder that does not exist (a typo, say)
+    path = tmp_path / "no-such-folder" / "sa.json"
+    # When the simulator is told to trust it
+    result = runner.invoke(_app(), ["simulator", "--service-account-file", str(path)])
+    # Then it refuses with one line, creating neither the folder nor a key, serving nothing
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"error: --service-account-file: no folder {path.parent}; nothing created\n"
+    )
+    assert not path.parent.exists()
+    assert served == []
 
 
 def test_options_reach_the_config(served: list[dict[str, Any]]) -> None:

@@ -116,3 +116,4 @@ def test_summary_names_settings_but_no_secrets() -> None:
     assert "p_500=0.25" in summary
     assert "top-secret" not in summary
     assert "faults none" in describe(SimulatorConfig(auth=False))
+    assert "auth off (requests need no token)" in describe(SimulatorConfig(auth=False))
