@@ -12,11 +12,12 @@ Shapes (all JSON):
   every PATCH attempt with ``seq > since`` in arrival order (``limit`` defaults to
   10,000, at most 100,000); pass ``next`` as ``since`` to go on. ``Write`` is
   ``{"seq", "time", "method", "path", "org_id", "subscription_id", "kind", "id", "body",
-  "idempotency_key", "request_id", "auth_roles", "status", "applied", "fault"}``;
-  ``status`` is null when no answer was delivered (drop, lost_response, a slow answer
-  the client gave up on) or while still in flight; ``fault`` is one of ``drop``,
-  ``lost_response``, ``http_429``, ``http_500``, ``http_502``, ``http_503``,
-  ``http_504``, ``slow`` or null.
+  "idempotency_key", "request_id", "auth_roles", "status", "applied", "applied_at",
+  "fault"}``; ``status`` is null when no answer was delivered (drop, lost_response, a
+  slow or late answer the client gave up on) or while still in flight; ``applied_at``
+  is when the write changed the state (null if it did not); ``fault`` is one of
+  ``drop``, ``lost_response``, ``late_apply``, ``http_429``, ``http_500``,
+  ``http_502``, ``http_503``, ``http_504``, ``slow`` or null.
 - ``GET /admin/stats`` -> ``{"writes_total", "writes_applied",
   "max_in_flight_per_target": {"org/sub/kind/id": n}, "max_in_flight_any",
   "max_in_flight_total", "in_flight_now", "applied_per_idempotency_key_max",

@@ -29,6 +29,7 @@ from starlette.types import Receive
 from subswitch.simulator.errors import ApiError, error_response
 from subswitch.simulator.faults import (
     DROP,
+    LATE_APPLY,
     LOST_RESPONSE,
     SLOW,
     AbandonedResponse,
@@ -112,18 +113,26 @@ class V2Api:
         sim.journal.append(record)
         target = f"{record.org_id}/{record.subscription_id}/{kind}/{record.item_id}"
         sim.stats.write_started(target, now)
+        arrived = asyncio.get_running_loop().time()
         try:
             record.body = await read_body(request.receive)
-            return await self._answer_write(request, record)
+            return await self._answer_write(request, record, target, arrived)
         finally:
             sim.stats.write_finished(target)
 
-    async def _answer_write(self, request: Request, record: WriteRecord) -> Response:
-        fault, early = await self._inject(request, write=True)
+    async def _answer_write(
+        self, request: Request, record: WriteRecord, target: str, arrived: float
+    ) -> Response:
+        fault, early = await self._inject(request, write=True, target=target)
         record.fault = fault
         if early is not None:
             record.status = None if isinstance(early, CutResponse) else early.status_code
             return early
+        gone = False
+        if fault == LATE_APPLY:
+            # Held (and counted in flight) until applied, whether the client waits or not.
+            due = arrived + self._sim.faults.late_s - asyncio.get_running_loop().time()
+            gone = await _wait_noting_departure(request.receive, due)
         try:
             self._apply(request, record)
         except ApiError as exc:
@@ -132,6 +141,8 @@ class V2Api:
             response = Response(status_code=201)
         if fault == LOST_RESPONSE:
             return DroppedResponse()
+        if gone:
+            return AbandonedResponse()
         record.status = response.status_code
         return response
 
@@ -142,20 +153,24 @@ class V2Api:
         if record.kind == "service" and not SERVICES[key[3]].changeable:
             raise ApiError(400, f"service {key[3]} is not changeable")
         sim = self._sim
-        sim.store.apply(key, active, reason, sim.clock())
+        now = sim.clock()
+        sim.store.apply(key, active, reason, now)
         record.applied = True
+        record.applied_at = now
         sim.stats.write_applied(record.idempotency_key)
 
     # shared steps
 
-    async def _inject(self, request: Request, *, write: bool) -> tuple[str | None, Response | None]:
+    async def _inject(
+        self, request: Request, *, write: bool, target: str | None = None
+    ) -> tuple[str | None, Response | None]:
         """Injected delay and fault: the fault, and its answer unless the request goes on."""
         faults = self._sim.faults
         delay = faults.delay_s()
         if delay:
             await asyncio.sleep(delay)
-        fault = faults.pick(write)
-        if fault is None or fault == LOST_RESPONSE:
+        fault = faults.pick(write, target)
+        if fault is None or fault in (LOST_RESPONSE, LATE_APPLY):
             return fault, None
         if fault == DROP:
             return fault, DroppedResponse()
@@ -263,6 +278,15 @@ async def _client_left_within(receive: Receive, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def _wait_noting_departure(receive: Receive, seconds: float) -> bool:
+    """Wait ``seconds`` in full; True if the client disconnected meanwhile."""
+    end = asyncio.get_running_loop().time() + seconds
+    gone = await _client_left_within(receive, max(0.0, seconds))
+    if gone:
+        await asyncio.sleep(max(0.0, end - asyncio.get_running_loop().time()))
+    return gone
 
 
 def _record(request: Request, kind: Kind, now: float) -> WriteRecord:

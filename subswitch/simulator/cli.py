@@ -122,10 +122,16 @@ def simulator(
     slow_ms: Annotated[float, _fault("slow_ms", min=0)] = 15_000.0,
     p_drop: Annotated[float, _fault("p_drop", min=0, max=1)] = 0.0,
     p_lost_response: Annotated[float, _fault("p_lost_response", min=0, max=1)] = 0.0,
+    p_late_apply: Annotated[float, _fault("p_late_apply", min=0, max=1)] = 0.0,
+    late_apply_ms: Annotated[float, _fault("late_apply_ms", min=0)] = 5_000.0,
+    late_apply_targets: Annotated[
+        list[str] | None, _fault("late_apply_targets", "--late-apply-target")
+    ] = None,
 ) -> None:
     """Serve the local MasStack customers API stand-in (with fault injection)."""
     # One option per Faults field, named like it: pass them all on by name.
     options = dict(locals())
+    options["late_apply_targets"] = tuple(late_apply_targets or ())
     faults = _build(Faults, **{name: options[name] for name in Faults.model_fields})
     config = _build(
         SimulatorConfig,

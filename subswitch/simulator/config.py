@@ -14,6 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints,
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Millis = Annotated[float, Field(ge=0.0, le=3_600_000.0)]
 OrgId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+#: A target as the write log and stats name it: ``org/subscription/kind/id``.
+TargetName = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}/[0-9]{1,19}/(service|block)/[0-9]{1,19}$"
+    ),
+]
 
 DEFAULT_ORGS: tuple[str, ...] = ("telco", "acme")
 DEFAULT_STATIC_TOKEN = "dev-token"  # noqa: S105 - a well-known development token, not a secret
@@ -25,9 +32,10 @@ class Faults(BaseModel):
     """Faults injected into ``/v2`` requests.
 
     The probabilities describe mutually exclusive outcomes of one draw per request, in
-    the order drop, lost_response (writes only), 429, 500, 502, 503, 504, slow: while they
-    sum to at most 1 each is exact; past 1 the earlier ones win. Latency and jitter are
-    added to every ``/v2`` request before the draw.
+    the order drop, lost_response (writes only), late_apply (writes only), 429, 500, 502,
+    503, 504, slow: while they sum to at most 1 each is exact; past 1 the earlier ones
+    win. A write on one of ``late_apply_targets`` is always late and draws nothing.
+    Latency and jitter are added to every ``/v2`` request before the draw.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -61,6 +69,20 @@ class Faults(BaseModel):
         0.0,
         description="Probability (writes only) of applying the change, then dropping the "
         "connection: the ambiguous failure.",
+    )
+    p_late_apply: Probability = Field(
+        0.0,
+        description="Probability (writes only) of applying the change only late_apply_ms "
+        "after the request arrived, whether or not the client still waits (a zombie write).",
+    )
+    late_apply_ms: Millis = Field(
+        5_000.0, description="How long after its arrival a late write is applied (ms)."
+    )
+    late_apply_targets: tuple[TargetName, ...] = Field(
+        (),
+        strict=False,
+        description="Targets (org/subscription/kind/id, e.g. telco/7/block/1) on which "
+        "every write is applied late.",
     )
 
 

@@ -21,7 +21,10 @@ from subswitch.simulator.config import Faults
 
 DROP = "drop"
 LOST_RESPONSE = "lost_response"
+LATE_APPLY = "late_apply"
 SLOW = "slow"
+#: Faults that only ever hit writes; a read drawing one gets no fault.
+_WRITE_ONLY = frozenset({LOST_RESPONSE, LATE_APPLY})
 HTTP_FAULTS: dict[str, int] = {
     "http_429": 429,
     "http_500": 500,
@@ -32,6 +35,7 @@ HTTP_FAULTS: dict[str, int] = {
 _DRAW_ORDER: tuple[tuple[str, str], ...] = (
     (DROP, "p_drop"),
     (LOST_RESPONSE, "p_lost_response"),
+    (LATE_APPLY, "p_late_apply"),
     ("http_429", "p_429"),
     ("http_500", "p_500"),
     ("http_502", "p_502"),
@@ -91,6 +95,8 @@ class FaultInjector:
         self._fixed_s = faults.latency_ms / 1000.0
         self._jitter_s = faults.jitter_ms / 1000.0
         self.slow_s = faults.slow_ms / 1000.0
+        self.late_s = faults.late_apply_ms / 1000.0
+        self._late_targets = frozenset(faults.late_apply_targets)
         self._table = [(name, getattr(faults, field)) for name, field in _DRAW_ORDER]
         self._any = any(p > 0.0 for _, p in self._table)
 
@@ -104,14 +110,20 @@ class FaultInjector:
             return self._fixed_s + self._jitter_s * self._rng.random()
         return self._fixed_s
 
-    def pick(self, write: bool) -> str | None:
-        """The fault for one request, or None; lost_response only ever hits writes."""
+    def pick(self, write: bool, target: str | None = None) -> str | None:
+        """The fault for one request, or None; lost_response and late_apply hit writes only.
+
+        ``target`` (``org/subscription/kind/id``) of a write on one of the
+        ``late_apply_targets`` always gets late_apply, without a draw.
+        """
+        if write and target in self._late_targets:
+            return LATE_APPLY
         if not self._any:
             return None
         draw = self._rng.random()
         for name, probability in self._table:
             if draw < probability:
-                return name if write or name != LOST_RESPONSE else None
+                return name if write or name not in _WRITE_ONLY else None
             draw -= probability
         return None
 

@@ -1,7 +1,9 @@
 """The log of every PATCH attempt, applied or not, in arrival order.
 
-A record is appended when the request arrives and completed when it is answered, so a
-record with ``status`` null and ``fault`` null is still in flight. Records hold on to
+A record is appended when the request arrives (``time``) and completed when it is answered,
+so a record with ``status`` null and ``fault`` null is still in flight; ``applied_at`` is
+when the write changed the state (null if it never did), which for a late-applied write
+can be long after its client gave up. Records hold on to
 objects the server already allocated (the path string, the raw body), which keeps a
 million of them affordable; the JSON view is built only when the admin API asks.
 """
@@ -18,6 +20,7 @@ class WriteRecord:
 
     __slots__ = (
         "applied",
+        "applied_at",
         "auth_roles",
         "body",
         "fault",
@@ -53,6 +56,7 @@ class WriteRecord:
         self.idempotency_key, self.request_id, self.auth_roles = headers
         self.status: int | None = None
         self.applied = False
+        self.applied_at: float | None = None
         self.fault: str | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -72,6 +76,7 @@ class WriteRecord:
             "auth_roles": self.auth_roles,
             "status": self.status,
             "applied": self.applied,
+            "applied_at": self.applied_at,
             "fault": self.fault,
         }
 

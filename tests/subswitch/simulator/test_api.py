@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.subswitch.simulator.helpers import AUTH, ClientFactory
+from tests.subswitch.simulator.helpers import AUTH, START, ClientFactory
 
 SUB = "/v2/orgs/telco/subscriptions/7"
 ERROR_FIELDS = {"code", "status", "message", "detailMsg"}
@@ -220,10 +220,10 @@ def test_write_log_records_headers(client: TestClient) -> None:
         "x-auth-roles": "API_KEY",
     }
     client.patch(f"{SUB}/blocks/2", json={"active": True, "reason": "perdido"}, headers=headers)
-    # Then the write log keeps them with the outcome
+    # Then the write log keeps them with the outcome and when it was applied
     (write,) = client.get("/admin/writes").json()["writes"]
     assert write | {"time": None} == {
-        "seq": 1, "time": None, "method": "PATCH", "path": f"{SUB}/blocks/2",
+        "seq": 1, "time": None, "applied_at": START, "method": "PATCH", "path": f"{SUB}/blocks/2",
         "org_id": "telco", "subscription_id": 7, "kind": "block", "id": 2,
         "body": {"active": True, "reason": "perdido"}, "idempotency_key": "cmd-1",
         "request_id": "req-9", "auth_roles": "API_KEY", "status": 201, "applied": True,

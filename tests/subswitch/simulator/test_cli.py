@@ -41,7 +41,9 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def _option(field: str) -> str:
-    return "--" + field.replace("_", "-")
+    # A repeatable option is named for one value (--late-apply-target, once per target).
+    name = field.removesuffix("s") if field.endswith("_targets") else field
+    return "--" + name.replace("_", "-")
 
 
 def test_help_lists_every_fault_and_server_option() -> None:
@@ -141,6 +143,8 @@ def test_options_reach_the_config(served: list[dict[str, Any]]) -> None:
         "--p-429-retry-after", "0.5", "--retry-after-s", "4", "--retry-after-http-date",
         "--p-500", "0.2", "--p-502", "0.01", "--p-503", "0.02", "--p-504", "0.03", "--p-slow",
         "0.04", "--slow-ms", "900", "--p-drop", "0.05", "--p-lost-response", "0.06",
+        "--p-late-apply", "0.07", "--late-apply-ms", "800", "--late-apply-target",
+        "telco/7/block/1", "--late-apply-target", "acme/9/service/2",
     ]  # fmt: skip
     result = runner.invoke(_app(), args)
     # Then each lands in the served config
@@ -160,7 +164,8 @@ def test_options_reach_the_config(served: list[dict[str, Any]]) -> None:
     assert config.faults == Faults(
         latency_ms=5, jitter_ms=2, p_429=0.1, p_429_retry_after=0.5, retry_after_s=4,
         retry_after_http_date=True, p_500=0.2, p_502=0.01, p_503=0.02, p_504=0.03,
-        p_slow=0.04, slow_ms=900, p_drop=0.05, p_lost_response=0.06,
+        p_slow=0.04, slow_ms=900, p_drop=0.05, p_lost_response=0.06, p_late_apply=0.07,
+        late_apply_ms=800, late_apply_targets=("telco/7/block/1", "acme/9/service/2"),
     )  # fmt: skip
 
 
@@ -168,7 +173,8 @@ def test_options_reach_the_config(served: list[dict[str, Any]]) -> None:
     ("args", "message"),
     [(["--p-429", "2"], "--p-429"), (["--port", "70000"], "--port"),
      (["--orgs", "bad org"], "invalid orgs"), (["--orgs", ","], "invalid orgs"),
-     (["--subscriptions", "0"], "--subscriptions"), (["--latency-ms", "-1"], "--latency-ms")],
+     (["--subscriptions", "0"], "--subscriptions"), (["--latency-ms", "-1"], "--latency-ms"),
+     (["--late-apply-target", "telco/7/blocks/1"], "invalid late_apply_targets")],
 )  # fmt: skip
 def test_bad_options_fail_with_a_clear_error(
     served: list[dict[str, Any]], args: list[str], message: str

@@ -253,3 +253,91 @@ def test_seed_makes_faults_reproducible() -> None:
     # Then they fail at the same places, and both outcomes occur
     assert outcomes[0] == outcomes[1]
     assert set(outcomes[0]) == {201, 500}
+
+
+# Late apply: the zombie write, applied long after its client gave up.
+
+
+def test_late_apply_hits_writes_only_and_chosen_targets_always() -> None:
+    # Given late writes at probability 1 on one injector, on one chosen target on another
+    everywhere = FaultInjector(Faults(p_late_apply=1.0), seed=3)
+    chosen = FaultInjector(Faults(late_apply_targets=("telco/7/block/1",)), seed=3)
+    # When writes and reads draw
+    # Then every write is late, reads never are, and only the chosen target's writes are
+    assert {everywhere.pick(write=True) for _ in range(100)} == {"late_apply"}
+    assert {everywhere.pick(write=False) for _ in range(100)} == {None}
+    assert {chosen.pick(write=True, target="telco/7/block/1") for _ in range(50)} == {"late_apply"}
+    assert {chosen.pick(write=True, target="telco/7/block/2") for _ in range(50)} == {None}
+    assert chosen.pick(write=False, target="telco/7/block/1") is None
+
+
+def test_late_apply_share_follows_its_probability() -> None:
+    # Given 20% late writes
+    injector = FaultInjector(Faults(p_late_apply=0.2), seed=11)
+    # When 10,000 writes draw
+    counts = Counter(injector.pick(write=True) for _ in range(10_000))
+    # Then about a fifth are late
+    assert 0.18 < counts["late_apply"] / 10_000 < 0.22
+
+
+@pytest.mark.parametrize("name", ["telco/7/blocks/1", "telco/x/block/1", "bad org/1/block/1"])
+def test_late_apply_targets_must_be_target_names(name: str) -> None:
+    # When a malformed target is configured
+    # Then it is refused
+    with pytest.raises(ValueError, match="late_apply_targets"):
+        Faults(late_apply_targets=(name,))
+
+
+def _wait_applied(sim: SimulatorHandle, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        write = _last_write(sim)
+        if write["applied"] or time.monotonic() > deadline:
+            return write
+        time.sleep(0.02)  # poll interval, bounded by the deadline
+
+
+def test_a_late_write_lands_after_its_client_gave_up(sim: SimulatorHandle) -> None:
+    # Given writes on the block applied only 1.5 s after they arrive
+    sim.admin.set_faults(late_apply_ms=1500, late_apply_targets=["telco/7/block/1"])
+    # When a client that waits 0.2 s puts the block on
+    with pytest.raises(httpx.ReadTimeout):
+        _patch(sim, timeout=0.2)
+    # Then right after its timeout nothing is applied yet, and the write is still in flight
+    pending = _last_write(sim)
+    assert (pending["applied"], pending["applied_at"]) == (False, None)
+    assert sim.admin.target("telco", 7, "block", 1)["active"] is False
+    assert sim.admin.stats()["in_flight_now"] == 1
+    # And 1.5 s after arrival the block is on, the log says when, and the write is done
+    write = _wait_applied(sim, timeout=5)
+    assert (write["applied"], write["status"], write["fault"]) == (True, None, "late_apply")
+    assert 1.45 <= write["applied_at"] - write["time"] < 2.5  # two clocks: allow 50 ms
+    assert sim.admin.target("telco", 7, "block", 1)["active"] is True
+    assert sim.admin.stats()["in_flight_now"] == 0
+
+
+def test_a_patient_client_gets_the_late_write_answered(sim: SimulatorHandle) -> None:
+    # Given every write applied 0.3 s after it arrives
+    sim.admin.set_faults(p_late_apply=1.0, late_apply_ms=300)
+    started = time.monotonic()
+    # When a client that waits 5 s writes
+    response = _patch(sim)
+    # Then it gets 201 once the write is applied
+    assert response.status_code == 201
+    assert time.monotonic() - started >= 0.3
+    write = _last_write(sim)
+    assert (write["applied"], write["status"], write["fault"]) == (True, 201, "late_apply")
+
+
+def test_a_late_write_overlaps_the_next_write_on_its_target(sim: SimulatorHandle) -> None:
+    # Given writes on one block applied 1 s after they arrive, and a client that gave up
+    sim.admin.set_faults(late_apply_ms=1000, late_apply_targets=["telco/7/block/1"])
+    with pytest.raises(httpx.ReadTimeout):
+        _patch(sim, timeout=0.1)
+    # When the client sends its next write on that target at once
+    with pytest.raises(httpx.ReadTimeout):
+        _patch(sim, timeout=0.1)
+    # Then the simulator saw two writes in flight on the target together
+    stats = sim.admin.wait_for_stats(lambda stats: stats["in_flight_now"] == 0, timeout=5)
+    assert stats["max_in_flight_per_target"]["telco/7/block/1"] == 2
+    assert stats["writes_applied"] == 2
