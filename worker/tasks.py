@@ -12,13 +12,13 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from celery import Celery, Task
 from celery.exceptions import Reject
 
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
-from subswitch.errors import TransientError
+from subswitch.errors import TransientError, UnavailableError
 from worker.executor import Executor, RetryLater
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 # never dropped, only retried more slowly.
 _TROUBLE_BASE_S = 0.5
 _TROUBLE_MAX_S = 30.0
+#: Share of the broker's redelivery window one delivery of a chunk may spend starting
+#: commands (see chunk_budget_s).
+_CHUNK_WINDOW_SHARE = 0.25
 
 
 def register(app: Celery, *, executor: Callable[[], Executor]) -> None:
@@ -106,12 +109,11 @@ def run_apply_batch(
 ) -> int:
     """Execute a chunk of commands one by one; returns how many were finished here.
 
-    A command that must wait (retry, busy target) leaves the chunk as a single
-    ``subswitch.apply`` message on the bulk lane, so one slow command never holds the
-    others back. If anything else goes wrong the whole chunk is retried: commands
+    See :func:`apply_chunk`: the chunk keeps to a time budget well inside the broker's
+    redelivery window, and a command that must wait or that raises leaves the chunk as
+    a message of its own. If re-enqueueing fails the whole chunk is retried: commands
     already finished are recognised as duplicates and cost one store round trip.
     """
-    finished = 0
     try:
         if len(args) != 1 or kwargs or not isinstance(args[0], list):
             reason = (
@@ -124,12 +126,10 @@ def run_apply_batch(
                 token=uuid.uuid4().hex,
             )
             return 0
-        for command in args[0]:
-            decision = executor().handle(command, token=uuid.uuid4().hex)
-            if isinstance(decision, RetryLater):
-                _send_alone(task, command, decision.delay_s)
-            else:
-                finished += 1
+        # The redelivery window the app was configured with (SUBSWITCH_VISIBILITY_TIMEOUT).
+        window_s = task.app.conf.broker_transport_options["visibility_timeout"]
+        bulk = CeleryBulkLane(task)
+        return apply_chunk(executor(), args[0], budget_s=chunk_budget_s(window_s), bulk=bulk)
     except TransientError as exc:
         delay = _trouble_delay(task.request.retries)
         logger.warning("batch delivery failed (%s), retrying it in %.1fs", exc, delay)
@@ -138,21 +138,99 @@ def run_apply_batch(
         delay = _trouble_delay(task.request.retries)
         logger.exception("batch delivery failed unexpectedly, retrying it in %.1fs", delay)
         retry_later(task, delay)
+
+
+def chunk_budget_s(redelivery_window_s: float) -> float:
+    """How long one delivery of a chunk may start new commands.
+
+    The last command started may still take a whole attempt (the target lease), and
+    the message may have waited in a prefetch before it started: a quarter of the
+    window leaves room for both, so a chunk is never redelivered while it runs.
+    """
+    return redelivery_window_s * _CHUNK_WINDOW_SHARE
+
+
+class BulkLane(Protocol):
+    """Where commands that leave a chunk go: new messages on the bulk lane."""
+
+    def send_alone(self, command: Any, delay_s: float) -> None:
+        """Enqueue one command as a ``subswitch.apply`` message after ``delay_s``."""
+
+    def send_rest(self, commands: list[Any]) -> None:
+        """Enqueue ``commands`` as one ``subswitch.apply_batch`` message, at once."""
+
+
+def apply_chunk(
+    executor: Executor,
+    commands: list[Any],
+    *,
+    budget_s: float,
+    bulk: BulkLane,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Run ``commands`` in order within ``budget_s``; returns how many were finished.
+
+    A command that must wait (retry, busy target) or that raised leaves as a single
+    message (a raising one after a backoff, then retried like any ``subswitch.apply``);
+    the others go on. Once the budget is spent, what is left leaves as one chunk. An
+    :class:`UnavailableError` (store or broker away) is raised: no command's own fault.
+    """
+    deadline = clock() + budget_s
+    finished = 0
+    for index, command in enumerate(commands):
+        if index and clock() >= deadline:
+            logger.info(
+                "chunk out of time: %d commands go on in a new chunk", len(commands) - index
+            )
+            bulk.send_rest(commands[index:])
+            break
+        try:
+            decision = executor.handle(command, token=uuid.uuid4().hex)
+        except UnavailableError:
+            raise  # the store or broker is every command's: retry the chunk whole, later
+        except Exception:
+            delay = _trouble_delay(0)
+            logger.exception("a command of a chunk failed; it goes on alone in %.1fs", delay)
+            bulk.send_alone(command, delay)
+            continue
+        if isinstance(decision, RetryLater):
+            bulk.send_alone(command, decision.delay_s)
+        else:
+            finished += 1
     return finished
 
 
-def _send_alone(task: Task[Any, Any], command: Any, delay_s: float) -> None:
-    command_id = (
-        readable_command_id(command.get("command_id")) if isinstance(command, dict) else None
-    )
-    task.app.send_task(
-        APPLY_TASK,
-        args=[command],
-        task_id=command_id,
-        queue=Lane.BULK.queue,
-        countdown=math.ceil(delay_s),  # whole seconds: see retry_later
-        retry=True,
-    )
+class CeleryBulkLane:
+    """:class:`BulkLane` through the running task's app."""
+
+    def __init__(self, task: Task[Any, Any]) -> None:
+        self._task = task
+
+    def send_alone(self, command: Any, delay_s: float) -> None:
+        """Enqueue one command as a ``subswitch.apply`` message after ``delay_s``."""
+        command_id = (
+            readable_command_id(command.get("command_id")) if isinstance(command, dict) else None
+        )
+        self._task.app.send_task(
+            APPLY_TASK,
+            args=[command],
+            task_id=command_id,
+            queue=Lane.BULK.queue,
+            countdown=math.ceil(delay_s),  # whole seconds: see retry_later
+            retry=True,
+        )
+
+    def send_rest(self, commands: list[Any]) -> None:
+        """Enqueue ``commands`` as one ``subswitch.apply_batch`` message, at once."""
+        self._task.app.send_task(
+            APPLY_BATCH_TASK,
+            args=[commands],
+            # One suffix however often a chunk is split: "<chunk id>.rest-<commands left>".
+            task_id=f"{str(self._task.request.id).split('.rest-')[0]}.rest-{len(commands)}",
+            queue=Lane.BULK.queue,
+            retry=True,
+            argsrepr=f"[<{len(commands)} commands left over>]",
+        )
 
 
 def retry_later(task: Task[Any, Any], delay_s: float) -> NoReturn:

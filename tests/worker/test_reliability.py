@@ -1,0 +1,104 @@
+"""Reliability from the outside: slow bulk chunks, zombie writes, a small chaos run.
+
+Real ``subswitch worker`` processes, a real broker and store, the simulator in its
+own process. The store is this session's Redis test DB, flushed and locked for the
+test (on Redis it is the broker's too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from producers import CommandProducer
+from producers.commands import block_status_command
+from producers.events import EventStream
+from producers.publisher import CeleryPublisher
+from subswitch.contract import Outcome
+from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
+from tests.conftest import purge_subswitch_queues
+from tests.worker.test_pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+
+#: Redelivery window of these tests' workers (Redis visibility timeout).
+WINDOW_S = 8
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[SimulatorHandle]:
+    with spawned_simulator("--token", "dev-token", "--seed", "11") as handle:
+        yield handle
+
+
+def _env(broker_url: str, store_url: str, simulator: SimulatorHandle, data: Path) -> dict[str, str]:
+    return {
+        "SUBSWITCH_BROKER_URL": broker_url,
+        "SUBSWITCH_STORE_URL": store_url,
+        "SUBSWITCH_UPSTREAM_URL": simulator.base_url,
+        "SUBSWITCH_UPSTREAM_TOKEN": "dev-token",
+        "SUBSWITCH_DATA_DIR": str(data),
+        "SUBSWITCH_VISIBILITY_TIMEOUT": str(WINDOW_S),
+        "SUBSWITCH_CONNECT_TIMEOUT": "1",
+        "SUBSWITCH_WRITE_TIMEOUT": "1",
+        "SUBSWITCH_POOL_TIMEOUT": "1",
+        "SUBSWITCH_READ_TIMEOUT": "3",
+        "SUBSWITCH_MAX_ATTEMPTS": "15",
+    }
+
+
+def _pipeline(
+    broker_url: str, store_url: str, simulator: SimulatorHandle, tmp_path: Path
+) -> Iterator[Pipeline]:
+    purge_subswitch_queues(broker_url)
+    simulator.admin.reset(faults=True)
+    env = _env(broker_url, store_url, simulator, tmp_path)
+    publisher = CeleryPublisher(
+        broker_url=broker_url, visibility_timeout=WINDOW_S, queue_type="quorum"
+    )
+    producer = CommandProducer(publisher=publisher)
+    with producer, EventStream(broker_url=broker_url) as events:
+        yield Pipeline(broker_url, store_url, simulator, env, producer, events)
+
+
+@pytest.fixture
+def redis_pipeline(
+    clean_redis_url: str, simulator: SimulatorHandle, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """Redis as broker and store (the broker whose redelivery window is a timer)."""
+    yield from _pipeline(clean_redis_url, clean_redis_url, simulator, tmp_path)
+
+
+def test_a_slow_bulk_chunk_is_never_redelivered_while_it_runs(redis_pipeline: Pipeline) -> None:
+    # Given an upstream taking 1 s per write and a worker whose redelivery window is 8 s
+    pipeline = redis_pipeline
+    pipeline.simulator.admin.set_faults(latency_ms=1000)
+    commands = [
+        block_status_command(
+            org_id="telco", subscription_id=n, block_id=1, active=True, priority="bulk",
+            source="tests", command_id=f"slow-chunk-{n:02d}",
+        )
+        for n in range(1, 13)
+    ]  # fmt: skip
+    ids = [command.command_id for command in commands]
+    publisher = CeleryPublisher(
+        broker_url=pipeline.broker_url, visibility_timeout=WINDOW_S, queue_type="quorum"
+    )
+    with pipeline.worker(lanes="bulk") as worker:
+        # When one chunk of 12 commands (12 s of writes, over the window) is sent
+        try:
+            publisher.publish_batch(commands)
+        finally:
+            publisher.close()
+        outcomes = pipeline.outcomes(ids, timeout=90)
+        counts = pipeline.settle(worker)
+    # Then every command was applied once, with one event
+    assert set(outcomes.values()) == {Outcome.APPLIED}
+    assert all(counts[command_id] == 1 for command_id in ids)
+    assert all(pipeline.writes_by_key()[command_id] == 1 for command_id in ids)
+    # And the chunk never ran twice at once (no redelivered copy beside the original)
+    assert pipeline.simulator.admin.stats()["max_in_flight_total"] == 1
+    # And it went on as chunks of what was left, not as single commands
+    assert "chunk out of time" in worker.log()
