@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit lint format bench docs simulator clean
+.PHONY: install run test unit lint format bench chaos docs simulator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ docs: $(STAMP)
 ## bench: every benchmark scenario (about 15 min; results under bench/results/)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## chaos: 2,000 commands through SIGKILLed workers and a restarted broker, on private
+## Redis (6390) and RabbitMQ (5690) servers; checks and prints the Reliability table
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos
 
 simulator: $(STAMP)
 	$(BIN)/subswitch simulator
