@@ -8,7 +8,9 @@ test (on Redis it is the broker's too).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ from producers.publisher import CeleryPublisher
 from subswitch.contract import Outcome
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.conftest import purge_subswitch_queues
+from tests.worker.processes import wait_until
 from tests.worker.test_pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -123,3 +126,61 @@ def test_a_small_chaos_run_keeps_every_promise(chaos_broker: Broker, tmp_path: P
     assert report.figures["kills"] == 1
     assert report.figures["faults"].get("late_apply", 0) > 0
     assert report.ok, "\n".join(report.failures()) + "\n" + report.worker_logs[-6000:]
+
+
+# --- zombie writes (contract §2.5) ---------------------------------------------------
+
+SETTLE_S = 6.0
+LATE_MS = 4000
+
+
+@pytest.fixture
+def pipeline(
+    broker_url: str, clean_redis_url: str, simulator: SimulatorHandle, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """Each broker in turn, with this session's namespaced store."""
+    yield from _pipeline(broker_url, clean_redis_url, simulator, tmp_path)
+
+
+def _writes_of(pipeline: Pipeline, command_id: str) -> list[dict[str, Any]]:
+    writes = pipeline.simulator.admin.writes()["writes"]
+    return [write for write in writes if write["idempotency_key"] == command_id]
+
+
+def test_a_zombie_write_never_overtakes_or_overlaps_the_newer_command(pipeline: Pipeline) -> None:
+    # Given an upstream that applies a write on the target 4 s after it arrived, and a
+    # worker that gives up on an answer after 1 s and lets a lost write settle for 6 s
+    target = "telco/41/block/1"
+    pipeline.simulator.admin.set_faults(late_apply_ms=LATE_MS, late_apply_targets=[target])
+    settle = {"SUBSWITCH_READ_TIMEOUT": "1", "SUBSWITCH_SETTLE_SECONDS": str(SETTLE_S)}
+    with pipeline.worker(**settle) as worker:
+        # When a stale unblock goes out (and its answer is lost: the write is late)
+        issued = datetime.now(UTC) - timedelta(minutes=1)
+        stale = pipeline.block(41, active=False, issued_at=issued, command_id="zombie-unblock")
+        wait_until(lambda: bool(_writes_of(pipeline, stale)), timeout=30, what="the unblock")
+        pipeline.simulator.admin.set_faults(late_apply_targets=[])
+        # And the fraud block issued after it follows at once
+        newer = pipeline.block(
+            41, issued_at=issued + timedelta(seconds=1), command_id="zombie-fraud-block"
+        )
+        outcomes = pipeline.outcomes([stale, newer], timeout=60)
+        wait_until(
+            lambda: pipeline.simulator.admin.stats()["in_flight_now"] == 0,
+            timeout=LATE_MS / 1000 + 5,
+            what="the late write to land",
+        )
+        pipeline.settle(worker)
+    # Then the newer block was applied and the upstream ends on it
+    assert outcomes[newer] == Outcome.APPLIED
+    assert outcomes[stale] in {Outcome.APPLIED, Outcome.SUPERSEDED}
+    assert pipeline.simulator.admin.target("telco", 41, "block", 1)["active"] is True
+    # And the stale write landed before the block went out: no overlap, no overtaking
+    stale_writes, newer_writes = _writes_of(pipeline, stale), _writes_of(pipeline, newer)
+    zombie = stale_writes[0]
+    assert (zombie["fault"], zombie["applied"]) == ("late_apply", True)
+    landed = max(w["applied_at"] for w in stale_writes if w["applied"])
+    assert all(w["time"] > landed for w in newer_writes)
+    assert pipeline.simulator.admin.stats()["max_in_flight_per_target"][target] == 1
+    # And nothing on the target, its own retry included, went out within the settle time
+    later = [w["time"] for w in stale_writes[1:] + newer_writes]
+    assert all(sent - zombie["time"] >= SETTLE_S - 0.1 for sent in later)
