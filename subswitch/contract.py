@@ -26,6 +26,9 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import ErrorDetails
+
+from subswitch.text import UNSAFE_CHARACTERS, first_unsafe, safe_line
 
 from subswitch.errors import InvalidInput
 
@@ -82,7 +85,9 @@ CommandId = Annotated[
 OrgId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 Int64Id = Annotated[StrictInt, Field(ge=1, le=MAX_INT64)]
 BlockId = Annotated[StrictInt, Field(ge=1, le=2)]
-_NoControl = r"^[^\x00-\x1f\x7f]*$"
+# No control, bidi or invisible format character: these fields reach logs, terminals
+# and upstream audit trails, where such characters hide or reorder text.
+_NoControl = f"^[^{UNSAFE_CHARACTERS}]*$"
 Reason = Annotated[str, StringConstraints(max_length=255, pattern=_NoControl)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NoControl)]
 CorrelationId = Annotated[str, StringConstraints(max_length=128, pattern=_NoControl)]
@@ -203,7 +208,7 @@ class InvalidCommand(InvalidInput):
     """
 
     def __init__(self, message: str, *, command_id: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(safe_line(message))
         self.command_id = command_id
 
 
@@ -239,15 +244,39 @@ def readable_command_id(candidate: Any) -> str | None:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming each offending field, e.g. ``block_id: Input should be ...``."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        loc = error["loc"]
-        if loc and loc[0] in _COMMAND_TYPES:  # the union's tag says nothing to the reader
-            loc = loc[1:]
-        location = ".".join(str(part) for part in loc) or "command"
-        parts.append(f"{location}: {error['msg']}")
-    return "; ".join(parts)
+    """One line naming each offending field, e.g. ``block_id: Input should be ...``.
+
+    Bounded (at most ``MAX_REASON_BYTES``, the rest counted) and escaped: a message
+    with thousands of unknown fields, or field names with CR/LF, still yields one
+    short line fit for a dead-letter header and a log.
+    """
+    errors = exc.errors(include_url=False)
+    parts: list[str] = []
+    size = 0
+    for error in errors:
+        part = safe_line(_describe_error(error), limit=200)
+        size += len(part.encode()) + 2
+        if size > _DESCRIBE_BUDGET:
+            break
+        parts.append(part)
+    more = len(errors) - len(parts)
+    return safe_line("; ".join(parts) + (f"; and {more} more" if more else ""))
+
+
+# Room for the parts, leaving some for the "and N more" tail.
+_DESCRIBE_BUDGET: Final = 900
+
+
+def _describe_error(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    if loc and loc[0] in _COMMAND_TYPES:  # the union's tag says nothing to the reader
+        loc = loc[1:]
+    location = ".".join(str(part) for part in loc) or "command"
+    message = error["msg"]
+    unsafe = first_unsafe(error["input"]) if isinstance(error["input"], str) else None
+    if error["type"] == "string_pattern_mismatch" and unsafe is not None:
+        message = f"must not contain control, bidi or invisible format characters ({unsafe})"
+    return f"{location}: {message}"
 
 
 # --- result events -------------------------------------------------------------------
