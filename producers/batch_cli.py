@@ -46,7 +46,7 @@ from producers.batch_results import (
     await_results,
 )
 from producers.commands import AnyCommand
-from producers.errors import BrokerError
+from producers.errors import BrokerError, MessageTooLargeError
 from producers.events import EventStream
 from producers.publisher import BatchPublisher, CeleryPublisher, resolve_broker_url
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
@@ -292,6 +292,8 @@ class _BatchRun:
                 broker_url=broker_url,
                 visibility_timeout=settings.visibility_timeout,
                 queue_type=settings.rabbitmq_queue_type,
+                delivery_limit=settings.delivery_limit,
+                max_message_bytes=settings.max_message_bytes,
             )
             stack.callback(publisher.close)
             self.publish(publisher)
@@ -321,6 +323,8 @@ class _BatchRun:
                     progress.advance(task, len(chunk))
         except KeyboardInterrupt:
             fail(f"interrupted; {self._resume_hint()}", ExitCode.INTERRUPTED)
+        except MessageTooLargeError as exc:
+            fail(f"{exc}: use a smaller --chunk-size; {self._resume_hint()}", ExitCode.BAD_INPUT)
         except BrokerError as exc:
             fail(f"{exc}; {self._resume_hint()}", ExitCode.UNAVAILABLE)
         except (BatchFileError, OSError) as exc:

@@ -226,6 +226,8 @@ def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float
             broker_url=broker_url,
             visibility_timeout=settings.visibility_timeout,
             queue_type=settings.rabbitmq_queue_type,
+            delivery_limit=settings.delivery_limit,
+            max_message_bytes=settings.max_message_bytes,
         )
         producer = stack.enter_context(
             CommandProducer(publisher=publisher, default_source=settings.source)

@@ -12,7 +12,14 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from subswitch.contract import InvalidCommand
 from subswitch.errors import BrokerError, PublishError
 
-__all__ = ["BrokerError", "InvalidCommandError", "PublishError", "redact_url", "scrub"]
+__all__ = [
+    "BrokerError",
+    "InvalidCommandError",
+    "MessageTooLargeError",
+    "PublishError",
+    "redact_url",
+    "scrub",
+]
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -23,6 +30,10 @@ class InvalidCommandError(InvalidCommand):
     ``str()`` is one line naming each offending field, e.g.
     ``block_id: Input should be less than or equal to 2``. A ``ValueError``.
     """
+
+
+class MessageTooLargeError(InvalidCommandError):
+    """The message would exceed ``SUBSWITCH_MAX_MESSAGE_BYTES``; nothing was enqueued."""
 
 
 def redact_url(url: str) -> str:

@@ -42,6 +42,20 @@ def check_broker_url(broker_url: str) -> str:
     return broker_url
 
 
+#: Deliveries of one message that may end without the message being finished (its
+#: worker died, or it went back to the queue) before it is dead-lettered. Five tells a
+#: poison message (one that kills every worker that takes it, and the 63 other commands
+#: in flight there with it) from bad luck: a deploy, an OOM kill or a broker restart
+#: returns a message once or twice. RabbitMQ 4.0 would use 20, and then drop it.
+DEFAULT_DELIVERY_LIMIT: Final = 5
+
+#: Largest message body producers send and workers parse: 1 MiB. A bulk chunk of 100
+#: commands of the largest kind (every field at its maximum, the reason in 4-byte
+#: characters that JSON escapes to 12 bytes each) is about 376 KB; a typical command
+#: is 350 bytes. RabbitMQ 4.0 refuses messages over 16 MiB (3.x: 128 MiB).
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
+
+
 def is_amqp(broker_url: str) -> bool:
     """Whether the URL names a RabbitMQ (AMQP 0.9.1) broker."""
     return broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
@@ -51,20 +65,53 @@ def _queue_arguments(broker_url: str, queue_type: str) -> dict[str, Any] | None:
     return {"x-queue-type": queue_type} if is_amqp(broker_url) else None
 
 
-def lane_queue(lane: Lane, *, broker_url: str, queue_type: str = "quorum") -> Queue:
-    """The durable queue of one lane, routed by its own name."""
+def _lane_arguments(broker_url: str, queue_type: str, delivery_limit: int) -> dict[str, Any] | None:
+    arguments = _queue_arguments(broker_url, queue_type)
+    if arguments is None:
+        return None
+    # What RabbitMQ dead-letters (over the delivery limit, or rejected without requeue)
+    # goes to subswitch.dead, never into the void.
+    arguments["x-dead-letter-exchange"] = DEAD_LETTER.name
+    arguments["x-dead-letter-routing-key"] = DEAD_LETTER_QUEUE
+    if queue_type == "quorum":
+        # The broker's safety net, one delivery behind the worker's own check
+        # (worker/deliveries.py), which dead-letters with a reason and an event.
+        arguments["x-delivery-limit"] = delivery_limit
+    return arguments
+
+
+def lane_queue(
+    lane: Lane,
+    *,
+    broker_url: str,
+    queue_type: str = "quorum",
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+) -> Queue:
+    """The durable queue of one lane, routed by its own name.
+
+    On RabbitMQ it dead-letters into ``subswitch.dead`` and, as a quorum queue, after
+    ``delivery_limit`` returns of a message. Producers and workers must declare it
+    with the same arguments (RabbitMQ refuses another declaration).
+    """
     return Queue(
         lane.queue,
         COMMANDS_EXCHANGE,
         routing_key=lane.queue,
         durable=True,
-        queue_arguments=_queue_arguments(broker_url, queue_type),
+        queue_arguments=_lane_arguments(broker_url, queue_type, delivery_limit),
     )
 
 
-def lane_queues(*, broker_url: str, queue_type: str = "quorum") -> list[Queue]:
+def lane_queues(
+    *, broker_url: str, queue_type: str = "quorum", delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+) -> list[Queue]:
     """Every lane's queue, urgent first."""
-    return [lane_queue(lane, broker_url=broker_url, queue_type=queue_type) for lane in Lane]
+    return [
+        lane_queue(
+            lane, broker_url=broker_url, queue_type=queue_type, delivery_limit=delivery_limit
+        )
+        for lane in Lane
+    ]
 
 
 def dead_letter_queue(*, broker_url: str, queue_type: str = "quorum") -> Queue:
@@ -79,7 +126,11 @@ def dead_letter_queue(*, broker_url: str, queue_type: str = "quorum") -> Queue:
 
 
 def celery_config(
-    *, broker_url: str, visibility_timeout: int, queue_type: str = "quorum"
+    *,
+    broker_url: str,
+    visibility_timeout: int,
+    queue_type: str = "quorum",
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
 ) -> dict[str, Any]:
     """Celery settings both sides agree on: JSON only, topology, delivery safety.
 
@@ -95,7 +146,9 @@ def celery_config(
         "result_serializer": "json",
         "result_backend": None,
         "task_ignore_result": True,
-        "task_queues": lane_queues(broker_url=broker_url, queue_type=queue_type),
+        "task_queues": lane_queues(
+            broker_url=broker_url, queue_type=queue_type, delivery_limit=delivery_limit
+        ),
         "task_default_queue": Lane.NORMAL.queue,
         "task_default_exchange": COMMANDS_EXCHANGE.name,
         "task_default_exchange_type": COMMANDS_EXCHANGE.type,

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from subswitch.broker import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_MESSAGE_BYTES
+
 DEFAULT_UPSTREAM_URL = "http://127.0.0.1:8080/v2"
 
 
@@ -54,6 +56,12 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: PositiveInt = 300
     visibility_timeout: PositiveInt = 300
     rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
+    #: Deliveries of a message that may die (worker killed, message returned) before it
+    #: is dead-lettered; on RabbitMQ also the quorum queues' ``x-delivery-limit``.
+    delivery_limit: PositiveInt = DEFAULT_DELIVERY_LIMIT
+    #: Largest message (bytes of body) a producer sends and a worker parses; a bulk
+    #: chunk of 100 commands of the largest kind takes about 400 KB.
+    max_message_bytes: PositiveInt = DEFAULT_MAX_MESSAGE_BYTES
     source: str = "subswitch"
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True

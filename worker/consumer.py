@@ -3,25 +3,82 @@
 Celery's own consumer logs and acks (or rejects) a message it cannot decode, a
 message for an unknown task and a malformed task message: on most brokers that
 loses it silently. Here each goes to ``subswitch.dead`` with its reason, and is
-reported as ``rejected`` (with the command id when the message carries one).
+reported as ``rejected`` (with the command id when the message carries one). So does
+a message over ``SUBSWITCH_MAX_MESSAGE_BYTES``, before anything parses it.
+
+When dead-lettering fails (the store or the broker is away), the message goes back to
+the queue after a growing delay, never at once: the dead-letter sink publishes each
+message once (``worker.deliveries.DeadLetterOnce``), so a retry adds no copy.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
 from subswitch.contract import readable_command_id
+from subswitch.text import safe_line
 
 logger = logging.getLogger(__name__)
+
+#: Requeue delays after failed dead-lettering: from 1 s, doubling, capped below.
+REQUEUE_BASE_S = 1.0
+REQUEUE_MAX_S = 30.0
+
+
+class RequeueBackoff:
+    """Growing, jittered delays while dead-lettering keeps failing; reset on success.
+
+    One per consumer: a failure here means the store or the broker is away, which
+    holds for every message alike.
+    """
+
+    def __init__(self, *, base_s: float = REQUEUE_BASE_S, max_s: float = REQUEUE_MAX_S) -> None:
+        self._base_s = base_s
+        self._max_s = max_s
+        self._failures = 0
+
+    def next_delay(self) -> float:
+        """The delay before requeueing after one more failure."""
+        ceiling = min(self._max_s, self._base_s * 2 ** min(self._failures, 16))
+        self._failures += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def succeeded(self) -> None:
+        """Dead-lettering works again: start from the base delay next time."""
+        self._failures = 0
 
 
 class DeadLetteringConsumer(Consumer):
     """Celery's consumer, with its four give-up paths turned into dead letters."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = self.app.conf.subswitch_settings
+        self._max_message_bytes: int = settings.max_message_bytes
+        # A message held longer than the visibility timeout would be handed to another
+        # worker on Redis meanwhile: stay well inside it.
+        cap = min(REQUEUE_MAX_S, settings.visibility_timeout / 4)
+        self._backoff = RequeueBackoff(base_s=min(REQUEUE_BASE_S, cap), max_s=cap)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Message], None]:
+        """Celery's task handler, behind a size check that reads no body."""
+        handler = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Message) -> None:
+            size = len(message.body or b"")
+            if size > self._max_message_bytes:
+                self._dead_letter(message, self._too_large(size))
+                return
+            handler(message)
+
+        return on_task_received
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         """The body could not be decoded (not JSON, pickle, unknown content type)."""
@@ -40,6 +97,12 @@ class DeadLetteringConsumer(Consumer):
         """A task message Celery cannot parse."""
         self._dead_letter(message, f"invalid task message: {exc}")
 
+    def _too_large(self, size: int) -> str:
+        return (
+            f"message of {size:,} bytes is over SUBSWITCH_MAX_MESSAGE_BYTES "
+            f"({self._max_message_bytes:,}); not read"
+        )
+
     def _dead_letter(self, message: Message, reason: str) -> None:
         from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
 
@@ -47,15 +110,28 @@ class DeadLetteringConsumer(Consumer):
         try:
             executor = get_runtime(self.app).executor
             executor.reject_message(
-                _raw_body(message), reason=reason, command_id=command_id, token=uuid.uuid4().hex
+                _raw_body(message),
+                reason=safe_line(reason),
+                command_id=command_id,
+                token=uuid.uuid4().hex,
             )
         except Exception:
             # Keep the message rather than lose it; it comes back once the store
-            # and broker answer again.
-            logger.exception("could not dead-letter a message; requeueing it")
-            message.reject(requeue=True)
+            # and broker answer again, after a pause that grows while they do not.
+            delay = self._backoff.next_delay()
+            logger.exception("could not dead-letter a message; requeueing it in %.1fs", delay)
+            self.timer.call_after(delay, _requeue, (message,))
             return
+        self._backoff.succeeded()
         message.ack()
+
+
+def _requeue(message: Message) -> None:
+    try:
+        message.reject(requeue=True)
+    except Exception:
+        # The connection is gone: the broker returns the unacked message by itself.
+        logger.exception("could not requeue a message")
 
 
 def _raw_body(message: Message) -> bytes:

@@ -42,6 +42,7 @@ def worker_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         broker_url=broker_url,
         visibility_timeout=settings.visibility_timeout,
         queue_type=settings.rabbitmq_queue_type,
+        delivery_limit=settings.delivery_limit,
     )
     config.update(
         # Ack after the task ran, not on receipt: a worker killed mid-command leaves

@@ -91,3 +91,22 @@ BREAKER_STATE: Final = f"{PREFIX}:breaker"
 BREAKER_PROBE: Final = f"{PREFIX}:breaker:probe"
 #: Prefix of per-second hashes ``ok`` / ``failed``; each lives window + 2 s.
 BREAKER_BUCKET: Final = f"{PREFIX}:breaker:s:"
+
+
+# --- deliveries that never finish (worker/deliveries.py) ---------------------------
+
+#: How long the count of a Redis-broker message's unfinished deliveries is kept. It is
+#: deleted when a delivery finishes, so only deliveries whose worker died leave one;
+#: a day outlives any redelivery cycle (delivery limit x visibility timeout).
+DELIVERY_COUNT_TTL_S: Final = 24 * 3600
+
+
+def deliveries(delivery_tag: str) -> str:
+    """String (INCR): deliveries of one broker message that started and did not finish."""
+    return f"{PREFIX}:deliveries:{delivery_tag}"
+
+
+def dead_lettered(digest: str) -> str:
+    """String: this message (command id and body, SHA-256) is in ``subswitch.dead``
+    already; kept for the retention, so a redelivery never adds a second copy."""
+    return f"{PREFIX}:dead:{digest}"

@@ -15,6 +15,7 @@ from celery import Celery
 
 from subswitch.settings import Settings
 from worker import upstream
+from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.executor import LEASE_MARGIN_S, Executor
 from worker.factory import request_budget_s
 from worker.policy import RetryPolicy
@@ -43,6 +44,7 @@ class Runtime:
     store: RedisStore
     client: upstream.MasStackClient
     pid: int
+    deliveries: DeliveryCounter
 
     def close(self) -> None:
         """Close the upstream and store connections."""
@@ -103,7 +105,11 @@ def build_runtime(app: Celery) -> Runtime:
         store=store,
         upstream=client,
         events=KombuEventSink(app=app),
-        dead_letters=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
+        dead_letters=DeadLetterOnce(
+            inner=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
+            client=store.client,
+            retention_s=settings.retention_seconds,
+        ),
         policy=policy,
         lease_ms=int((request_budget_s(settings) + _LEASE_S_BEYOND_BUDGET) * 1000),
         settle_s=settings.settle_seconds,
@@ -112,7 +118,10 @@ def build_runtime(app: Celery) -> Runtime:
         traffic=traffic,
     )
     logger.info("worker runtime ready: upstream %s, %r", settings.upstream_url, store)
-    return Runtime(executor=executor, store=store, client=client, pid=os.getpid())
+    deliveries = DeliveryCounter(client=store.client, limit=settings.delivery_limit)
+    return Runtime(
+        executor=executor, store=store, client=client, pid=os.getpid(), deliveries=deliveries
+    )
 
 
 def breaker_policy(settings: Settings) -> BreakerPolicy:

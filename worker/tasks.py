@@ -6,6 +6,7 @@ bulk lane's chunks), each still with its own idempotency, ordering, retries and 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -17,9 +18,10 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
-from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
+from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, Outcome, readable_command_id
 from subswitch.errors import TransientError
-from worker.executor import RetryLater
+from worker.deliveries import Delivery, DeliveryCounter
+from worker.executor import Executor, RetryLater
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,12 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
     """Execute one delivery of ``subswitch.apply``; retries go back through the broker."""
     from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
 
-    executor = get_runtime(task.app).executor
+    runtime = get_runtime(task.app)
+    delivery = _delivery(task)
+    died = _count_delivery(task, runtime.deliveries, delivery)
+    if runtime.deliveries.exceeded(died):
+        return _give_up(task, runtime.executor, runtime.deliveries.reason(died), args, kwargs)
+    executor = runtime.executor
     token = uuid.uuid4().hex
     try:
         if len(args) != 1 or kwargs:
@@ -83,6 +90,8 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed unexpectedly, retrying in %.1fs", delay)
         retry_later(task, delay)
+    finally:
+        runtime.deliveries.end(delivery)
     if isinstance(decision, RetryLater):
         retry_later(task, decision.delay_s)
     return decision.outcome.value
@@ -95,16 +104,23 @@ def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
     ``subswitch.apply`` message on the bulk lane, so one slow command never holds the
     others back. If anything else goes wrong the whole chunk is retried: commands
     already finished are recognised as duplicates and cost one store round trip.
+    A chunk whose deliveries keep dying is split into single messages, so that only
+    the command that kills its worker ends dead-lettered.
     """
     from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
 
-    executor = get_runtime(task.app).executor
+    runtime = get_runtime(task.app)
+    executor = runtime.executor
     if len(args) != 1 or kwargs or not isinstance(args[0], list):
         reason = "subswitch.apply_batch takes exactly one positional argument, a list of commands"
         executor.reject_message(
             repr((args, kwargs)).encode(), reason=reason, command_id=None, token=uuid.uuid4().hex
         )
         return 0
+    delivery = _delivery(task)
+    died = _count_delivery(task, runtime.deliveries, delivery)
+    if runtime.deliveries.exceeded(died):
+        return _split(task, args[0], runtime.deliveries.reason(died))
     finished = 0
     try:
         for command in args[0]:
@@ -121,7 +137,60 @@ def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
         delay = _trouble_delay(task.request.retries)
         logger.exception("batch delivery failed unexpectedly, retrying it in %.1fs", delay)
         retry_later(task, delay)
+    finally:
+        runtime.deliveries.end(delivery)
     return finished
+
+
+def _delivery(task: Task[Any, Any]) -> Delivery:
+    # The request holds the message's headers (x-delivery-count) and properties.
+    return Delivery.of(vars(task.request), task.request.properties or {})
+
+
+def _count_delivery(task: Task[Any, Any], counter: DeliveryCounter, delivery: Delivery) -> int:
+    try:
+        return counter.begin(delivery)
+    except Exception:
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("could not count the delivery, retrying in %.1fs", delay)
+        retry_later(task, delay)
+
+
+def _give_up(
+    task: Task[Any, Any],
+    executor: Executor,
+    reason: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> str:
+    """Dead-letter a message over the delivery limit, unrun, with a ``rejected`` event.
+
+    Should that fail, the message goes back as it is (never as a retry, which would
+    start its count afresh), and RabbitMQ's own delivery limit dead-letters it next.
+    """
+    command = args[0] if len(args) == 1 else None
+    candidate = command.get("command_id") if isinstance(command, dict) else task.request.id
+    raw = json.dumps([list(args), kwargs], sort_keys=True, default=str).encode()
+    try:
+        executor.reject_message(
+            raw, reason=reason, command_id=readable_command_id(candidate), token=uuid.uuid4().hex
+        )
+    except Exception:
+        logger.exception("could not dead-letter a message over the delivery limit; requeueing it")
+        raise Reject("dead-lettering failed", requeue=True) from None
+    # A RetryLater here means another delivery is publishing the same event: done too.
+    return Outcome.REJECTED.value
+
+
+def _split(task: Task[Any, Any], commands: list[Any], reason: str) -> int:
+    logger.warning("chunk %s %s; its commands go on one by one", task.request.id, reason)
+    try:
+        for command in commands:
+            _send_alone(task, command, 0)
+    except Exception:
+        logger.exception("could not split the chunk; requeueing it")
+        raise Reject("splitting failed", requeue=True) from None
+    return 0
 
 
 def _send_alone(task: Task[Any, Any], command: Any, delay_s: float) -> None:
