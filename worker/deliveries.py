@@ -4,9 +4,10 @@ A message whose delivery kills the worker process (a crash, an OOM kill) comes b
 and kills the next one. RabbitMQ quorum queues count such returns in the
 ``x-delivery-count`` header; on Redis nobody does, so :class:`DeliveryCounter` counts
 in the store: +1 when a delivery starts, deleted when it finishes, so only the
-deliveries that died are left counted. A message over the limit is dead-lettered
-with its reason and a ``rejected`` event, one delivery before RabbitMQ's own
-``x-delivery-limit`` would dead-letter it without either.
+deliveries that died are left counted. A task whose deliveries died
+``SUBSWITCH_DELIVERY_LIMIT`` times in a row is dead-lettered with its reason and a
+``rejected`` event, no later than one delivery before RabbitMQ's own
+``x-delivery-limit`` would dead-letter the message without either.
 
 :class:`DeadLetterOnce` keeps a dead letter from being published twice when the
 delivery that published it could not finish (the store went away before the
@@ -38,28 +39,41 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"
 class Delivery:
     """One delivery of a task message, as far as counting it goes.
 
-    ``returned`` is the broker's count of earlier returns (RabbitMQ quorum queues),
-    ``tag`` the id a Redis-broker message keeps across redeliveries; either or
-    neither is known.
+    ``task_id`` names the task across its retries (a retry is a new message with the
+    same id); ``returned`` is the broker's count of earlier returns of this message
+    (RabbitMQ quorum queues), ``tag`` the id a Redis-broker message keeps across
+    redeliveries; either or neither is known.
     """
 
+    task_id: str | None
     returned: int | None = None
     tag: str | None = None
 
     @classmethod
-    def of(cls, headers: Mapping[str, Any], properties: Mapping[str, Any]) -> Delivery:
-        """The delivery of a message with these headers and properties."""
-        returned = headers.get(DELIVERY_COUNT_HEADER)
+    def of(cls, request: Mapping[str, Any]) -> Delivery:
+        """The delivery a Celery task request (its ``vars()``) describes."""
+        task_id = request.get("id")
+        task_id = task_id if isinstance(task_id, str) else None
+        returned = request.get(DELIVERY_COUNT_HEADER)
         if isinstance(returned, int):
-            return cls(returned=returned)
-        tag = properties.get("delivery_tag")
+            return cls(task_id, returned=returned)
+        tag = (request.get("properties") or {}).get("delivery_tag")
         # kombu's virtual transports (Redis) use a UUID kept across restores; AMQP's
         # integer tags are per channel and say nothing about earlier deliveries.
-        return cls(tag=tag if isinstance(tag, str) else None)
+        return cls(task_id, tag=tag if isinstance(tag, str) else None)
 
 
 class DeliveryCounter:
-    """Counts the deliveries of a message that started but never finished."""
+    """Counts, per task, the deliveries in a row that died before they finished.
+
+    A delivery that follows a death is recognised by the broker's return count, or on
+    Redis by its message's own count (+1 at start, deleted at the end: still there
+    at the next start only if the delivery before died). Each such delivery adds one
+    death to its task: retries are new messages, so only the task id links a poison
+    command's deliveries together (a delivery that finds its target locked by the
+    one that died is retried, and dies again later). A live duplicate running
+    alongside is never counted: it is no redelivery.
+    """
 
     def __init__(
         self, *, client: redis.Redis, limit: int, ttl_s: int = keys.DELIVERY_COUNT_TTL_S
@@ -69,47 +83,60 @@ class DeliveryCounter:
         self._ttl_s = ttl_s
 
     def begin(self, delivery: Delivery) -> int:
-        """Count this delivery as started; how many earlier ones never finished.
+        """Count this delivery as started; its task's deaths in a row so far.
 
         Raises:
-            StoreError: the store did not answer (nothing was counted).
+            StoreError: the store did not answer.
         """
-        if delivery.returned is not None:
-            return delivery.returned
-        if delivery.tag is None:
-            return 0
-        key = keys.deliveries(delivery.tag)
         try:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.incr(key)
-            pipe.expire(key, self._ttl_s)
-            started, _ = pipe.execute()
+            if not self._follows_a_death(delivery) or delivery.task_id is None:
+                return 0
+            return self._incr(keys.task_deaths(delivery.task_id))
         except redis.RedisError as exc:
             raise StoreError(f"store unavailable: {exc}") from exc
-        return int(started) - 1
 
-    def end(self, delivery: Delivery) -> None:
-        """This delivery finished (acked, retried or requeued): it did not die."""
-        if delivery.tag is None:
+    def end(self, delivery: Delivery, *, done: bool) -> None:
+        """This delivery finished (acked, retried or requeued): it did not die.
+
+        ``done`` means its task reached its end (not merely retried), which ends the
+        run of deaths.
+        """
+        names = [keys.deliveries(delivery.tag)] if delivery.tag else []
+        if done and delivery.task_id is not None:
+            names.append(keys.task_deaths(delivery.task_id))
+        if not names:
             return
         try:
-            self._redis.delete(keys.deliveries(delivery.tag))
+            self._redis.delete(*names)
         except redis.RedisError as exc:
             # Harmless: an acked message's count is never read again, and a requeued
             # one counts this delivery as died, one step nearer a dead letter.
             logger.warning("could not clear a delivery count: %s", safe_line(str(exc)))
 
     def exceeded(self, died: int) -> bool:
-        """Whether a message whose earlier deliveries died ``died`` times must stop."""
+        """Whether a task whose deliveries died ``died`` times in a row must stop."""
         return died >= self.limit
 
     def reason(self, died: int) -> str:
         """The dead-letter reason of a message over the limit."""
         return (
-            f"delivered {died + 1} times: the {died} earlier deliveries never finished "
-            f"(the worker died or lost the message each time; SUBSWITCH_DELIVERY_LIMIT="
-            f"{self.limit}); not run again"
+            f"its worker died (or lost it) during {died} deliveries in a row "
+            f"(SUBSWITCH_DELIVERY_LIMIT={self.limit}); not run again"
         )
+
+    def _follows_a_death(self, delivery: Delivery) -> bool:
+        if delivery.returned is not None:
+            return delivery.returned > 0
+        if delivery.tag is None:
+            return False
+        return self._incr(keys.deliveries(delivery.tag)) > 1
+
+    def _incr(self, key: str) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, self._ttl_s)
+        count, _ = pipe.execute()
+        return int(count)
 
 
 class DeadLetterOnce:

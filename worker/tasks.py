@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # never dropped, only retried more slowly.
 _TROUBLE_BASE_S = 0.5
 _TROUBLE_MAX_S = 30.0
+# In-thread pause before a message goes back unchanged (it holds its slot meanwhile).
+_REQUEUE_PAUSE_MAX_S = 5.0
 
 
 def register(app: Celery) -> None:
@@ -68,7 +70,10 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
     delivery = _delivery(task)
     died = _count_delivery(task, runtime.deliveries, delivery)
     if runtime.deliveries.exceeded(died):
-        return _give_up(task, runtime.executor, runtime.deliveries.reason(died), args, kwargs)
+        reason = runtime.deliveries.reason(died)
+        outcome = _give_up(task, runtime.executor, reason, args, kwargs)
+        runtime.deliveries.end(delivery, done=True)
+        return outcome
     executor = runtime.executor
     token = uuid.uuid4().hex
     try:
@@ -83,15 +88,16 @@ def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any
         else:
             decision = executor.handle(args[0], token=token, message_id=task.request.id)
     except TransientError as exc:
+        runtime.deliveries.end(delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.warning("delivery failed (%s), retrying in %.1fs", exc, delay)
         retry_later(task, delay)
     except Exception:  # a bug: never acknowledge a command that was not finished
+        runtime.deliveries.end(delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed unexpectedly, retrying in %.1fs", delay)
         retry_later(task, delay)
-    finally:
-        runtime.deliveries.end(delivery)
+    runtime.deliveries.end(delivery, done=not isinstance(decision, RetryLater))
     if isinstance(decision, RetryLater):
         retry_later(task, decision.delay_s)
     return decision.outcome.value
@@ -120,7 +126,9 @@ def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
     delivery = _delivery(task)
     died = _count_delivery(task, runtime.deliveries, delivery)
     if runtime.deliveries.exceeded(died):
-        return _split(task, args[0], runtime.deliveries.reason(died))
+        _split(task, args[0], runtime.deliveries.reason(died))
+        runtime.deliveries.end(delivery, done=True)
+        return 0
     finished = 0
     try:
         for command in args[0]:
@@ -130,21 +138,22 @@ def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
             else:
                 finished += 1
     except TransientError as exc:
+        runtime.deliveries.end(delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.warning("batch delivery failed (%s), retrying it in %.1fs", exc, delay)
         retry_later(task, delay)
     except Exception:  # a bug: never acknowledge commands that were not finished
+        runtime.deliveries.end(delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.exception("batch delivery failed unexpectedly, retrying it in %.1fs", delay)
         retry_later(task, delay)
-    finally:
-        runtime.deliveries.end(delivery)
+    runtime.deliveries.end(delivery, done=True)
     return finished
 
 
 def _delivery(task: Task[Any, Any]) -> Delivery:
     # The request holds the message's headers (x-delivery-count) and properties.
-    return Delivery.of(vars(task.request), task.request.properties or {})
+    return Delivery.of(vars(task.request))
 
 
 def _count_delivery(task: Task[Any, Any], counter: DeliveryCounter, delivery: Delivery) -> int:
@@ -165,8 +174,8 @@ def _give_up(
 ) -> str:
     """Dead-letter a message over the delivery limit, unrun, with a ``rejected`` event.
 
-    Should that fail, the message goes back as it is (never as a retry, which would
-    start its count afresh), and RabbitMQ's own delivery limit dead-letters it next.
+    Should that fail, the message goes back as it is after a pause (never as a
+    retry, which would run it again), still counted as over the limit.
     """
     command = args[0] if len(args) == 1 else None
     candidate = command.get("command_id") if isinstance(command, dict) else task.request.id
@@ -177,20 +186,25 @@ def _give_up(
         )
     except Exception:
         logger.exception("could not dead-letter a message over the delivery limit; requeueing it")
-        raise Reject("dead-lettering failed", requeue=True) from None
+        _requeue_later(task)
     # A RetryLater here means another delivery is publishing the same event: done too.
     return Outcome.REJECTED.value
 
 
-def _split(task: Task[Any, Any], commands: list[Any], reason: str) -> int:
-    logger.warning("chunk %s %s; its commands go on one by one", task.request.id, reason)
+def _split(task: Task[Any, Any], commands: list[Any], reason: str) -> None:
+    logger.warning("chunk %s: %s; its commands go on one by one", task.request.id, reason)
     try:
         for command in commands:
             _send_alone(task, command, 0)
     except Exception:
         logger.exception("could not split the chunk; requeueing it")
-        raise Reject("splitting failed", requeue=True) from None
-    return 0
+        _requeue_later(task)
+
+
+def _requeue_later(task: Task[Any, Any]) -> NoReturn:
+    # A pause, so that a store or broker outage is no tight loop of redeliveries.
+    time.sleep(min(_REQUEUE_PAUSE_MAX_S, _trouble_delay(task.request.retries)))
+    raise Reject("requeued", requeue=True)
 
 
 def _send_alone(task: Task[Any, Any], command: Any, delay_s: float) -> None:
