@@ -11,6 +11,7 @@ from typing import Any, Final
 from amqp.exceptions import AMQPError
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import KombuError
+from kombu.transport.base import StdChannel
 from redis.exceptions import RedisError
 
 from subswitch.contract import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
@@ -80,6 +81,26 @@ def _lane_arguments(broker_url: str, queue_type: str, delivery_limit: int) -> di
     return arguments
 
 
+class LaneQueue(Queue):
+    """A lane's queue. Declaring it declares ``subswitch.dead`` first: RabbitMQ drops
+    what it dead-letters into an exchange or a queue that does not exist, and a
+    producer may declare a lane long before any worker declares the dead letters."""
+
+    def declare(self, nowait: bool = False, channel: StdChannel | None = None) -> str | None:
+        """Declare ``subswitch.dead`` (if this queue dead-letters), then this queue."""
+        arguments = self.queue_arguments or {}
+        if "x-dead-letter-exchange" in arguments:
+            dead = Queue(
+                DEAD_LETTER_QUEUE,
+                DEAD_LETTER,
+                routing_key=DEAD_LETTER_QUEUE,
+                durable=True,
+                queue_arguments={"x-queue-type": arguments["x-queue-type"]},
+            )
+            dead(channel or self.channel).declare(nowait=nowait)
+        return super().declare(nowait=nowait, channel=channel)
+
+
 def lane_queue(
     lane: Lane,
     *,
@@ -93,7 +114,7 @@ def lane_queue(
     ``delivery_limit`` returns of a message. Producers and workers must declare it
     with the same arguments (RabbitMQ refuses another declaration).
     """
-    return Queue(
+    return LaneQueue(
         lane.queue,
         COMMANDS_EXCHANGE,
         routing_key=lane.queue,

@@ -1,12 +1,12 @@
 """Deliveries that go wrong: messages that kill their worker, dead letters that repeat.
 
 A message whose delivery kills the worker process (a crash, an OOM kill) comes back
-and kills the next one. RabbitMQ quorum queues count such returns in the
-``x-delivery-count`` header; on Redis nobody does, so :class:`DeliveryCounter` counts
-in the store: +1 when a delivery starts, deleted when it finishes, so only the
-deliveries that died are left counted. A task whose deliveries died
-``SUBSWITCH_DELIVERY_LIMIT`` times in a row is dead-lettered with its reason and a
-``rejected`` event, no later than one delivery before RabbitMQ's own
+and kills the next one. RabbitMQ flags such a message redelivered (and quorum queues
+count its returns, up to ``x-delivery-limit``); on Redis nobody does, so
+:class:`DeliveryCounter` counts in the store: +1 when a delivery starts, deleted when
+it finishes, so only the deliveries that died are left counted. A task whose
+deliveries died ``SUBSWITCH_DELIVERY_LIMIT`` times in a row is dead-lettered with its
+reason and a ``rejected`` event, no later than one delivery before RabbitMQ's own
 ``x-delivery-limit`` would dead-letter the message without either.
 
 :class:`DeadLetterOnce` keeps a dead letter from being published twice when the
@@ -31,22 +31,19 @@ from worker.store import StoreError
 
 logger = logging.getLogger(__name__)
 
-#: The header RabbitMQ quorum queues set: how often the message was returned before.
-DELIVERY_COUNT_HEADER = "x-delivery-count"
-
 
 @dataclass(frozen=True)
 class Delivery:
     """One delivery of a task message, as far as counting it goes.
 
     ``task_id`` names the task across its retries (a retry is a new message with the
-    same id); ``returned`` is the broker's count of earlier returns of this message
-    (RabbitMQ quorum queues), ``tag`` the id a Redis-broker message keeps across
-    redeliveries; either or neither is known.
+    same id). On RabbitMQ, ``redelivered`` is the broker's flag: this message was
+    delivered before and never acknowledged. On Redis, ``tag`` is the id its message
+    keeps across redeliveries (kombu's virtual transports set no flag).
     """
 
     task_id: str | None
-    returned: int | None = None
+    redelivered: bool | None = None
     tag: str | None = None
 
     @classmethod
@@ -54,20 +51,20 @@ class Delivery:
         """The delivery a Celery task request (its ``vars()``) describes."""
         task_id = request.get("id")
         task_id = task_id if isinstance(task_id, str) else None
-        returned = request.get(DELIVERY_COUNT_HEADER)
-        if isinstance(returned, int):
-            return cls(task_id, returned=returned)
         tag = (request.get("properties") or {}).get("delivery_tag")
-        # kombu's virtual transports (Redis) use a UUID kept across restores; AMQP's
-        # integer tags are per channel and say nothing about earlier deliveries.
-        return cls(task_id, tag=tag if isinstance(tag, str) else None)
+        if isinstance(tag, str):  # a UUID: Redis (AMQP's tags are per-channel integers)
+            return cls(task_id, tag=tag)
+        # Not the x-delivery-count header: Celery copies a message's headers into its
+        # retries, so a retry would look returned; the protocol flag is the broker's own.
+        redelivered = (request.get("delivery_info") or {}).get("redelivered")
+        return cls(task_id, redelivered=bool(redelivered))
 
 
 class DeliveryCounter:
     """Counts, per task, the deliveries in a row that died before they finished.
 
-    A delivery that follows a death is recognised by the broker's return count, or on
-    Redis by its message's own count (+1 at start, deleted at the end: still there
+    A delivery that follows a death is recognised by the broker's redelivered flag, or
+    on Redis by its message's own count (+1 at start, deleted at the end: still there
     at the next start only if the delivery before died). Each such delivery adds one
     death to its task: retries are new messages, so only the task id links a poison
     command's deliveries together (a delivery that finds its target locked by the
@@ -125,8 +122,8 @@ class DeliveryCounter:
         )
 
     def _follows_a_death(self, delivery: Delivery) -> bool:
-        if delivery.returned is not None:
-            return delivery.returned > 0
+        if delivery.redelivered is not None:
+            return delivery.redelivered
         if delivery.tag is None:
             return False
         return self._incr(keys.deliveries(delivery.tag)) > 1

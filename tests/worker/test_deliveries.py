@@ -32,14 +32,19 @@ def counter(redis_client: fakeredis.FakeRedis) -> DeliveryCounter:
 
 
 def test_a_request_names_its_task_and_how_it_is_counted() -> None:
-    # Given the request of a RabbitMQ quorum delivery, a Redis one, a classic AMQP one
-    quorum = Delivery.of({"id": "c-1", "x-delivery-count": 2, "properties": {}})
+    # Given the request of a RabbitMQ redelivery (whose headers Celery may have copied
+    # from an earlier message), a first RabbitMQ delivery and a Redis one
+    returned = Delivery.of(
+        {"id": "c-1", "delivery_info": {"redelivered": True}, "properties": {"delivery_tag": 7}}
+    )
+    first = Delivery.of(
+        {"id": "c-1", "x-delivery-count": 3, "delivery_info": {"redelivered": False}}
+    )
     on_redis = Delivery.of({"id": "c-1", "properties": {"delivery_tag": "9f0c"}})
-    classic = Delivery.of({"id": "c-1", "properties": {"delivery_tag": 7}})
-    # Then the broker's count, the message's own tag, or nothing is used
-    assert quorum == Delivery("c-1", returned=2)
+    # Then the broker's flag, or the message's own tag, is what counts
+    assert returned == Delivery("c-1", redelivered=True)
+    assert first == Delivery("c-1", redelivered=False)
     assert on_redis == Delivery("c-1", tag="9f0c")
-    assert classic == Delivery("c-1")
 
 
 def test_deliveries_that_finish_never_count(counter: DeliveryCounter) -> None:
@@ -77,15 +82,15 @@ def test_a_live_duplicate_is_no_death(counter: DeliveryCounter) -> None:
     assert deaths == [0] * 5
 
 
-def test_rabbitmq_returns_count_without_touching_the_message_count(
+def test_rabbitmq_redeliveries_count_as_deaths(
     counter: DeliveryCounter, redis_client: fakeredis.FakeRedis
 ) -> None:
-    # Given a first delivery and two returns of a quorum-queue message
-    first = counter.begin(Delivery("c-1", returned=0))
-    returns = [counter.begin(Delivery("c-1", returned=n)) for n in (1, 2)]
-    # Then the returns count as deaths of the task
+    # Given a first delivery and two redeliveries of a RabbitMQ message
+    first = counter.begin(Delivery("c-1", redelivered=False))
+    returns = [counter.begin(Delivery("c-1", redelivered=True)) for _ in range(2)]
+    # Then the redeliveries count as deaths of the task, and nothing else was written
     assert (first, returns) == (0, [1, 2])
-    assert redis_client.get(keys.task_deaths("c-1")) == b"2"
+    assert redis_client.keys("*") == [keys.task_deaths("c-1").encode()]
 
 
 def test_a_task_that_is_done_ends_its_run_of_deaths(
