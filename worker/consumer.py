@@ -6,15 +6,20 @@ loses it silently. Here each goes to ``subswitch.dead`` with its reason, and is
 reported as ``rejected`` (with the command id when the message carries one). So does
 a message over ``SUBSWITCH_MAX_MESSAGE_BYTES``, before anything parses it.
 
-When dead-lettering fails (the store or the broker is away), the message goes back to
-the queue after a growing delay, never at once: the dead-letter sink publishes each
-message once (``worker.deliveries.DeadLetterOnce``), so a retry adds no copy.
+When dead-lettering fails (the store or the broker is away), it is tried again here
+after a growing delay, the message held meanwhile: nothing goes back to the queue at
+once (RabbitMQ would count every return towards its delivery limit and drop the
+message into subswitch.dead without its event). Only a message held for half the
+visibility timeout goes back, for another worker to try. The dead-letter sink
+publishes each message once (``worker.deliveries.DeadLetterOnce``): no retry, here or
+elsewhere, adds a copy.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +32,7 @@ from subswitch.text import safe_line
 
 logger = logging.getLogger(__name__)
 
-#: Requeue delays after failed dead-lettering: from 1 s, doubling, capped below.
+#: Delays between tries after failed dead-lettering: from 1 s, doubling, capped below.
 REQUEUE_BASE_S = 1.0
 REQUEUE_MAX_S = 30.0
 
@@ -66,6 +71,7 @@ class DeadLetteringConsumer(Consumer):
         # worker on Redis meanwhile: stay well inside it.
         cap = min(REQUEUE_MAX_S, settings.visibility_timeout / 4)
         self._backoff = RequeueBackoff(base_s=min(REQUEUE_BASE_S, cap), max_s=cap)
+        self._max_hold_s = settings.visibility_timeout / 2
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Message], None]:
         """Celery's task handler, behind a size check that reads no body."""
@@ -103,7 +109,7 @@ class DeadLetteringConsumer(Consumer):
             f"({self._max_message_bytes:,}); not read"
         )
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
+    def _dead_letter(self, message: Message, reason: str, since: float | None = None) -> None:
         from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
 
         command_id = readable_command_id((message.headers or {}).get("id"))
@@ -116,14 +122,21 @@ class DeadLetteringConsumer(Consumer):
                 token=uuid.uuid4().hex,
             )
         except Exception:
-            # Keep the message rather than lose it; it comes back once the store
-            # and broker answer again, after a pause that grows while they do not.
-            delay = self._backoff.next_delay()
-            logger.exception("could not dead-letter a message; requeueing it in %.1fs", delay)
-            self.timer.call_after(delay, _requeue, (message,))
+            logger.exception("could not dead-letter a message")
+            self._later(message, reason, time.monotonic() if since is None else since)
             return
         self._backoff.succeeded()
         message.ack()
+
+    def _later(self, message: Message, reason: str, since: float) -> None:
+        """Try again after the next delay, or hand the message back if held too long."""
+        delay = self._backoff.next_delay()
+        if time.monotonic() - since + delay > self._max_hold_s:
+            logger.warning("dead-lettering failed; requeueing the message in %.1fs", delay)
+            self.timer.call_after(delay, _requeue, (message,))
+        else:
+            logger.warning("dead-lettering failed; trying again in %.1fs", delay)
+            self.timer.call_after(delay, self._dead_letter, (message, reason, since))
 
 
 def _requeue(message: Message) -> None:

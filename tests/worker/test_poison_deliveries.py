@@ -7,6 +7,9 @@ broker too.
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from producers.events import EventStream
 from producers.publisher import CeleryPublisher
 from subswitch.broker import COMMANDS_EXCHANGE, dead_letter_queue, is_amqp
 from subswitch.contract import APPLY_TASK, Lane, Outcome, ResultEvent
+from subswitch.embedded import ensure_embedded_redis, stop_embedded_redis
 from subswitch.settings import Settings
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.worker.processes import WorkerProcess, running_worker, wait_until
@@ -227,3 +231,58 @@ def test_an_oversized_message_is_dead_lettered_unread_and_the_next_command_runs(
     assert reason.startswith(f"message of {len(body):,} bytes is over SUBSWITCH_MAX_MESSAGE_BYTES")
     assert len(reason) < 200
     assert letter.body == body
+
+
+@pytest.fixture
+def store_dir() -> Iterator[Path]:
+    """A directory for a private embedded store that a test stops and restarts."""
+    path = Path(tempfile.mkdtemp(prefix="ss-"))  # short: a unix socket path must fit
+    try:
+        yield path
+    finally:
+        stop_embedded_redis(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_with_the_store_down_a_poison_message_is_retried_slower_and_dead_lettered_once(
+    urls: tuple[str, str], simulator: SimulatorHandle, tmp_path: Path, store_dir: Path
+) -> None:
+    # Given a worker whose store then goes away
+    broker_url, _ = urls
+    store = ensure_embedded_redis(store_dir)
+    env = {
+        **worker_env((broker_url, store.store_url), simulator, tmp_path),
+        "SUBSWITCH_VISIBILITY_TIMEOUT": "40",
+    }
+    with (
+        EventStream(broker_url=broker_url) as events,
+        running_worker(env, concurrency=4, name="w1", lanes="normal") as worker,
+        kombu.Connection(broker_url) as connection,
+    ):
+        stop_embedded_redis(store_dir)
+        # When a message no worker can decode arrives
+        with connection.Producer() as producer:
+            producer.publish(
+                b"\x80 not json",
+                exchange=COMMANDS_EXCHANGE,
+                routing_key=Lane.NORMAL.queue,
+                content_type="application/json",
+                content_encoding="binary",
+                headers={"id": "poison-9", "task": APPLY_TASK},
+            )
+        wait_until(lambda: len(requeue_delays(worker.log())) >= 3, timeout=30, what="three tries")
+        # Then nothing reached subswitch.dead while the store was away, and each try
+        # waited longer than the one before
+        assert dead_letters(broker_url) == []
+        delays = requeue_delays(worker.log())
+        assert delays[2] > delays[0], delays
+        # And once the store is back, it is dead-lettered once and rejected
+        ensure_embedded_redis(store_dir)
+        event = first_event(events, "poison-9", timeout=30)
+    assert event.outcome is Outcome.REJECTED
+    assert [letter.headers["command_id"] for letter in dead_letters(broker_url)] == ["poison-9"]
+
+
+def requeue_delays(log: str) -> list[float]:
+    pattern = r"dead-lettering failed; (?:trying again|requeueing the message) in (\d+\.\d)s"
+    return [float(delay) for delay in re.findall(pattern, log)]
