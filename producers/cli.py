@@ -20,6 +20,7 @@ from producers.commands import (
     Envelope,
     block_status_command,
     service_status_command,
+    time_bounds,
 )
 from producers.events import EventStream
 from producers.producer import CommandProducer
@@ -230,7 +231,11 @@ def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float
             max_message_bytes=settings.max_message_bytes,
         )
         producer = stack.enter_context(
-            CommandProducer(publisher=publisher, default_source=settings.source)
+            CommandProducer(
+                publisher=publisher,
+                default_source=settings.source,
+                time_bounds=time_bounds(settings),
+            )
         )
         producer.send(command)
         typer.echo(command.command_id)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, NamedTuple
 
@@ -277,6 +278,35 @@ def _describe_error(error: ErrorDetails) -> str:
     if error["type"] == "string_pattern_mismatch" and unsafe is not None:
         message = f"must not contain control, bidi or invisible format characters ({unsafe})"
     return f"{location}: {message}"
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """How far from now a command's ``issued_at`` may lie (contract §2.6).
+
+    Ahead by more than ``max_skew_s`` (a wrong clock would pin its target: every
+    real command after it would be superseded), or older than ``retention_s``
+    (beyond it a duplicate could no longer be recognised): the command is refused.
+    """
+
+    max_skew_s: float
+    retention_s: float
+
+    def violation(self, issued_at: datetime, *, now: datetime) -> str | None:
+        """Why ``issued_at`` is out of bounds at ``now`` (one line), or ``None``."""
+        if issued_at > now + timedelta(seconds=self.max_skew_s):
+            return (
+                f"issued_at: {issued_at.isoformat()} is more than {self.max_skew_s:g} s "
+                f"ahead of now ({now.isoformat(timespec='seconds')}; "
+                "SUBSWITCH_MAX_CLOCK_SKEW_SECONDS)"
+            )
+        if issued_at < now - timedelta(seconds=self.retention_s):
+            return (
+                f"issued_at: {issued_at.isoformat()} is more than {self.retention_s:g} s "
+                f"old (SUBSWITCH_RETENTION_SECONDS): a duplicate of it could no longer "
+                "be recognised"
+            )
+        return None
 
 
 # --- result events -------------------------------------------------------------------

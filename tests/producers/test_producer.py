@@ -73,10 +73,11 @@ def test_priority_selects_the_lane_queue(
     assert body["priority"] == Lane(priority).value
 
 
-def test_envelope_options_are_honoured(
-    producer: CommandProducer, publisher: InMemoryPublisher
-) -> None:
-    # Given every envelope field
+def test_envelope_options_are_honoured(publisher: InMemoryPublisher) -> None:
+    # Given every envelope field, on a producer whose clock reads 10:00 that day
+    producer = CommandProducer(
+        publisher=publisher, clock=lambda: datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    )
     envelope: dict[str, Any] = {
         "command_id": "fraud-case-8812-block",
         "issued_at": "2026-11-22T10:00:00+01:00",
