@@ -286,3 +286,45 @@ def test_with_the_store_down_a_poison_message_is_retried_slower_and_dead_lettere
 def requeue_delays(log: str) -> list[float]:
     pattern = r"dead-lettering failed; (?:trying again|requeueing the message) in (\d+\.\d)s"
     return [float(delay) for delay in re.findall(pattern, log)]
+
+
+def test_a_command_with_thousands_of_forged_fields_is_rejected_in_one_short_line(
+    urls: tuple[str, str], simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    # Given a worker, and a command with 5,000 unknown fields whose names carry CR/LF
+    broker_url, _ = urls
+    simulator.admin.reset(faults=True)
+    command = {
+        "type": "ChangeBlockStatus", "schema_version": 1, "command_id": "hostile-1",
+        "issued_at": "2026-11-22T09:00:00Z", "source": "tests", "org_id": "telco",
+        "subscription_id": 44, "block_id": 1, "active": True,
+        **{f"f{n}\r\nX-Evil: {n}": n for n in range(5000)},
+    }  # fmt: skip
+    env = worker_env(urls, simulator, tmp_path)
+    with (
+        EventStream(broker_url=broker_url) as events,
+        running_worker(env, concurrency=4, name="w1", lanes="normal") as worker,
+        kombu.Connection(broker_url) as connection,
+    ):
+        # When it arrives
+        with connection.Producer() as producer:
+            producer.publish(
+                [[command], {}, {}],
+                serializer="json",
+                exchange=COMMANDS_EXCHANGE,
+                routing_key=Lane.NORMAL.queue,
+                headers={"id": "hostile-1", "task": APPLY_TASK},
+            )
+        event = first_event(events, "hostile-1", timeout=30)
+        log = worker.log()
+    # Then its reason is one escaped line of at most 1 KiB, in the event, the dead
+    # letter's header (which must fit an AMQP frame) and the log alike
+    assert event.outcome is Outcome.REJECTED and event.data.error is not None
+    reason = event.data.error.message
+    assert len(reason.encode()) <= 1024
+    assert "f0\\r\\nX-Evil: 0: Extra inputs are not permitted" in reason
+    assert reason.endswith("more")
+    [letter] = dead_letters(broker_url)
+    assert letter.headers["x-subswitch-reason"] == reason
+    assert "\nX-Evil" not in log and "rejected message (command_id=hostile-1)" in log
+    assert simulator.admin.stats()["writes_total"] == 0
