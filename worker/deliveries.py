@@ -20,16 +20,38 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import redis
+from typing import Any, Final
 
 from subswitch.text import safe_line
 from worker import keys
 from worker.executor import DeadLetterSink
-from worker.store import StoreError
+from worker.store import LuaScripts, StoreError
 
 logger = logging.getLogger(__name__)
+
+# KEYS: the deaths of the task, then (Redis broker) the message's own count.
+# ARGV: ttl_s, redelivered (0/1; the broker's flag, RabbitMQ). Returns the task's
+# deaths in a row if this delivery's predecessor died, else 0.
+_BEGIN_LUA: Final = """
+local died = ARGV[2] == '1'
+if KEYS[2] then
+  local started = redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+  died = started > 1
+end
+if not died then return 0 end
+local deaths = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return deaths
+"""
+# KEYS: whatever the finished delivery leaves behind.
+_END_LUA: Final = "return redis.call('DEL', unpack(KEYS))"
+# KEYS: the dead-letter mark. ARGV: retention_s (0: only read it).
+_MARK_LUA: Final = """
+if ARGV[1] == '0' then return redis.call('EXISTS', KEYS[1]) end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -73,24 +95,27 @@ class DeliveryCounter:
     """
 
     def __init__(
-        self, *, client: redis.Redis, limit: int, ttl_s: int = keys.DELIVERY_COUNT_TTL_S
+        self, *, scripts: LuaScripts, limit: int, ttl_s: int = keys.DELIVERY_COUNT_TTL_S
     ) -> None:
-        self._redis = client
+        self._begin = scripts.register(_BEGIN_LUA)
+        self._end = scripts.register(_END_LUA)
         self.limit = limit
         self._ttl_s = ttl_s
 
     def begin(self, delivery: Delivery) -> int:
         """Count this delivery as started; its task's deaths in a row so far.
 
+        One round trip on Redis; none on RabbitMQ for a first delivery.
+
         Raises:
             StoreError: the store did not answer.
         """
-        try:
-            if not self._follows_a_death(delivery) or delivery.task_id is None:
-                return 0
-            return self._incr(keys.task_deaths(delivery.task_id))
-        except redis.RedisError as exc:
-            raise StoreError(f"store unavailable: {exc}") from exc
+        if delivery.task_id is None or (delivery.tag is None and not delivery.redelivered):
+            return 0
+        names = [keys.task_deaths(delivery.task_id)]
+        if delivery.tag is not None:
+            names.append(keys.deliveries(delivery.tag))
+        return int(self._begin(names, [self._ttl_s, int(bool(delivery.redelivered))]))
 
     def end(self, delivery: Delivery, *, done: bool) -> None:
         """This delivery finished (acked, retried or requeued): it did not die.
@@ -104,8 +129,8 @@ class DeliveryCounter:
         if not names:
             return
         try:
-            self._redis.delete(*names)
-        except redis.RedisError as exc:
+            self._end(names, [])
+        except StoreError as exc:
             # Harmless: an acked message's count is never read again, and a requeued
             # one counts this delivery as died, one step nearer a dead letter.
             logger.warning("could not clear a delivery count: %s", safe_line(str(exc)))
@@ -121,20 +146,6 @@ class DeliveryCounter:
             f"(SUBSWITCH_DELIVERY_LIMIT={self.limit}); not run again"
         )
 
-    def _follows_a_death(self, delivery: Delivery) -> bool:
-        if delivery.redelivered is not None:
-            return delivery.redelivered
-        if delivery.tag is None:
-            return False
-        return self._incr(keys.deliveries(delivery.tag)) > 1
-
-    def _incr(self, key: str) -> int:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, self._ttl_s)
-        count, _ = pipe.execute()
-        return int(count)
-
 
 class DeadLetterOnce:
     """A dead-letter sink that publishes each message (command id and body) once.
@@ -144,9 +155,9 @@ class DeadLetterOnce:
     a failed publish is tried again.
     """
 
-    def __init__(self, *, inner: DeadLetterSink, client: redis.Redis, retention_s: int) -> None:
+    def __init__(self, *, inner: DeadLetterSink, scripts: LuaScripts, retention_s: int) -> None:
         self._inner = inner
-        self._redis = client
+        self._mark = scripts.register(_MARK_LUA)
         self._retention_s = retention_s
 
     def dead_letter(self, body: bytes, *, reason: str, headers: Mapping[str, Any]) -> None:
@@ -155,15 +166,12 @@ class DeadLetterOnce:
         Raises:
             StoreError: the store did not answer (nothing was published).
         """
-        key = keys.dead_lettered(_digest(body, headers.get("command_id")))
-        try:
-            if self._redis.exists(key):
-                logger.info("message already dead-lettered; not keeping a second copy")
-                return
-            self._inner.dead_letter(body, reason=reason, headers=headers)
-            self._redis.set(key, 1, ex=self._retention_s)
-        except redis.RedisError as exc:
-            raise StoreError(f"store unavailable: {exc}") from exc
+        key = [keys.dead_lettered(_digest(body, headers.get("command_id")))]
+        if self._mark(key, [0]):
+            logger.info("message already dead-lettered; not keeping a second copy")
+            return
+        self._inner.dead_letter(body, reason=reason, headers=headers)
+        self._mark(key, [self._retention_s])
 
 
 def _digest(body: bytes, command_id: Any) -> str:

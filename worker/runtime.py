@@ -107,7 +107,7 @@ def build_runtime(app: Celery) -> Runtime:
         events=KombuEventSink(app=app),
         dead_letters=DeadLetterOnce(
             inner=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
-            client=store.client,
+            scripts=store.scripts,
             retention_s=settings.retention_seconds,
         ),
         policy=policy,
@@ -118,7 +118,7 @@ def build_runtime(app: Celery) -> Runtime:
         traffic=traffic,
     )
     logger.info("worker runtime ready: upstream %s, %r", settings.upstream_url, store)
-    deliveries = DeliveryCounter(client=store.client, limit=settings.delivery_limit)
+    deliveries = DeliveryCounter(scripts=store.scripts, limit=settings.delivery_limit)
     return Runtime(
         executor=executor, store=store, client=client, pid=os.getpid(), deliveries=deliveries
     )

@@ -15,7 +15,7 @@ from worker import keys
 from worker.consumer import RequeueBackoff
 from worker.deliveries import DeadLetterOnce, Delivery, DeliveryCounter
 from worker.sinks import InMemoryDeadLetters
-from worker.store import StoreError
+from worker.store import LuaScripts, StoreError
 
 
 def unreachable_redis() -> redis.Redis:
@@ -28,7 +28,7 @@ def redis_delivery(task_id: str, tag: str) -> Delivery:
 
 @pytest.fixture
 def counter(redis_client: fakeredis.FakeRedis) -> DeliveryCounter:
-    return DeliveryCounter(client=redis_client, limit=3)
+    return DeliveryCounter(scripts=LuaScripts(client=redis_client), limit=3)
 
 
 def test_a_request_names_its_task_and_how_it_is_counted() -> None:
@@ -118,7 +118,7 @@ def test_counts_expire(counter: DeliveryCounter, redis_client: fakeredis.FakeRed
 def test_a_store_that_does_not_answer_is_a_store_error() -> None:
     # Given a counter on a Redis nobody listens on
     down = unreachable_redis()
-    counter = DeliveryCounter(client=down, limit=3)
+    counter = DeliveryCounter(scripts=LuaScripts(client=down), limit=3)
     # When a delivery starts / Then the failure is the store's
     with pytest.raises(StoreError):
         counter.begin(redis_delivery("c-1", "tag-1"))
@@ -138,7 +138,7 @@ def test_a_message_is_dead_lettered_once_however_often_it_comes_back(
 ) -> None:
     # Given a dead-letter sink kept once
     letters = InMemoryDeadLetters()
-    once = DeadLetterOnce(inner=letters, client=redis_client, retention_s=60)
+    once = DeadLetterOnce(inner=letters, scripts=LuaScripts(client=redis_client), retention_s=60)
     # When the same message is dead-lettered three times (its event could not be
     # recorded, so it came back), and another message once
     for _ in range(3):
@@ -152,7 +152,7 @@ def test_with_the_store_down_nothing_is_dead_lettered() -> None:
     # Given a sink kept once, on a store that does not answer
     letters = InMemoryDeadLetters()
     down = unreachable_redis()
-    once = DeadLetterOnce(inner=letters, client=down, retention_s=60)
+    once = DeadLetterOnce(inner=letters, scripts=LuaScripts(client=down), retention_s=60)
     # When a message is dead-lettered / Then it fails before publishing anything
     with pytest.raises(StoreError):
         once.dead_letter(b"garbage", reason="not JSON", headers={"command_id": None})
@@ -162,14 +162,14 @@ def test_with_the_store_down_nothing_is_dead_lettered() -> None:
 def test_a_failed_publish_is_tried_again(redis_client: fakeredis.FakeRedis) -> None:
     # Given a broker that refuses the dead letter once
     failing = FailingSink()
-    once = DeadLetterOnce(inner=failing, client=redis_client, retention_s=60)
+    once = DeadLetterOnce(inner=failing, scripts=LuaScripts(client=redis_client), retention_s=60)
     with pytest.raises(ConnectionError):
         once.dead_letter(b"garbage", reason="not JSON", headers={})
     # When it comes back / Then it is published again, nothing marked it done
     letters = InMemoryDeadLetters()
-    DeadLetterOnce(inner=letters, client=redis_client, retention_s=60).dead_letter(
-        b"garbage", reason="not JSON", headers={}
-    )
+    DeadLetterOnce(
+        inner=letters, scripts=LuaScripts(client=redis_client), retention_s=60
+    ).dead_letter(b"garbage", reason="not JSON", headers={})
     assert failing.calls == 1 and len(letters.letters) == 1
 
 

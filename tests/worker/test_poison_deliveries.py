@@ -62,6 +62,8 @@ def worker_env(urls: tuple[str, str], simulator: SimulatorHandle, data_dir: Path
         "SUBSWITCH_POOL_TIMEOUT": "0.5",
         "SUBSWITCH_READ_TIMEOUT": "4",
         "SUBSWITCH_MAX_ATTEMPTS": "15",
+        # ...and the target a killed attempt leaves settling is free soon after.
+        "SUBSWITCH_SETTLE_SECONDS": "1",
     }
 
 
