@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Final
 
 from subswitch.contract import TimeBounds
+from subswitch.errors import InvalidInput
 
 _DIRECTORY: Final = "batches"
 
 
-class BatchExpiredError(ValueError):
+class BatchExpiredError(InvalidInput):
     """The batch was first run longer ago than the retention window; one line."""
 
 

@@ -29,9 +29,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from subswitch.text import UNSAFE_CHARACTERS, first_unsafe, safe_line
-
 from subswitch.errors import InvalidInput
+from subswitch.text import UNSAFE_CHARACTERS, first_unsafe, safe_line
 
 SCHEMA_VERSION: Final = 1
 

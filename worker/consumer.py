@@ -28,6 +28,7 @@ from celery.worker.consumer import Consumer
 from kombu.message import Message
 
 from subswitch.contract import readable_command_id
+from subswitch.errors import TransientError
 from subswitch.text import safe_line
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,11 @@ class DeadLetteringConsumer(Consumer):
                 command_id=command_id,
                 token=uuid.uuid4().hex,
             )
-        except Exception:
+        except TransientError as exc:  # the store or the broker is away: one line
+            logger.warning("could not dead-letter a message: %s", exc)
+            self._later(message, reason, time.monotonic() if since is None else since)
+            return
+        except Exception:  # a bug: with its traceback, and the message kept all the same
             logger.exception("could not dead-letter a message")
             self._later(message, reason, time.monotonic() if since is None else since)
             return

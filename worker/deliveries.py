@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from subswitch.errors import StoreError
 from subswitch.text import safe_line
 from worker import keys
 from worker.executor import DeadLetterSink
-from worker.store import LuaScripts, StoreError
+from worker.store import LuaScripts
 
 logger = logging.getLogger(__name__)
 

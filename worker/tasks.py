@@ -159,9 +159,9 @@ def _delivery(task: Task[Any, Any]) -> Delivery:
 def _count_delivery(task: Task[Any, Any], counter: DeliveryCounter, delivery: Delivery) -> int:
     try:
         return counter.begin(delivery)
-    except Exception:
+    except TransientError as exc:
         delay = _trouble_delay(task.request.retries)
-        logger.exception("could not count the delivery, retrying in %.1fs", delay)
+        logger.warning("could not count the delivery (%s), retrying in %.1fs", exc, delay)
         retry_later(task, delay)
 
 

@@ -11,11 +11,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from subswitch.errors import StoreError
 from worker import keys
 from worker.consumer import RequeueBackoff
 from worker.deliveries import DeadLetterOnce, Delivery, DeliveryCounter
 from worker.sinks import InMemoryDeadLetters
-from worker.store import LuaScripts, StoreError
+from worker.store import LuaScripts
 
 
 def unreachable_redis() -> redis.Redis:

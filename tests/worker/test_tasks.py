@@ -7,11 +7,14 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+import fakeredis
 import pytest
 
 import worker.runtime
 from subswitch.errors import PublishError, StoreError
 from worker import tasks
+from worker.deliveries import DeliveryCounter
+from worker.store import LuaScripts
 
 
 class Retried(Exception):
@@ -41,7 +44,8 @@ class FailingExecutor:
 
 
 def _run_with(monkeypatch: pytest.MonkeyPatch, error: Exception) -> FakeTask:
-    runtime = SimpleNamespace(executor=FailingExecutor(error))
+    counter = DeliveryCounter(scripts=LuaScripts(client=fakeredis.FakeRedis()), limit=5)
+    runtime = SimpleNamespace(executor=FailingExecutor(error), deliveries=counter)
     monkeypatch.setattr(worker.runtime, "get_runtime", lambda app: runtime)
     task = FakeTask()
     with pytest.raises(Retried):
