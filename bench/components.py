@@ -41,8 +41,8 @@ def _cpu_ms(action: Callable[[int], Any], first: int, count: int) -> float:
 def measure(ctx: Context, count: int = REPEATS) -> Json:
     """The per-command CPU of each part (ms), against db 11 (flushed) and the simulator."""
     from subswitch.settings import Settings  # noqa: PLC0415
-    from worker.factory import create_app  # noqa: PLC0415
-    from worker.runtime import build_runtime  # noqa: PLC0415
+    from subswitch.urls import resolve_endpoints  # noqa: PLC0415
+    from worker.bootstrap import build_runtime, create_app  # noqa: PLC0415
     from worker.sinks import KombuEventSink  # noqa: PLC0415
 
     ctx.fresh(latency_ms=0)
@@ -53,8 +53,9 @@ def measure(ctx: Context, count: int = REPEATS) -> Json:
         upstream_token=TOKEN,
         data_dir=ctx.data_dir,
     )
-    runtime = build_runtime(create_app(settings))
-    sink = KombuEventSink(app=create_app(settings))
+    app = create_app(settings)
+    runtime = build_runtime(settings, resolve_endpoints(settings), app)
+    sink = KombuEventSink(app=app)
     bodies = {n: command_dict("cmp", n, "normal") for n in range(8 * count)}
     sample = result_event(
         parse_command(bodies[0]),

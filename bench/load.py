@@ -16,6 +16,7 @@ from multiprocessing import get_context
 from typing import Any, Literal
 
 from bench.config import BROKER_URL
+from subswitch.settings import Settings
 
 Kind = Literal["commands", "chunks", "default", "bare"]
 
@@ -111,7 +112,9 @@ def _send_commands(spec: LoadSpec) -> tuple[float, int, str]:
     from producers import CommandProducer  # noqa: PLC0415
     from producers.publisher import CeleryPublisher  # noqa: PLC0415
 
-    producer = CommandProducer(publisher=CeleryPublisher(broker_url=BROKER_URL))
+    producer = CommandProducer(
+        publisher=CeleryPublisher.from_settings(Settings(broker_url=BROKER_URL))
+    )
     first_at = time.time()
     with producer:
         for number in _numbers(spec):
@@ -128,7 +131,7 @@ def _send_chunks(spec: LoadSpec) -> tuple[float, int, str]:
     """``chunk_size`` commands per message on the bulk lane."""
     from producers.publisher import CeleryPublisher  # noqa: PLC0415
 
-    publisher = CeleryPublisher(broker_url=BROKER_URL)
+    publisher = CeleryPublisher.from_settings(Settings(broker_url=BROKER_URL))
     numbers = list(_numbers(spec))
     first_at = time.time()
     messages = 0

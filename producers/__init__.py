@@ -11,7 +11,6 @@ with CommandProducer.from_env() as producer:
 
 from producers.commands import (
     DEFAULT_SOURCE,
-    AnyCommand,
     Envelope,
     block_status_command,
     service_status_command,
@@ -20,6 +19,7 @@ from producers.errors import BrokerError, InvalidCommandError, PublishError
 from producers.events import EventStream
 from producers.producer import CommandProducer
 from producers.publisher import CeleryPublisher, InMemoryPublisher, Publisher
+from subswitch.contract import AnyCommand
 
 __all__ = [
     "DEFAULT_SOURCE",

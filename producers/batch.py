@@ -28,8 +28,8 @@ from typing import IO, Any, Final, TypeAlias, TypeVar
 
 from pydantic import ValidationError
 
-from producers.commands import AnyCommand
 from subswitch.contract import (
+    AnyCommand,
     ChangeBlockStatus,
     ChangeServiceStatus,
     Lane,

@@ -47,13 +47,14 @@ from producers.batch_results import (
     await_results,
 )
 from producers.batch_runs import BatchExpiredError, first_run
-from producers.commands import AnyCommand, time_bounds
+from producers.commands import time_bounds
 from producers.errors import BrokerError, MessageTooLargeError
 from producers.events import EventStream
-from producers.publisher import BatchPublisher, CeleryPublisher, resolve_broker_url
+from producers.publisher import BatchPublisher, CeleryPublisher
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
-from subswitch.contract import Lane, ResultEvent, TimeBounds
+from subswitch.contract import AnyCommand, Lane, ResultEvent, TimeBounds
 from subswitch.settings import Settings
+from subswitch.urls import resolve_broker_url
 
 MAX_CHUNK_SIZE: Final = 10_000
 

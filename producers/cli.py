@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 
 from producers.commands import (
-    AnyCommand,
     Envelope,
     block_status_command,
     service_status_command,
@@ -24,11 +23,12 @@ from producers.commands import (
 )
 from producers.events import EventStream
 from producers.producer import CommandProducer
-from producers.publisher import CeleryPublisher, resolve_broker_url
+from producers.publisher import CeleryPublisher
 from producers.render import EventTable, json_line, summary
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
-from subswitch.contract import Lane, Outcome, ResultEvent
+from subswitch.contract import AnyCommand, Lane, Outcome, ResultEvent
 from subswitch.settings import Settings
+from subswitch.urls import resolve_broker_url
 
 SUCCESSFUL_OUTCOMES: Final = frozenset({Outcome.APPLIED, Outcome.SUPERSEDED})
 

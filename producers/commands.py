@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final, TypeAlias, TypedDict, TypeVar, Unpack
+from typing import Any, Final, TypedDict, TypeVar, Unpack
 
 from pydantic import ValidationError
 
 from producers.errors import InvalidCommandError
 from subswitch.contract import (
+    AnyCommand,
     ChangeBlockStatus,
     ChangeServiceStatus,
     InvalidCommand,
@@ -20,11 +21,10 @@ from subswitch.contract import (
 from subswitch.contract import describe_validation_error as _describe
 from subswitch.settings import Settings
 
-AnyCommand: TypeAlias = ChangeServiceStatus | ChangeBlockStatus
 _C = TypeVar("_C", ChangeServiceStatus, ChangeBlockStatus)
 
-#: Source a producer stamps on its commands unless told otherwise.
-DEFAULT_SOURCE: Final = "subswitch"
+#: Source a producer stamps on its commands unless told otherwise (``SUBSWITCH_SOURCE``).
+DEFAULT_SOURCE: Final[str] = Settings.model_fields["source"].default
 
 
 class Envelope(TypedDict, total=False):

@@ -6,11 +6,9 @@ named here too because the SDK raises them.
 
 from __future__ import annotations
 
-import re
-from urllib.parse import unquote, urlsplit, urlunsplit
-
 from subswitch.contract import InvalidCommand
 from subswitch.errors import BrokerError, PublishError
+from subswitch.redact import redact_url, scrub
 
 __all__ = [
     "BrokerError",
@@ -20,8 +18,6 @@ __all__ = [
     "redact_url",
     "scrub",
 ]
-
-_WHITESPACE = re.compile(r"\s+")
 
 
 class InvalidCommandError(InvalidCommand):
@@ -34,22 +30,3 @@ class InvalidCommandError(InvalidCommand):
 
 class MessageTooLargeError(InvalidCommandError):
     """The message would exceed ``SUBSWITCH_MAX_MESSAGE_BYTES``; nothing was enqueued."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (at and colon and password):
-        return url
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` on one line, with ``url``'s password (if any) replaced by ``***``."""
-    password = urlsplit(url).password
-    if password:
-        for spelling in {password, unquote(password)}:
-            text = text.replace(spelling, "***")
-    return _WHITESPACE.sub(" ", text).strip()

@@ -14,10 +14,10 @@ from kombu import Connection, Consumer, Message, Queue, binding
 from pydantic import ValidationError
 
 from producers.errors import BrokerError, redact_url, scrub
-from producers.publisher import resolve_broker_url
 from subswitch.broker import BROKER_FAILURES, EVENTS, check_broker_url
 from subswitch.contract import Outcome, ResultEvent, describe_validation_error
 from subswitch.settings import Settings
+from subswitch.urls import resolve_broker_url
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from typing import Self, Unpack
 
 from producers.commands import (
     DEFAULT_SOURCE,
-    AnyCommand,
     Envelope,
     block_status_command,
     check_time_bounds,
@@ -18,7 +17,7 @@ from producers.commands import (
 )
 from producers.commands import time_bounds as bounds_of
 from producers.publisher import CeleryPublisher, Publisher
-from subswitch.contract import TimeBounds
+from subswitch.contract import AnyCommand, TimeBounds
 from subswitch.settings import Settings
 
 

@@ -12,17 +12,14 @@ from celery import Celery
 from kombu.pools import ProducerPool
 from kombu.utils.json import dumps
 
-from producers.commands import AnyCommand
 from producers.errors import MessageTooLargeError, PublishError, redact_url, scrub
-from subswitch.broker import (
-    BROKER_FAILURES,
-    DEFAULT_DELIVERY_LIMIT,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    celery_config,
-)
-from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, parse_command
-from subswitch.embedded import ensure_embedded_redis
+from subswitch.broker import BROKER_FAILURES, celery_config
+from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, AnyCommand, Lane, parse_command
 from subswitch.settings import Settings
+from subswitch.urls import resolve_broker_url
+
+#: The publisher's defaults are the settings' own (one source for each).
+_DEFAULTS: Final = {name: field.default for name, field in Settings.model_fields.items()}
 
 #: Bounded, so a send to an unreachable broker fails in seconds instead of hanging.
 RETRY_POLICY: Final = {
@@ -102,13 +99,6 @@ def check_message_size(argument: Any, *, commands: int, limit: int, what: str) -
         )
 
 
-def resolve_broker_url(settings: Settings) -> str:
-    """The configured broker, or the embedded one (started if needed) when unset."""
-    if settings.broker_url:
-        return settings.broker_url
-    return ensure_embedded_redis(settings.data_dir).broker_url
-
-
 class CeleryPublisher:
     """Sends each command as a ``subswitch.apply`` Celery task on its lane's queue.
 
@@ -124,10 +114,10 @@ class CeleryPublisher:
         self,
         *,
         broker_url: str,
-        visibility_timeout: int = 300,
-        queue_type: str = "quorum",
-        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        visibility_timeout: int,
+        queue_type: str,
+        delivery_limit: int = _DEFAULTS["delivery_limit"],
+        max_message_bytes: int = _DEFAULTS["max_message_bytes"],
     ) -> None:
         self._broker_url = broker_url
         self._max_message_bytes = max_message_bytes
@@ -260,7 +250,7 @@ class InMemoryPublisher:
     fail: bool = False
     fail_after: int | None = None
     closed: bool = False
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = _DEFAULTS["max_message_bytes"]
 
     def publish(self, command: AnyCommand) -> None:
         """Record ``command`` on its lane's queue, or raise PublishError if told to fail."""

@@ -43,20 +43,6 @@ def check_broker_url(broker_url: str) -> str:
     return broker_url
 
 
-#: Deliveries of one message that may end without the message being finished (its
-#: worker died, or it went back to the queue) before it is dead-lettered. Five tells a
-#: poison message (one that kills every worker that takes it, and the 63 other commands
-#: in flight there with it) from bad luck: a deploy, an OOM kill or a broker restart
-#: returns a message once or twice. RabbitMQ 4.0 would use 20, and then drop it.
-DEFAULT_DELIVERY_LIMIT: Final = 5
-
-#: Largest message body producers send and workers parse: 1 MiB. A bulk chunk of 100
-#: commands of the largest kind (every field at its maximum, the reason in 4-byte
-#: characters that JSON escapes to 12 bytes each) is about 376 KB; a typical command
-#: is 350 bytes. RabbitMQ 4.0 refuses messages over 16 MiB (3.x: 128 MiB).
-DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
-
-
 def is_amqp(broker_url: str) -> bool:
     """Whether the URL names a RabbitMQ (AMQP 0.9.1) broker."""
     return broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
@@ -105,8 +91,8 @@ def lane_queue(
     lane: Lane,
     *,
     broker_url: str,
-    queue_type: str = "quorum",
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    queue_type: str,
+    delivery_limit: int,
 ) -> Queue:
     """The durable queue of one lane, routed by its own name.
 
@@ -123,9 +109,7 @@ def lane_queue(
     )
 
 
-def lane_queues(
-    *, broker_url: str, queue_type: str = "quorum", delivery_limit: int = DEFAULT_DELIVERY_LIMIT
-) -> list[Queue]:
+def lane_queues(*, broker_url: str, queue_type: str, delivery_limit: int) -> list[Queue]:
     """Every lane's queue, urgent first."""
     return [
         lane_queue(
@@ -135,7 +119,7 @@ def lane_queues(
     ]
 
 
-def dead_letter_queue(*, broker_url: str, queue_type: str = "quorum") -> Queue:
+def dead_letter_queue(*, broker_url: str, queue_type: str) -> Queue:
     """Where undecodable, invalid or unauthorised messages are kept with their reason."""
     return Queue(
         DEAD_LETTER_QUEUE,
@@ -150,8 +134,8 @@ def celery_config(
     *,
     broker_url: str,
     visibility_timeout: int,
-    queue_type: str = "quorum",
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    queue_type: str,
+    delivery_limit: int,
 ) -> dict[str, Any]:
     """Celery settings both sides agree on: JSON only, topology, delivery safety.
 

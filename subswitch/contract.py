@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple, TypeAlias
 
 from pydantic import (
     AwareDatetime,
@@ -78,11 +78,20 @@ class Outcome(StrEnum):
         return f"command.{self.value}"
 
 
+_COMMAND_ID_CHARS: Final = "A-Za-z0-9._:-"
+_COMMAND_ID_MAX: Final = 128
+#: The id rule as one regular expression (without anchors), for those who check ids
+#: outside pydantic (the upstream client's Idempotency-Key): safe in a header.
+COMMAND_ID_PATTERN: Final = rf"[{_COMMAND_ID_CHARS}]{{1,{_COMMAND_ID_MAX}}}"
+#: Never '/', '.', '%' or spaces: the org id becomes a URL path segment upstream.
+ORG_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 CommandId = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    str,
+    StringConstraints(
+        min_length=1, max_length=_COMMAND_ID_MAX, pattern=rf"^[{_COMMAND_ID_CHARS}]+$"
+    ),
 ]
-# Never '/', '.', '%' or spaces: the org id becomes a URL path segment upstream.
-OrgId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+OrgId = Annotated[str, StringConstraints(pattern=rf"^{ORG_ID_PATTERN}$")]
 Int64Id = Annotated[StrictInt, Field(ge=1, le=MAX_INT64)]
 BlockId = Annotated[StrictInt, Field(ge=1, le=2)]
 # No control, bidi or invisible format character: these fields reach logs, terminals
@@ -178,13 +187,16 @@ class ChangeBlockStatus(_CommandBase):
         return super()._intent_fields() | {"block_id", "reason"}
 
 
-Command = Annotated[ChangeServiceStatus | ChangeBlockStatus, Field(discriminator="type")]
+#: Either command model: the type everything that handles commands takes.
+AnyCommand: TypeAlias = ChangeServiceStatus | ChangeBlockStatus
+Command = Annotated[AnyCommand, Field(discriminator="type")]
 _COMMAND_ID_ADAPTER: Final[TypeAdapter[str]] = TypeAdapter(CommandId)
-COMMAND_ADAPTER: Final[TypeAdapter[ChangeServiceStatus | ChangeBlockStatus]] = TypeAdapter(Command)
+COMMAND_ADAPTER: Final[TypeAdapter[AnyCommand]] = TypeAdapter(Command)
 
 _COMMAND_TYPES: Final = ("ChangeServiceStatus", "ChangeBlockStatus")
-# On the wire these must be explicit: a worker never invents an id or a timestamp.
-_WIRE_REQUIRED: Final = ("type", "schema_version", "command_id", "issued_at", "source")
+#: Fields a command must carry on the wire even though the SDK fills them in: a worker
+#: never invents an id or a timestamp (``parse_command`` refuses a message without them).
+WIRE_REQUIRED: Final = ("type", "schema_version", "command_id", "issued_at", "source")
 
 
 class Target(NamedTuple):
@@ -226,7 +238,7 @@ def parse_command(data: Any) -> ChangeServiceStatus | ChangeBlockStatus:
     if not isinstance(data, dict):
         raise InvalidCommand(f"a command is a JSON object, got {type(data).__name__}")
     command_id = readable_command_id(data.get("command_id"))
-    missing = [name for name in _WIRE_REQUIRED if name not in data]
+    missing = [name for name in WIRE_REQUIRED if name not in data]
     if missing:
         raise InvalidCommand(f"missing field(s): {', '.join(missing)}", command_id=command_id)
     try:

@@ -19,13 +19,13 @@ from pathlib import Path
 from rich.console import Console
 
 from producers import CommandProducer
-from producers.commands import AnyCommand
 from producers.events import EventStream
 from producers.render import EventTable
-from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
-from subswitch.embedded import ensure_embedded_redis, stop_embedded_redis
+from subswitch.contract import AnyCommand, ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
+from subswitch.embedded import private_file, stop_embedded_redis
 from subswitch.settings import Settings
 from subswitch.simulator.testing import spawned_simulator
+from subswitch.urls import resolve_endpoints
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the local simulator's throwaway token
 _READY_MARK = " ready."
@@ -36,7 +36,10 @@ _EVENT_WAIT_S = 60.0
 def run_demo(settings: Settings, console: Console) -> int:
     """Run the demo; 0 when every command reached the outcome it was meant to."""
     with ExitStack() as stack:
-        broker_url, store_url = _urls(settings, stack)
+        endpoints = resolve_endpoints(settings)
+        if endpoints.started_embedded:  # leave no server behind that the demo started
+            stack.callback(stop_embedded_redis, settings.data_dir)
+        broker_url = endpoints.broker_url
         console.print("[bold]subswitch demo[/]: starting the simulator and a worker...")
         # 1000 subscriptions: the mix shows a command on an unknown one (999_999) fail.
         sim = stack.enter_context(
@@ -46,7 +49,7 @@ def run_demo(settings: Settings, console: Console) -> int:
         )
         env = {
             "SUBSWITCH_BROKER_URL": broker_url,
-            "SUBSWITCH_STORE_URL": store_url,
+            "SUBSWITCH_STORE_URL": endpoints.store_url,
             "SUBSWITCH_UPSTREAM_URL": sim.base_url,
             "SUBSWITCH_UPSTREAM_TOKEN": DEMO_TOKEN,
         }
@@ -57,15 +60,6 @@ def run_demo(settings: Settings, console: Console) -> int:
         )
         console.print(f"simulator at {sim.base_url}; worker log in {settings.data_dir}\n")
         return _play(producer, events, EventTable(console), console)
-
-
-def _urls(settings: Settings, stack: ExitStack) -> tuple[str, str]:
-    if settings.broker_url and settings.store_url:
-        return settings.broker_url, settings.store_url
-    embedded = ensure_embedded_redis(settings.data_dir)
-    if embedded.started:  # leave no server behind that the demo started
-        stack.callback(stop_embedded_redis, settings.data_dir)
-    return settings.broker_url or embedded.broker_url, settings.store_url or embedded.store_url
 
 
 @contextmanager
@@ -92,7 +86,7 @@ def _worker(env: dict[str, str], log_path: Path) -> Iterator[None]:
 
 def _copy_log(process: subprocess.Popen[str], log_path: Path, ready: threading.Event) -> None:
     assert process.stdout is not None
-    with log_path.open("w") as log:
+    with private_file(log_path, "w") as log:
         for line in process.stdout:
             log.write(line)
             log.flush()

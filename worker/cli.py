@@ -22,12 +22,14 @@ from types import FrameType
 from typing import Annotated, Final
 
 import typer
+from celery import Celery
+from celery.bin.celery import celery as celery_command
 
 from subswitch.broker import check_broker_url
 from subswitch.commandline import OneLineErrors, read_settings
 from subswitch.contract import Lane
 from subswitch.settings import Settings
-from worker.factory import DEFAULT_CONCURRENCY, create_app
+from worker.bootstrap import DEFAULT_CONCURRENCY, check_runtime, create_app, start_or_refuse
 
 DEFAULT_URGENT_CONCURRENCY = 8
 WORKER_EPILOG: Final = (
@@ -123,6 +125,9 @@ def worker(
     if len(plans) == 1:
         _run_celery(plans[0], settings, loglevel=loglevel, hostname=hostname)
         return
+    # Check once here, so a worker that cannot start says so in one line, not one per
+    # child; each child still builds (and checks) its own runtime.
+    start_or_refuse(lambda: check_runtime(settings))
     raise typer.Exit(_supervise(plans, loglevel=loglevel, hostname=hostname))
 
 
@@ -135,7 +140,7 @@ def _run_celery(
     if loglevel.upper() != "DEBUG":
         for name in ("httpx", "celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    app = create_app(settings)
+    app = start_or_refuse(lambda: create_app(settings))
     queues = ",".join(lane.queue for lane in plan.lanes)
     argv = [
         "worker",
@@ -152,7 +157,23 @@ def _run_celery(
     ]
     if hostname:
         argv += ["--hostname", hostname]
-    app.worker_main(argv=argv)
+    status = _start_celery(app, argv)
+    if status:
+        raise typer.Exit(status)
+
+
+def _start_celery(app: Celery, argv: list[str]) -> int:
+    """``app.worker_main(argv)``, returning the worker's exit status.
+
+    ``worker_main`` (``app.start``) drops it, so a worker that refused to start would
+    exit 0 under a supervisor that trusts the status.
+    """
+    celery_command.params[0].default = app
+    try:
+        status = celery_command.main(args=argv, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    return status if isinstance(status, int) else 0
 
 
 def child_hostname(hostname: str | None, suffix: str) -> str:

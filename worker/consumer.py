@@ -22,7 +22,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
@@ -30,6 +30,7 @@ from kombu.message import Message
 from subswitch.contract import readable_command_id
 from subswitch.errors import TransientError
 from subswitch.text import safe_line
+from worker.executor import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +63,27 @@ class RequeueBackoff:
 
 
 class DeadLetteringConsumer(Consumer):
-    """Celery's consumer, with its four give-up paths turned into dead letters."""
+    """Celery's consumer, with its four give-up paths turned into dead letters.
+
+    Celery instantiates the consumer itself; :func:`bound_consumer` makes the subclass
+    that knows where this process's executor comes from, and its limits.
+    """
+
+    #: This process's executor (raises while the runtime is not built).
+    executor: ClassVar[Callable[[], Executor]]
+    #: ``SUBSWITCH_MAX_MESSAGE_BYTES``: a larger message is dead-lettered unread.
+    max_message_bytes: ClassVar[int]
+    #: ``SUBSWITCH_VISIBILITY_TIMEOUT``: how long a message may be held here.
+    visibility_timeout_s: ClassVar[float]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = self.app.conf.subswitch_settings
-        self._max_message_bytes: int = settings.max_message_bytes
+        self._max_message_bytes = self.max_message_bytes
         # A message held longer than the visibility timeout would be handed to another
         # worker on Redis meanwhile: stay well inside it.
-        cap = min(REQUEUE_MAX_S, settings.visibility_timeout / 4)
+        cap = min(REQUEUE_MAX_S, self.visibility_timeout_s / 4)
         self._backoff = RequeueBackoff(base_s=min(REQUEUE_BASE_S, cap), max_s=cap)
-        self._max_hold_s = settings.visibility_timeout / 2
+        self._max_hold_s = self.visibility_timeout_s / 2
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Message], None]:
         """Celery's task handler, behind a size check that reads no body."""
@@ -111,12 +122,9 @@ class DeadLetteringConsumer(Consumer):
         )
 
     def _dead_letter(self, message: Message, reason: str, since: float | None = None) -> None:
-        from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
-
         command_id = readable_command_id((message.headers or {}).get("id"))
         try:
-            executor = get_runtime(self.app).executor
-            executor.reject_message(
+            type(self).executor().reject_message(
                 _raw_body(message),
                 reason=safe_line(reason),
                 command_id=command_id,
@@ -150,6 +158,21 @@ def _requeue(message: Message) -> None:
     except Exception:
         # The connection is gone: the broker returns the unacked message by itself.
         logger.exception("could not requeue a message")
+
+
+def bound_consumer(
+    executor: Callable[[], Executor], *, max_message_bytes: int, visibility_timeout_s: float
+) -> type[DeadLetteringConsumer]:
+    """A :class:`DeadLetteringConsumer` that takes its executor from ``executor``."""
+    return type(
+        "DeadLetteringConsumer",
+        (DeadLetteringConsumer,),
+        {
+            "executor": staticmethod(executor),
+            "max_message_bytes": max_message_bytes,
+            "visibility_timeout_s": visibility_timeout_s,
+        },
+    )
 
 
 def _raw_body(message: Message) -> bytes:

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from subswitch.contract import (
+    AnyCommand,
     ChangeBlockStatus,
-    ChangeServiceStatus,
     EventError,
     InvalidCommand,
     Lane,
@@ -51,8 +51,6 @@ from worker.traffic import TrafficControl
 from worker.upstream.errors import TransientError, UpstreamError
 
 logger = logging.getLogger(__name__)
-
-Command = ChangeServiceStatus | ChangeBlockStatus
 
 
 class Upstream(Protocol):
@@ -212,7 +210,7 @@ class Executor:
         key, body = keys.rejected(event.id), event.to_json()
         return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
 
-    def _handle_command(self, command: Command, token: str) -> Decision:
+    def _handle_command(self, command: AnyCommand, token: str) -> Decision:
         fingerprint = command.fingerprint()
         now = self._clock()
         expired = command.not_after is not None and now > command.not_after
@@ -237,7 +235,7 @@ class Executor:
             return self._reject_conflict(job)
         return self._close(job, step)
 
-    def _wait(self, command: Command, step: Busy | Settling | Unresolved) -> RetryLater:
+    def _wait(self, command: AnyCommand, step: Busy | Settling | Unresolved) -> RetryLater:
         if isinstance(step, Settling):
             logger.info(
                 "%s: target settling after a lost answer for %.1fs more",
@@ -255,7 +253,7 @@ class Executor:
             return RetryLater(self._policy.unresolved_delay(), "a newer command is unresolved")
         return RetryLater(self._policy.busy_delay(), "target busy")
 
-    def _bounds_error(self, command: Command, now: datetime) -> str | None:
+    def _bounds_error(self, command: AnyCommand, now: datetime) -> str | None:
         """Why ``issued_at`` is outside the window in which a command is accepted (§2.6)."""
         if command.issued_at > now + self._max_skew:
             return (
@@ -419,7 +417,7 @@ class Executor:
             self._store.mark_published(key)
         return Ack(event.outcome)
 
-    def _send(self, command: Command, deadline: float) -> int:
+    def _send(self, command: AnyCommand, deadline: float) -> int:
         if isinstance(command, ChangeBlockStatus):
             return self._upstream.change_block_status(
                 command.org_id,
@@ -442,7 +440,7 @@ class Executor:
 
 @dataclass(frozen=True)
 class _Job:
-    command: Command
+    command: AnyCommand
     fingerprint: str
     token: str
 

@@ -8,10 +8,9 @@ from subswitch.contract import Target
 
 PREFIX: Final = "subswitch"
 
-#: A command's record (fingerprint, state, attempts, terminal event) outlives its
-#: last change by the configured retention (default 24 h): duplicates inside it
-#: never reach the upstream again.
-DEFAULT_RETENTION_S: Final = 24 * 3600
+# A command's record (fingerprint, state, attempts, terminal event) outlives its last
+# change by the configured retention (``Settings.retention_seconds``): duplicates
+# inside it never reach the upstream again.
 #: Extra life of a target's watermark beyond the acceptance window (below): a command
 #: accepted at the window's edge may still retry, settle or wait for a while.
 TARGET_MARGIN_S: Final = 7 * 24 * 3600

@@ -20,11 +20,14 @@ from worker.upstream.errors import TransientError
 WINDOW_SHARE = 0.25
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by attempts and ``not_after``."""
+    """Exponential backoff with full jitter, bounded by attempts and ``not_after``.
 
-    max_attempts: int = 8
+    ``max_attempts`` comes from ``Settings.max_attempts``.
+    """
+
+    max_attempts: int
     base_delay_s: float = 0.5
     max_delay_s: float = 60.0
     #: How long a delivery that found its target busy waits before looking again.

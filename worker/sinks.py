@@ -54,7 +54,7 @@ class KombuEventSink:
 class KombuDeadLetters:
     """Keeps rejected messages in the durable ``subswitch.dead`` queue."""
 
-    def __init__(self, *, app: Celery, queue_type: str = "quorum") -> None:
+    def __init__(self, *, app: Celery, queue_type: str) -> None:
         self._app = app
         self._queue = dead_letter_queue(broker_url=app.conf.broker_url, queue_type=queue_type)
 

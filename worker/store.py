@@ -42,11 +42,9 @@ from typing import Any, Final, Protocol
 
 import redis
 
-from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Target
+from subswitch.contract import AnyCommand, Target
 from subswitch.errors import StoreError
 from worker import keys
-
-Command = ChangeServiceStatus | ChangeBlockStatus
 
 # Shared by the scripts below: may this delivery publish a finished record's event?
 # Returns 'publish' (the claim is now ours), 'skip' (published already) or 'busy'
@@ -382,7 +380,7 @@ class Store(Protocol):
 
     def begin(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,
@@ -414,7 +412,7 @@ class Store(Protocol):
 
     def finish(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,
@@ -442,8 +440,8 @@ class RedisStore:
         self,
         *,
         client: redis.Redis,
-        retention_s: int = keys.DEFAULT_RETENTION_S,
-        max_clock_skew_s: int = 0,
+        retention_s: int,
+        max_clock_skew_s: int,
         claim_ms: int = keys.PUBLISH_CLAIM_MS,
     ) -> None:
         self._scripts = LuaScripts(client=client)
@@ -475,7 +473,7 @@ class RedisStore:
 
     def begin(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,
@@ -535,7 +533,7 @@ class RedisStore:
 
     def finish(
         self,
-        command: Command,
+        command: AnyCommand,
         *,
         fingerprint: str,
         token: str,

@@ -12,11 +12,11 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_shutdown
 
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, Outcome, readable_command_id
 from subswitch.errors import TransientError
@@ -34,8 +34,18 @@ _TROUBLE_MAX_S = 30.0
 _REQUEUE_PAUSE_MAX_S = 5.0
 
 
-def register(app: Celery) -> None:
-    """Register ``subswitch.apply`` on ``app``."""
+def register(
+    app: Celery,
+    *,
+    executor: Callable[[], Executor],
+    deliveries: Callable[[], DeliveryCounter],
+) -> None:
+    """Register ``subswitch.apply`` and ``subswitch.apply_batch`` on ``app``.
+
+    ``executor`` and ``deliveries`` give this process's executor and delivery counter,
+    or raise while the runtime is not built: like any other unexpected exception, that
+    sends the message back, never acks it.
+    """
 
     @app.task(
         name=APPLY_TASK,
@@ -46,7 +56,7 @@ def register(app: Celery) -> None:
         ignore_result=True,
     )
     def apply(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str:
-        return run_apply(self, args, kwargs)
+        return run_apply(self, args, kwargs, executor=executor, deliveries=deliveries)
 
     @app.task(
         name=APPLY_BATCH_TASK,
@@ -57,53 +67,65 @@ def register(app: Celery) -> None:
         ignore_result=True,
     )
     def apply_batch(self: Task[Any, Any], *args: Any, **kwargs: Any) -> int:
-        return run_apply_batch(self, args, kwargs)
-
-    worker_process_shutdown.connect(_close_runtime, weak=False)
+        return run_apply_batch(self, args, kwargs, executor=executor, deliveries=deliveries)
 
 
-def run_apply(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """Execute one delivery of ``subswitch.apply``; retries go back through the broker."""
-    from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
+def run_apply(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    executor: Callable[[], Executor],
+    deliveries: Callable[[], DeliveryCounter],
+) -> str:
+    """Execute one delivery of ``subswitch.apply``; retries go back through the broker.
 
-    runtime = get_runtime(task.app)
+    Everything that can raise runs inside a ``try``: an exception escaping a task
+    would make Celery ack the message (acks on failure), and the command would be lost.
+    """
     delivery = _delivery(task)
-    died = _count_delivery(task, runtime.deliveries, delivery)
-    if runtime.deliveries.exceeded(died):
-        reason = runtime.deliveries.reason(died)
-        outcome = _give_up(task, runtime.executor, reason, args, kwargs)
-        runtime.deliveries.end(delivery, done=True)
+    died = _count_delivery(task, deliveries, delivery)
+    counter = deliveries()  # the runtime is there: counting went through it
+    if counter.exceeded(died):
+        outcome = _give_up(task, executor(), counter.reason(died), args, kwargs)
+        _end(counter, delivery, done=True)
         return outcome
-    executor = runtime.executor
     token = uuid.uuid4().hex
     try:
         if len(args) != 1 or kwargs:
             reason = "subswitch.apply takes exactly one positional argument, the command"
-            decision = executor.reject_message(
+            decision = executor().reject_message(
                 repr((args, kwargs)).encode(),
                 reason=reason,
                 command_id=readable_command_id(task.request.id),
                 token=token,
             )
         else:
-            decision = executor.handle(args[0], token=token, message_id=task.request.id)
+            decision = executor().handle(args[0], token=token, message_id=task.request.id)
     except TransientError as exc:
-        runtime.deliveries.end(delivery, done=False)
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.warning("delivery failed (%s), retrying in %.1fs", exc, delay)
         retry_later(task, delay)
     except Exception:  # a bug: never acknowledge a command that was not finished
-        runtime.deliveries.end(delivery, done=False)
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed unexpectedly, retrying in %.1fs", delay)
         retry_later(task, delay)
-    runtime.deliveries.end(delivery, done=not isinstance(decision, RetryLater))
+    _end(counter, delivery, done=not isinstance(decision, RetryLater))
     if isinstance(decision, RetryLater):
         retry_later(task, decision.delay_s)
     return decision.outcome.value
 
 
-def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+def run_apply_batch(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    executor: Callable[[], Executor],
+    deliveries: Callable[[], DeliveryCounter],
+) -> int:
     """Execute a chunk of commands one by one; returns how many were finished here.
 
     A command that must wait (retry, busy target) leaves the chunk as a single
@@ -113,42 +135,56 @@ def run_apply_batch(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
     A chunk whose deliveries keep dying is split into single messages, so that only
     the command that kills its worker ends dead-lettered.
     """
-    from worker.runtime import get_runtime  # noqa: PLC0415 - avoids an import cycle
-
-    runtime = get_runtime(task.app)
-    executor = runtime.executor
     if len(args) != 1 or kwargs or not isinstance(args[0], list):
         reason = "subswitch.apply_batch takes exactly one positional argument, a list of commands"
-        executor.reject_message(
-            repr((args, kwargs)).encode(), reason=reason, command_id=None, token=uuid.uuid4().hex
-        )
+        _reject_malformed(task, executor, repr((args, kwargs)).encode(), reason)
         return 0
     delivery = _delivery(task)
-    died = _count_delivery(task, runtime.deliveries, delivery)
-    if runtime.deliveries.exceeded(died):
-        _split(task, args[0], runtime.deliveries.reason(died))
-        runtime.deliveries.end(delivery, done=True)
+    died = _count_delivery(task, deliveries, delivery)
+    counter = deliveries()
+    if counter.exceeded(died):
+        _split(task, args[0], counter.reason(died))
+        _end(counter, delivery, done=True)
         return 0
     finished = 0
     try:
         for command in args[0]:
-            decision = executor.handle(command, token=uuid.uuid4().hex)
+            decision = executor().handle(command, token=uuid.uuid4().hex)
             if isinstance(decision, RetryLater):
                 _send_alone(task, command, decision.delay_s)
             else:
                 finished += 1
     except TransientError as exc:
-        runtime.deliveries.end(delivery, done=False)
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.warning("batch delivery failed (%s), retrying it in %.1fs", exc, delay)
         retry_later(task, delay)
     except Exception:  # a bug: never acknowledge commands that were not finished
-        runtime.deliveries.end(delivery, done=False)
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.exception("batch delivery failed unexpectedly, retrying it in %.1fs", delay)
         retry_later(task, delay)
-    runtime.deliveries.end(delivery, done=True)
+    _end(counter, delivery, done=True)
     return finished
+
+
+def _reject_malformed(
+    task: Task[Any, Any], executor: Callable[[], Executor], raw: bytes, reason: str
+) -> None:
+    try:
+        executor().reject_message(raw, reason=reason, command_id=None, token=uuid.uuid4().hex)
+    except Exception:  # never ack what could not be dead-lettered: it comes back
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("could not dead-letter a malformed chunk, retrying in %.1fs", delay)
+        retry_later(task, delay)
+
+
+def _end(counter: DeliveryCounter, delivery: Delivery, *, done: bool) -> None:
+    """The delivery ended (``done``: finished here); a store failure only costs a count."""
+    try:
+        counter.end(delivery, done=done)
+    except TransientError as exc:
+        logger.warning("could not record the end of a delivery: %s", exc)
 
 
 def _delivery(task: Task[Any, Any]) -> Delivery:
@@ -156,12 +192,18 @@ def _delivery(task: Task[Any, Any]) -> Delivery:
     return Delivery.of(vars(task.request))
 
 
-def _count_delivery(task: Task[Any, Any], counter: DeliveryCounter, delivery: Delivery) -> int:
+def _count_delivery(
+    task: Task[Any, Any], deliveries: Callable[[], DeliveryCounter], delivery: Delivery
+) -> int:
     try:
-        return counter.begin(delivery)
+        return deliveries().begin(delivery)
     except TransientError as exc:
         delay = _trouble_delay(task.request.retries)
         logger.warning("could not count the delivery (%s), retrying in %.1fs", exc, delay)
+        retry_later(task, delay)
+    except Exception:  # a bug: the message comes back, never acked unfinished
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("could not count the delivery, retrying in %.1fs", delay)
         retry_later(task, delay)
 
 
@@ -241,9 +283,3 @@ def retry_later(task: Task[Any, Any], delay_s: float) -> NoReturn:
 def _trouble_delay(retries: int) -> float:
     ceiling = min(_TROUBLE_MAX_S, _TROUBLE_BASE_S * 2 ** min(retries, 10))
     return random.uniform(ceiling / 2, ceiling)
-
-
-def _close_runtime(**_: Any) -> None:
-    from worker.runtime import close_runtime  # noqa: PLC0415
-
-    close_runtime()

@@ -140,7 +140,7 @@ return 0
 #: away when the budget runs short is bulk, the last is urgent.
 _LANE_REACH: Final = {Lane.BULK: 1.0, Lane.NORMAL: 1.5, Lane.URGENT: 2.0}
 #: Longest a thread waits in place for a slot, holding its target's lock meanwhile:
-#: part of the lock's lease (see worker/runtime.py).
+#: part of the lock's lease (see worker/bootstrap.py).
 MAX_WAIT_S: Final = 2.0
 #: How long "urgent commands are waiting" holds the other lanes back, once set (ms).
 _URGENT_MARK_MS: Final = 1000
@@ -228,14 +228,14 @@ class Reservation:
         return self.slot_us is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BreakerPolicy:
-    """When the circuit opens, and for how long."""
+    """When the circuit opens, and for how long (the first four from ``Settings``)."""
 
-    failure_ratio: float = 0.5
-    min_requests: int = 20
-    window_s: int = 10
-    cooldown_s: float = 5.0
+    failure_ratio: float
+    min_requests: int
+    window_s: int
+    cooldown_s: float
     #: How long a probe may take before another caller may probe instead.
     probe_ttl_s: float = 30.0
     #: A closed circuit is looked up at most this often per process.
@@ -249,11 +249,11 @@ class CircuitBreaker:
         self,
         *,
         scripts: Scripts,
-        policy: BreakerPolicy | None = None,
+        policy: BreakerPolicy,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._policy = policy or BreakerPolicy()
+        self._policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
         self._check = scripts.register(_CHECK_LUA)

@@ -31,6 +31,7 @@ from bench.scenarios import throughput
 from producers import CommandProducer
 from producers.events import EventStream
 from producers.publisher import CeleryPublisher
+from subswitch.settings import Settings
 
 TARGET_P99_MS = 250.0
 #: Urgent commands target subscriptions far from the bulk ones.
@@ -100,7 +101,7 @@ def run_subswitch(ctx: Context) -> Json:
         for i in range(sizes.bulk_workers)
     ]
     ready = harness.subswitch_consumers("urgent,normal,bulk")
-    publisher = CeleryPublisher(broker_url=BROKER_URL)
+    publisher = CeleryPublisher.from_settings(Settings(broker_url=BROKER_URL))
     with (
         CommandProducer(publisher=publisher) as sdk,
         EventStream(broker_url=BROKER_URL) as stream,

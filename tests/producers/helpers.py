@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import amqp.exceptions
 from kombu import Connection, Consumer, Message, Producer, Queue
 from kombu.exceptions import ChannelError
 
 from producers.commands import AnyCommand
+from producers.publisher import CeleryPublisher
 from subswitch.broker import EVENTS, lane_queue
 from subswitch.contract import (
     EVENT_CONTENT_TYPE,
@@ -25,6 +26,15 @@ from subswitch.contract import (
     parse_command,
     result_event,
 )
+from subswitch.settings import Settings
+
+#: The lane queues' type, as the worker declares it by default.
+QUEUE_TYPE: Final = Settings.model_fields["rabbitmq_queue_type"].default
+
+
+def publisher_for(broker_url: str) -> CeleryPublisher:
+    """A publisher for ``broker_url``, every other setting at its default."""
+    return CeleryPublisher.from_settings(Settings(broker_url=broker_url))
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,8 @@ def receive(url: str, lane: Lane, *, count: int = 1, timeout: float = 10.0) -> l
         received.append(_task_message(message))
         message.ack()
 
-    queue = lane_queue(lane, broker_url=url)  # declared as the worker does: must not clash
+    # Declared as the worker does: must not clash.
+    queue = lane_queue(lane, broker_url=url, queue_type=QUEUE_TYPE)
     deadline = time.monotonic() + timeout
     with Connection(url) as connection, Consumer(connection, [queue], on_message=keep):
         while len(received) < count:

@@ -80,7 +80,12 @@ def bulk_commands(count: int) -> list[ChangeBlockStatus]:
 
 def test_a_chunk_over_the_message_cap_is_refused_and_nothing_is_sent() -> None:
     # Given a broker nobody listens on, and a cap of 20 KB per message
-    publisher = CeleryPublisher(broker_url="redis://127.0.0.1:1/0", max_message_bytes=20_000)
+    publisher = CeleryPublisher(
+        broker_url="redis://127.0.0.1:1/0",
+        visibility_timeout=300,
+        queue_type="quorum",
+        max_message_bytes=20_000,
+    )
     # When a chunk of 100 commands (about 35 KB) is sent
     with pytest.raises(MessageTooLargeError) as refused:
         publisher.publish_batch(bulk_commands(100))

@@ -111,6 +111,22 @@ def test_bad_configuration_is_one_line_and_exit_2(
     )
 
 
+@pytest.mark.parametrize(
+    "args", [["block", "telco", "5", "--block-id", "1"], ["events", "--count", "1"]]
+)
+def test_a_store_url_without_a_broker_url_is_one_line_naming_the_variable(
+    app: typer.Typer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str]
+) -> None:
+    # Given a fleet's store URL but no broker URL (contract §2.7)
+    monkeypatch.delenv("SUBSWITCH_BROKER_URL")
+    monkeypatch.setenv("SUBSWITCH_STORE_URL", UNREACHABLE)
+    # When a command is sent or events are followed
+    result = run(app, *args)
+    # Then it refuses with exit 2, naming the missing variable; no private broker started
+    assert_one_line_error(result, 2, "SUBSWITCH_BROKER_URL is not set")
+    assert not (tmp_path / "redis.sock").exists()
+
+
 @pytest.mark.parametrize("command", ["block", "unblock", "activate", "deactivate"])
 def test_help_documents_the_exit_codes(app: typer.Typer, command: str) -> None:
     # Given / When help is asked for
@@ -134,7 +150,8 @@ def broker_env(broker_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.mark.integration
 def test_block_prints_the_command_id_and_enqueues_it(app: typer.Typer, broker_env: str) -> None:
-    # Given every envelope option, issued a minute ago
+    # Given every envelope option, issued a minute ago, and the broker URL alone (a
+    # producer needs no store)
     issued = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     # When a block is sent
     result = run(

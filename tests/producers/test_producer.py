@@ -16,6 +16,7 @@ from producers import (
     PublishError,
 )
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Lane, parse_command
+from subswitch.settings import Settings
 
 BLOCK = {"org_id": "telco", "subscription_id": 214748364, "block_id": 1, "active": True}
 SERVICE = {"org_id": "telco", "subscription_id": 214748364, "service_id": 77, "active": False}
@@ -245,7 +246,7 @@ def test_from_env_reads_settings_and_connects_lazily(monkeypatch: pytest.MonkeyP
 
 def test_celery_publisher_failure_is_one_line_without_the_password() -> None:
     # Given a publisher for a broker that refuses connections, with a password in its URL
-    publisher = CeleryPublisher(broker_url="redis://:s3cret@127.0.0.1:1/0")
+    publisher = CeleryPublisher.from_settings(Settings(broker_url="redis://:s3cret@127.0.0.1:1/0"))
     producer = CommandProducer(publisher=publisher)
     # When a command is sent
     with pytest.raises(PublishError) as caught:

@@ -12,7 +12,7 @@ import pytest
 from producers import CeleryPublisher, CommandProducer, InMemoryPublisher
 from producers.publisher import chunk_task_id
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, ChangeBlockStatus, Lane
-from tests.producers.helpers import queue_depth, receive
+from tests.producers.helpers import publisher_for, queue_depth, receive
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ BLOCK = {"org_id": "telco", "subscription_id": 214748364, "block_id": 1, "active
 
 @pytest.fixture
 def producer(broker_url: str) -> Iterator[CommandProducer]:
-    with CommandProducer(publisher=CeleryPublisher(broker_url=broker_url)) as producer:
+    with CommandProducer(publisher=publisher_for(broker_url)) as producer:
         yield producer
 
 
@@ -78,7 +78,7 @@ def test_one_connection_carries_100_sends(broker_url: str, monkeypatch: pytest.M
 
     monkeypatch.setattr(kombu.connection.Connection, "_establish_connection", counting)
     # When 100 commands are sent through one producer
-    with CommandProducer(publisher=CeleryPublisher(broker_url=broker_url)) as producer:
+    with CommandProducer(publisher=publisher_for(broker_url)) as producer:
         ids = [producer.change_block_status(**BLOCK, priority="bulk") for _ in range(100)]
     # Then one connection was opened, and all 100 arrived, in order
     assert len(opened) == 1
@@ -89,7 +89,7 @@ def test_a_command_sent_before_any_worker_declared_the_queue_is_kept(broker_url:
     # Given a broker where no lane queue (nor, on Redis, any binding) exists yet
     assert queue_depth(broker_url, Lane.URGENT.queue) is None
     # When a producer sends a command and goes away
-    with CommandProducer(publisher=CeleryPublisher(broker_url=broker_url)) as producer:
+    with CommandProducer(publisher=publisher_for(broker_url)) as producer:
         command_id = producer.change_block_status(**BLOCK, priority="urgent")
     # Then the queue exists, holds it, and accepts the worker's own declaration
     # (receive declares it with the worker's arguments; a mismatch would be refused)
@@ -99,7 +99,7 @@ def test_a_command_sent_before_any_worker_declared_the_queue_is_kept(broker_url:
 
 def test_publisher_confirms_are_on_with_rabbitmq(clean_amqp_url: str) -> None:
     # Given a publisher on RabbitMQ that has sent a command
-    publisher = CeleryPublisher(broker_url=clean_amqp_url)
+    publisher = publisher_for(clean_amqp_url)
     CommandProducer(publisher=publisher).change_block_status(**BLOCK)
     # When its pooled producer's channel is inspected
     with publisher.producer_pool.acquire(block=True) as pooled:
@@ -128,7 +128,7 @@ def test_in_memory_and_celery_publishers_agree_on_queue_and_body(
 
 @contextmanager
 def _publisher(broker_url: str) -> Iterator[CeleryPublisher]:
-    publisher = CeleryPublisher(broker_url=broker_url)
+    publisher = publisher_for(broker_url)
     try:
         yield publisher
     finally:

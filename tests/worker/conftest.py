@@ -5,18 +5,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import fakeredis
 import pytest
+import redis
 
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, ResultEvent
+from subswitch.settings import Settings
 from worker.executor import Executor
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink
 from worker.store import RedisStore
 
 Reply = int | Exception
+#: Settings' own defaults (not the environment's) for what the tests do not vary.
+DEFAULTS: Final = Settings.model_construct()
+
+
+def new_store(client: redis.Redis, **overrides: Any) -> RedisStore:
+    """A store on ``client`` with the default retention and clock skew."""
+    values: dict[str, Any] = {
+        "retention_s": DEFAULTS.retention_seconds,
+        "max_clock_skew_s": DEFAULTS.max_clock_skew_seconds,
+    }
+    return RedisStore(client=client, **{**values, **overrides})
 
 
 @dataclass
@@ -108,7 +121,7 @@ def harness_factory(redis_client: fakeredis.FakeRedis) -> HarnessFactory:
 
     def make(*, settle_s: float = 0.0, lease_ms: int = 30_000) -> Harness:
         clock = Clock()
-        store = RedisStore(client=redis_client)
+        store = new_store(redis_client)
         upstream = ScriptedUpstream()
         events, dead = InMemoryEventSink(), InMemoryDeadLetters()
         policy = RetryPolicy(max_attempts=4, base_delay_s=0.5, max_delay_s=10.0)
@@ -120,8 +133,8 @@ def harness_factory(redis_client: fakeredis.FakeRedis) -> HarnessFactory:
             policy=policy,
             lease_ms=lease_ms,
             settle_s=settle_s,
-            max_clock_skew_s=300,
-            retention_s=86_400,
+            max_clock_skew_s=DEFAULTS.max_clock_skew_seconds,
+            retention_s=DEFAULTS.retention_seconds,
             clock=clock,
         )
         return Harness(executor, store, upstream, events, dead, clock)

@@ -125,7 +125,9 @@ def queued_messages(broker_url: str, store_url: str) -> int:
 def busy_tasks(broker_url: str) -> int:
     """Tasks the workers hold: running, reserved or waiting for a retry delay."""
     app = Celery("probe", set_as_current=False)
-    app.conf.update(celery_config(broker_url=broker_url, visibility_timeout=300))
+    app.conf.update(
+        celery_config(broker_url=broker_url, visibility_timeout=300, queue_type="quorum")
+    )
     inspect = app.control.inspect(timeout=1.0)
     total = 0
     for probe in (inspect.active, inspect.reserved, inspect.scheduled):

@@ -10,12 +10,12 @@ from typing import Any
 import fakeredis
 
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Outcome
-from tests.worker.conftest import Clock, Harness
+from tests.worker.conftest import DEFAULTS, Clock, Harness, new_store
 from worker import keys
 from worker.executor import Ack, Executor, RetryLater
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink
-from worker.store import Go, RedisStore
+from worker.store import Go
 from worker.upstream import ErrorMessage, PermanentError, UpstreamTimeout, UpstreamUnavailable
 
 BlockFactory = Callable[..., ChangeBlockStatus]
@@ -266,7 +266,7 @@ def test_a_crash_before_the_event_went_out_republishes_the_same_event_without_a_
     redis_client: fakeredis.FakeRedis, block: BlockFactory
 ) -> None:
     # Given a store whose publish claims end at once, and a command finished but unpublished
-    store = RedisStore(client=redis_client, claim_ms=0)
+    store = new_store(redis_client, claim_ms=0)
     events = InMemoryEventSink()
     upstream_writes: list[str] = []
 
@@ -288,7 +288,7 @@ def test_a_crash_before_the_event_went_out_republishes_the_same_event_without_a_
             upstream=Upstream(),
             events=sink,
             dead_letters=InMemoryDeadLetters(),
-            policy=RetryPolicy(),
+            policy=RetryPolicy(max_attempts=DEFAULTS.max_attempts),
             lease_ms=30_000,
             settle_s=0.0,
             max_clock_skew_s=300,

@@ -8,11 +8,10 @@ from typing import Any
 import fakeredis
 
 from subswitch.contract import ChangeBlockStatus, Outcome
-from tests.worker.conftest import Clock
+from tests.worker.conftest import DEFAULTS, Clock, new_store
 from worker.executor import LEASE_MARGIN_S, Ack, Executor
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink
-from worker.store import RedisStore
 
 
 class DeadlineRecorder:
@@ -36,11 +35,11 @@ def test_every_write_carries_a_deadline_inside_the_lease(
     # Given an executor with a 30 s lease whose monotonic clock reads 1000 s
     upstream = DeadlineRecorder()
     executor = Executor(
-        store=RedisStore(client=redis_client),
+        store=new_store(redis_client),
         upstream=upstream,
         events=InMemoryEventSink(),
         dead_letters=InMemoryDeadLetters(),
-        policy=RetryPolicy(),
+        policy=RetryPolicy(max_attempts=DEFAULTS.max_attempts),
         lease_ms=30_000,
         settle_s=0.0,
         max_clock_skew_s=300,

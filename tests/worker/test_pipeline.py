@@ -17,7 +17,6 @@ from typing import Any
 
 import kombu
 import pytest
-import redis
 
 from producers import CommandProducer
 from producers.events import EventStream
@@ -36,7 +35,6 @@ from tests.worker.processes import WorkerProcess, running_worker, wait_idle, wai
 
 pytestmark = pytest.mark.integration
 
-STORE_URL = "redis://127.0.0.1:6379/14"
 #: An hour ago: inside the window in which the worker accepts commands (contract §2.6).
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 
@@ -53,6 +51,7 @@ class Pipeline:
     """Producer, event stream and worker settings around one broker."""
 
     broker_url: str
+    store_url: str
     simulator: SimulatorHandle
     env: dict[str, str]
     producer: CommandProducer
@@ -99,7 +98,7 @@ class Pipeline:
 
     def settle(self, worker: WorkerProcess) -> Counter[str | None]:
         """Wait until nothing is queued or held, stop the worker, count every event."""
-        wait_idle(self.broker_url, STORE_URL)
+        wait_idle(self.broker_url, self.store_url)
         worker.stop()
         self.seen.extend(self.events.iter(timeout=0.5))
         return Counter(event.data.command_id for event in self.seen)
@@ -110,13 +109,18 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(broker_url: str, simulator: SimulatorHandle, tmp_path: Path) -> Iterator[Pipeline]:
-    redis.Redis.from_url(STORE_URL).flushdb()
+def pipeline(
+    broker_url: str, clean_redis_url: str, simulator: SimulatorHandle, tmp_path: Path
+) -> Iterator[Pipeline]:
+    # The store is this session's Redis test DB, flushed and locked for this test (on
+    # Redis it is the broker's too): a DB shared by every session would let another
+    # session's commands on the same targets supersede this one's.
+    store_url = clean_redis_url
     purge_subswitch_queues(broker_url)
     simulator.admin.reset(faults=True)
     env = {
         "SUBSWITCH_BROKER_URL": broker_url,
-        "SUBSWITCH_STORE_URL": STORE_URL,
+        "SUBSWITCH_STORE_URL": store_url,
         "SUBSWITCH_UPSTREAM_URL": simulator.base_url,
         "SUBSWITCH_UPSTREAM_TOKEN": "dev-token",
         "SUBSWITCH_DATA_DIR": str(tmp_path),
@@ -131,10 +135,10 @@ def pipeline(broker_url: str, simulator: SimulatorHandle, tmp_path: Path) -> Ite
         "SUBSWITCH_SETTLE_SECONDS": "2",
     }
     producer = CommandProducer(
-        publisher=CeleryPublisher(broker_url=broker_url, visibility_timeout=8)
+        publisher=CeleryPublisher(broker_url=broker_url, visibility_timeout=8, queue_type="quorum")
     )
     with producer, EventStream(broker_url=broker_url) as events:
-        yield Pipeline(broker_url, simulator, env, producer, events)
+        yield Pipeline(broker_url, store_url, simulator, env, producer, events)
 
 
 def test_commands_are_applied_with_exactly_one_event_each(pipeline: Pipeline) -> None:
@@ -302,7 +306,9 @@ def test_a_poison_message_is_dead_lettered_and_the_next_command_still_runs(
         valid = pipeline.block(3)
         outcomes = pipeline.outcomes(["poison-1", valid])
         pipeline.settle(worker)
-        dead = dead_letter_queue(broker_url=pipeline.broker_url)(connection.default_channel)
+        dead = dead_letter_queue(broker_url=pipeline.broker_url, queue_type="quorum")(
+            connection.default_channel
+        )
         letter = dead.get(no_ack=True)
     # Then it is rejected and dead-lettered with its reason, and the command is applied
     assert outcomes == {"poison-1": Outcome.REJECTED, valid: Outcome.APPLIED}

@@ -49,7 +49,7 @@ def test_an_event_the_broker_refuses_is_a_transient_publish_error(app: Celery) -
 
 def test_a_dead_letter_the_broker_refuses_is_a_publish_error(app: Celery) -> None:
     # Given a broker that refuses every publish
-    letters = KombuDeadLetters(app=app)
+    letters = KombuDeadLetters(app=app, queue_type="quorum")
     # When a message is dead-lettered / Then it fails as a PublishError
     with pytest.raises(PublishError, match="dead letter"):
         letters.dead_letter(b"x", reason="not JSON", headers={})

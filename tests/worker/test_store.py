@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from subswitch.contract import ChangeBlockStatus
+from tests.worker.conftest import new_store
 from worker import keys
 from worker.store import (
     AlreadyApplied,
@@ -54,7 +55,7 @@ def raw(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def store(raw: redis.Redis) -> RedisStore:
-    return RedisStore(client=raw)
+    return new_store(raw)
 
 
 def begin(store: RedisStore, command: ChangeBlockStatus, token: str, **overrides: Any) -> Any:

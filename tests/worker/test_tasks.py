@@ -10,7 +10,6 @@ from typing import Any
 import fakeredis
 import pytest
 
-import worker.runtime
 from subswitch.errors import PublishError, StoreError
 from worker import tasks
 from worker.deliveries import DeliveryCounter
@@ -43,24 +42,29 @@ class FailingExecutor:
         raise self.error
 
 
-def _run_with(monkeypatch: pytest.MonkeyPatch, error: Exception) -> FakeTask:
+def _run_with(error: Exception) -> FakeTask:
+    executor = FailingExecutor(error)
     counter = DeliveryCounter(scripts=LuaScripts(client=fakeredis.FakeRedis()), limit=5)
-    runtime = SimpleNamespace(executor=FailingExecutor(error), deliveries=counter)
-    monkeypatch.setattr(worker.runtime, "get_runtime", lambda app: runtime)
     task = FakeTask()
     with pytest.raises(Retried):
-        tasks.run_apply(task, ({"command_id": "cmd-1"},), {})  # type: ignore[arg-type]
+        tasks.run_apply(
+            task,  # type: ignore[arg-type]
+            ({"command_id": "cmd-1"},),
+            {},
+            executor=lambda: executor,  # type: ignore[arg-type, return-value]
+            deliveries=lambda: counter,
+        )
     return task
 
 
 @pytest.mark.parametrize("error", [StoreError("store unavailable: refused"), PublishError("x")])
 def test_transient_trouble_is_retried_with_one_warning_line(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: Exception
+    caplog: pytest.LogCaptureFixture, error: Exception
 ) -> None:
     # Given a store or broker out of reach while a command is handled
     # When the delivery runs
     with caplog.at_level(logging.WARNING, logger=tasks.__name__):
-        task = _run_with(monkeypatch, error)
+        task = _run_with(error)
     # Then the message goes back with a backoff, logged as one warning without a traceback
     assert len(task.countdowns) == 1 and task.countdowns[0] >= 1
     [record] = caplog.records
@@ -69,12 +73,12 @@ def test_transient_trouble_is_retried_with_one_warning_line(
 
 
 def test_a_bug_is_retried_too_and_logged_with_its_traceback(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a bug (an error outside the tree) while a command is handled
     # When the delivery runs
     with caplog.at_level(logging.WARNING, logger=tasks.__name__):
-        task = _run_with(monkeypatch, KeyError("oops"))
+        task = _run_with(KeyError("oops"))
     # Then the command is not acknowledged either, and the log shows the traceback
     assert len(task.countdowns) == 1
     [record] = caplog.records

@@ -9,7 +9,7 @@ from typing import Any
 import fakeredis
 
 from subswitch.contract import ChangeBlockStatus, Outcome
-from tests.worker.conftest import Harness
+from tests.worker.conftest import Harness, new_store
 from worker import keys
 from worker.executor import Ack
 from worker.store import Go, OutOfBounds, RedisStore
@@ -72,7 +72,7 @@ def test_a_command_sent_before_is_not_refused_on_its_retry(
     redis_client: fakeredis.FakeRedis, block: BlockFactory
 ) -> None:
     # Given a command whose first attempt was made
-    store = RedisStore(client=redis_client)
+    store = new_store(redis_client)
     command, fresh = block(), block(command_id="fresh", block_id=2)
 
     def begin(cmd: ChangeBlockStatus, token: str, **flags: bool) -> Any:

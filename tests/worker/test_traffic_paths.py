@@ -14,7 +14,9 @@ from worker.executor import RetryLater
 from worker.store import LuaScripts
 from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
 
-POLICY = BreakerPolicy(min_requests=4, cooldown_s=5.0, probe_ttl_s=30.0, recheck_s=0.0)
+POLICY = BreakerPolicy(
+    failure_ratio=0.5, min_requests=4, window_s=10, cooldown_s=5.0, probe_ttl_s=30.0, recheck_s=0.0
+)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from worker.upstream.auth import (
     TokenProvider,
     token_provider_from_settings,
 )
-from worker.upstream.client import DEFAULT_TIMEOUT, MasStackClient
+from worker.upstream.client import MasStackClient
 from worker.upstream.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -42,7 +42,6 @@ from worker.upstream.models import (
 )
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "AuthenticationError",
     "Block",
     "BlockStatus",

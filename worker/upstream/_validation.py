@@ -11,13 +11,13 @@ from typing import Final
 
 import httpx
 
+from subswitch.contract import COMMAND_ID_PATTERN, MAX_INT64, ORG_ID_PATTERN
 from subswitch.errors import ConfigurationError
 from worker.upstream.errors import InvalidRequestError, one_line, safe_url
 from worker.upstream.models import MAX_REASON_LENGTH
 
-MAX_INT64: Final = 2**63 - 1
-ORG_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
-KEY_PATTERN: Final = r"[A-Za-z0-9._:-]{1,128}"
+# The contract's rules: a key is a command id, and org ids are what commands carry.
+KEY_PATTERN: Final = COMMAND_ID_PATTERN
 _ORG_ID = re.compile(ORG_ID_PATTERN)
 _KEY = re.compile(KEY_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

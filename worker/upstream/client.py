@@ -43,7 +43,6 @@ from worker.upstream.models import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT: Final = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0)
 KEEPALIVE_EXPIRY_S: Final = 30.0
 #: Error bodies are read up to this size: enough for any ErrorMessage, not for a flood.
 ERROR_BODY_LIMIT: Final = 64 * 1024
@@ -85,7 +84,7 @@ class MasStackClient:
 
     ``base_url`` includes ``/v2`` (a trailing ``/`` is optional). ``auth`` supplies
     bearer tokens; ``auth_roles`` is sent as ``x-auth-roles`` unless ``None``.
-    ``timeout`` defaults to connect 3 s, read 10 s, write 10 s, pool 5 s.
+    ``timeout`` and ``auth_roles`` come from the settings (see :func:`from_settings`).
     ``transport`` replaces the pooled HTTP transport (tests); ``clock`` is the POSIX
     time used for ``Retry-After`` dates. A write given a ``deadline`` (a
     ``time.monotonic()`` instant) is over by then, whatever the server does: every
@@ -99,8 +98,8 @@ class MasStackClient:
         *,
         base_url: str,
         auth: TokenProvider,
-        timeout: httpx.Timeout | None = None,
-        auth_roles: str | None = "API_KEY",
+        timeout: httpx.Timeout,
+        auth_roles: str | None,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 100,
         clock: Callable[[], float] = time.time,
@@ -114,7 +113,7 @@ class MasStackClient:
         self._auth_roles = auth_roles
         self._clock = clock
         self._closers: list[Callable[[], None]] = []
-        self._timeout = timeout or DEFAULT_TIMEOUT
+        self._timeout = timeout
         self._http = httpx.Client(
             base_url=base,
             timeout=self._timeout,

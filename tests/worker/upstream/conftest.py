@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import SecretStr
 
-from worker.upstream import MasStackClient, StaticToken, TokenProvider
+from subswitch.settings import Settings
+from worker.upstream import MasStackClient, StaticToken, TokenProvider, timeout_from_settings
 
 BASE_URL = "https://customers.test/v2"
 TOKEN = "static-secret-token-123"
@@ -57,6 +58,16 @@ def answer(status: int, body: Any = None, headers: dict[str, str] | None = None)
     return handle
 
 
+#: Client settings every test starts from: the defaults of Settings, not the environment.
+DEFAULTS: Final = Settings.model_construct()
+TIMEOUT: Final = timeout_from_settings(DEFAULTS)
+
+
+def new_client(**kwargs: Any) -> MasStackClient:
+    """A client with the default timeouts and roles, unless ``kwargs`` say otherwise."""
+    return MasStackClient(**{"timeout": TIMEOUT, "auth_roles": DEFAULTS.auth_roles, **kwargs})
+
+
 @dataclass
 class ClientFactory:
     """Builds a client whose requests all go to a Recorder."""
@@ -68,11 +79,12 @@ class ClientFactory:
         auth: TokenProvider | None = None,
         base_url: str = BASE_URL,
         clock: Callable[[], float] | None = None,
-        auth_roles: str | None = "API_KEY",
+        auth_roles: str | None = DEFAULTS.auth_roles,
     ) -> tuple[MasStackClient, Recorder]:
         recorder = Recorder(handler)
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
         client = MasStackClient(
+            timeout=TIMEOUT,
             base_url=base_url,
             auth=auth if auth is not None else StaticToken(SecretStr(TOKEN)),
             transport=recorder.transport,

@@ -14,6 +14,7 @@ from subswitch.settings import Settings
 from subswitch.simulator.accounts import generate_service_account
 from subswitch.simulator.config import SimulatorConfig
 from subswitch.simulator.testing import SimulatorHandle, running_simulator
+from tests.worker.upstream.conftest import new_client
 from worker.upstream import (
     AuthenticationError,
     MasStackClient,
@@ -50,7 +51,7 @@ def sim(simulator: SimulatorHandle) -> Iterator[SimulatorHandle]:
 
 @pytest.fixture
 def client(sim: SimulatorHandle) -> Iterator[MasStackClient]:
-    with MasStackClient(base_url=sim.base_url, auth=StaticToken(SecretStr("dev-token"))) as c:
+    with new_client(base_url=sim.base_url, auth=StaticToken(SecretStr("dev-token"))) as c:
         yield c
 
 
@@ -148,7 +149,7 @@ def test_non_changeable_service_is_400_with_error_message_fields(
 
 def test_wrong_static_token_is_an_authentication_error(sim: SimulatorHandle) -> None:
     # Given a client with a token the simulator does not know
-    client = MasStackClient(base_url=sim.base_url, auth=StaticToken(SecretStr("wrong")))
+    client = new_client(base_url=sim.base_url, auth=StaticToken(SecretStr("wrong")))
     # When it writes / Then it gets a permanent auth error and nothing is applied
     with client, pytest.raises(AuthenticationError) as caught:
         client.change_block_status("telco", 7, 1, active=True, idempotency_key="k")
@@ -165,7 +166,7 @@ def test_service_account_flow_refreshes_once_after_revocation(
         provider = ServiceAccountTokenProvider(
             account=ServiceAccount.from_file(account_path), token_url=sim.token_url, http=token_http
         )
-        with MasStackClient(base_url=sim.base_url, auth=provider) as client:
+        with new_client(base_url=sim.base_url, auth=provider) as client:
             # When it writes twice
             assert (
                 client.change_block_status("telco", 7, 1, active=True, idempotency_key="a") == 201
@@ -253,7 +254,7 @@ def test_read_timeout_on_a_slow_write_is_maybe_applied(sim: SimulatorHandle) -> 
     # Given a client with a short read timeout and an upstream that answers late
     sim.admin.set_faults(p_slow=1.0, slow_ms=5_000)
     timeout = httpx.Timeout(connect=3.0, read=0.2, write=3.0, pool=3.0)
-    with MasStackClient(
+    with new_client(
         base_url=sim.base_url, auth=StaticToken(SecretStr("dev-token")), timeout=timeout
     ) as client:
         started = time.monotonic()

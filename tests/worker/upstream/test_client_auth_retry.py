@@ -8,10 +8,9 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from tests.worker.upstream.conftest import ClientFactory, Handler, RsaKey, answer
+from tests.worker.upstream.conftest import ClientFactory, Handler, RsaKey, answer, new_client
 from worker.upstream import (
     AuthenticationError,
-    MasStackClient,
     NoAuth,
     ServiceAccount,
     ServiceAccountTokenProvider,
@@ -137,7 +136,7 @@ def test_service_account_refresh_end_to_end(rsa_key: RsaKey) -> None:
         provider = ServiceAccountTokenProvider(
             account=account, token_url="https://auth.test/oauth/token", http=http
         )
-        client = MasStackClient(base_url="https://api.test/v2", auth=provider, transport=transport)
+        client = new_client(base_url="https://api.test/v2", auth=provider, transport=transport)
         # When a write meets a 401 for the first token
         status = client.change_block_status("telco", 7, 1, active=True, idempotency_key="k")
     # Then the provider fetched exactly one fresh token and the write succeeded
@@ -165,7 +164,7 @@ def test_token_endpoint_outage_during_refresh_is_transient(rsa_key: RsaKey) -> N
         provider = ServiceAccountTokenProvider(
             account=account, token_url="https://auth.test/oauth/token", http=http
         )
-        client = MasStackClient(base_url="https://api.test/v2", auth=provider, transport=transport)
+        client = new_client(base_url="https://api.test/v2", auth=provider, transport=transport)
         # When a write needs a refresh / Then the outage is transient and nothing applied
         with pytest.raises(TransientError) as caught:
             client.change_block_status("telco", 7, 1, active=True, idempotency_key="k")

@@ -64,6 +64,7 @@ def client_on(base_url: str, transport: httpx.BaseTransport) -> MasStackClient:
         base_url=base_url,
         auth=StaticToken(SecretStr("tok")),
         timeout=LONG,
+        auth_roles=None,
         transport=transport,
     )
 

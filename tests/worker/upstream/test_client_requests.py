@@ -11,11 +11,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.worker.upstream.conftest import TOKEN, ClientFactory, answer
+from tests.worker.upstream.conftest import TOKEN, ClientFactory, answer, new_client
 from worker.upstream import (
-    DEFAULT_TIMEOUT,
     MalformedResponseError,
-    MasStackClient,
     NoAuth,
     ServiceQuery,
     StaticToken,
@@ -222,12 +220,11 @@ def test_no_auth_sends_no_authorization_and_roles_can_be_off(make_client: Client
 
 
 def test_default_timeouts_and_pool_limits() -> None:
-    # Given a client built without a transport or timeout
-    client = MasStackClient(base_url="http://127.0.0.1:9/v2", auth=NoAuth())
+    # Given a client built without a transport, with the settings' default timeouts
+    client = new_client(base_url="http://127.0.0.1:9/v2", auth=NoAuth())
     # Then its timeouts are the documented defaults and the pool fits 64 threads
     http = client._http
     assert http.timeout == httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0)
-    assert http.timeout == DEFAULT_TIMEOUT
     pool = http._transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 100
     assert pool._max_keepalive_connections == 100
@@ -236,7 +233,7 @@ def test_default_timeouts_and_pool_limits() -> None:
 
 def test_repr_shows_base_url_only() -> None:
     # Given a client whose base URL carries credentials
-    client = MasStackClient(
+    client = new_client(
         base_url="https://user:pw@customers.test/v2",
         auth=StaticToken(SecretStr(TOKEN)),
     )
@@ -247,7 +244,7 @@ def test_repr_shows_base_url_only() -> None:
 
 def test_context_manager_closes_the_pool() -> None:
     # Given a client used as a context manager
-    with MasStackClient(base_url="https://customers.test/v2", auth=NoAuth()) as client:
+    with new_client(base_url="https://customers.test/v2", auth=NoAuth()) as client:
         pass
     # Then its HTTP client is closed afterwards
     assert client._http.is_closed

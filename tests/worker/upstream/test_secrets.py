@@ -9,11 +9,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.worker.upstream.conftest import RsaKey
+from tests.worker.upstream.conftest import RsaKey, new_client
 from worker.upstream import (
     AuthenticationError,
     ConfigurationError,
-    MasStackClient,
     ServiceAccount,
     ServiceAccountTokenProvider,
     StaticToken,
@@ -47,7 +46,7 @@ def test_reprs_hide_every_secret(rsa_key: RsaKey, account_file: Path) -> None:
     )
     assert provider.token() == ACCESS_TOKEN
     static = StaticToken(SecretStr(STATIC))
-    client = MasStackClient(base_url="https://api.test/v2", auth=provider)
+    client = new_client(base_url="https://api.test/v2", auth=provider)
     # When they are shown / Then no secret appears
     for thing in (account, provider, static, client, provider._cached):
         assert_clean(repr(thing), rsa_key)
@@ -80,7 +79,7 @@ def test_auth_failures_and_logs_hide_every_secret(
         token_url="https://auth.test/token",
         http=httpx.Client(transport=transport),
     )
-    client = MasStackClient(base_url="https://api.test/v2", auth=provider, transport=transport)
+    client = new_client(base_url="https://api.test/v2", auth=provider, transport=transport)
     # When a write fails authentication after the refresh was refused
     with pytest.raises(AuthenticationError) as caught:
         client.change_block_status("telco", 7, 1, active=True, idempotency_key="k")
@@ -111,7 +110,7 @@ def test_request_failures_do_not_quote_the_token(caplog: pytest.LogCaptureFixtur
     def handle(request: httpx.Request) -> httpx.Response:
         raise httpx.LocalProtocolError(f"bad header {request.headers['Authorization']}")
 
-    client = MasStackClient(
+    client = new_client(
         base_url="https://api.test/v2",
         auth=StaticToken(SecretStr(STATIC)),
         transport=httpx.MockTransport(handle),

@@ -1,0 +1,357 @@
+"""Builds a worker from :class:`Settings`: its Celery app, its tasks, its runtime.
+
+:func:`create_app` creates the app and registers the tasks and the consumer against a
+:class:`RuntimeHolder`. The runtime (store, upstream client, sinks, executor) is built
+when the worker process starts (Celery's ``celeryd_after_setup``; under a prefork pool
+again in each child), so a worker that cannot build it (a missing service-account file, an
+unreachable store) refuses to start, with one line and a non-zero exit, instead of
+taking messages it cannot finish.
+
+Settings reach the runtime through this module's closures, never through
+``app.conf``: any broker client can read ``app.conf`` with ``celery inspect conf``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn, TypeVar
+
+import redis
+from celery import Celery
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+from celery.signals import worker_shutdown as worker_shutdown_signal
+from pydantic import ValidationError
+
+from subswitch.broker import celery_config, is_amqp
+from subswitch.commandline import exit_for, one_line
+from subswitch.errors import StoreError, SubswitchError, TransientError, settings_error
+from subswitch.redact import redact_url, scrub
+from subswitch.settings import Settings
+from subswitch.urls import Endpoints, resolve_endpoints
+from worker import tasks, upstream
+from worker.consumer import bound_consumer
+from worker.deliveries import DeadLetterOnce, DeliveryCounter
+from worker.durability import check_durability
+from worker.executor import LEASE_MARGIN_S, Executor
+from worker.policy import RetryPolicy
+from worker.sinks import KombuDeadLetters, KombuEventSink
+from worker.store import RedisStore
+from worker.traffic import MAX_WAIT_S, BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: Slots of the threads pool: the work is I/O-bound (an HTTP call and a few Redis
+#: round trips), so many threads per process beat processes.
+DEFAULT_CONCURRENCY: Final = 64
+# The lock is taken before the wait for a rate-limit slot, so the lease covers both;
+# the executor gives each attempt a deadline that ends LEASE_MARGIN_S before it.
+_LEASE_S_BEYOND_BUDGET: Final = MAX_WAIT_S + LEASE_MARGIN_S
+_STORE_CHECK_TIMEOUT_S: Final = 5.0
+
+
+class RuntimeNotReady(TransientError):
+    """A delivery arrived in a process whose runtime was not built (never acked)."""
+
+
+@dataclass
+class Runtime:
+    """What one worker process needs to execute commands."""
+
+    executor: Executor
+    store: RedisStore
+    client: upstream.MasStackClient
+    pid: int
+    deliveries: DeliveryCounter
+
+    def close(self) -> None:
+        """Close the upstream and store connections."""
+        self.client.close()
+        self.store.close()
+
+
+class RuntimeHolder:
+    """This process's runtime: built when the worker process starts, closed at its end.
+
+    Shared by every thread of the pool. A prefork child builds its own (it must not
+    share the parent's sockets); the pid tells them apart.
+    """
+
+    def __init__(self, build: Callable[[], Runtime]) -> None:
+        self._build = build
+        self._app: Celery | None = None
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+
+    def start(self) -> Runtime:
+        """Build this process's runtime unless it has one."""
+        with self._lock:
+            if self._runtime is None or self._runtime.pid != os.getpid():
+                self._runtime = self._build()
+            return self._runtime
+
+    def runtime(self) -> Runtime:
+        """This process's runtime.
+
+        Raises:
+            RuntimeNotReady: the runtime was not built in this process.
+        """
+        current = self._runtime
+        if current is None or current.pid != os.getpid():
+            raise RuntimeNotReady("the worker runtime was not built in this process")
+        return current
+
+    def executor(self) -> Executor:
+        """This process's executor (raises :class:`RuntimeNotReady` as :meth:`runtime`)."""
+        return self.runtime().executor
+
+    def deliveries(self) -> DeliveryCounter:
+        """This process's delivery counter (raises as :meth:`runtime`)."""
+        return self.runtime().deliveries
+
+    def close(self) -> None:
+        """Close this process's runtime, if it has one."""
+        with self._lock:
+            if self._runtime is not None and self._runtime.pid == os.getpid():
+                self._runtime.close()
+            self._runtime = None
+
+    def on_worker_setup(self, instance: Any = None, **_: Any) -> None:
+        """``celeryd_after_setup``: build the runtime, or end the worker with one line.
+
+        Sent once logging is set up and before any consumer or pool starts, so no
+        message is taken by a worker without a runtime.
+        """
+        if getattr(instance, "app", None) is not self._app:
+            return
+        start_or_refuse(self.start)
+
+    def on_process_init(self, **_: Any) -> None:
+        """``worker_process_init`` (prefork child): a runtime of the child's own."""
+        start_or_refuse(self.start)
+
+    def on_shutdown(self, **_: Any) -> None:
+        """``worker_shutdown`` / ``worker_process_shutdown``: close the connections."""
+        self.close()
+
+    def attach(self, app: Celery) -> None:
+        """Build at ``app``'s worker start, close at its end (weakly: dies with the app)."""
+        self._app = app
+        celeryd_after_setup.connect(self.on_worker_setup)
+        worker_process_init.connect(self.on_process_init)
+        worker_process_shutdown.connect(self.on_shutdown)
+        worker_shutdown_signal.connect(self.on_shutdown)
+
+
+def request_budget_s(settings: Settings) -> float:
+    """Longest one upstream attempt can take: two tries (a 401 refresh) of every timeout."""
+    one_try = (
+        settings.connect_timeout
+        + settings.write_timeout
+        + settings.read_timeout
+        + settings.pool_timeout
+    )
+    return 2 * one_try
+
+
+def worker_config(settings: Settings, broker_url: str) -> dict[str, Any]:
+    """Celery settings of the worker side, on top of :func:`subswitch.broker.celery_config`."""
+    budget = request_budget_s(settings)
+    config = celery_config(
+        broker_url=broker_url,
+        visibility_timeout=settings.visibility_timeout,
+        queue_type=settings.rabbitmq_queue_type,
+        delivery_limit=settings.delivery_limit,
+    )
+    config.update(
+        # Ack after the task ran, not on receipt: a worker killed mid-command leaves
+        # the message to be redelivered. The store makes the second run harmless.
+        task_acks_late=True,
+        # ...and that includes the OS killing the worker process (SIGKILL, OOM).
+        task_reject_on_worker_lost=True,
+        # One message at a time per slot: fair across slots, and a killed worker
+        # holds back as few messages as possible.
+        worker_prefetch_multiplier=1,
+        # On a broker connection loss the unacked messages are redelivered; stop
+        # running their copies here so two workers rarely race (the store still wins).
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Hard limit (prefork only; threads ignore it): one attempt plus store work,
+        # far inside the redelivery window so a stuck task never gets a twin.
+        task_time_limit=int(budget + 30),
+        task_soft_time_limit=int(budget + 20),
+        worker_pool="threads",
+        worker_concurrency=DEFAULT_CONCURRENCY,
+        # Enough broker connections for every slot to publish its event at once.
+        broker_pool_limit=DEFAULT_CONCURRENCY + 8,
+        worker_hijack_root_logger=False,
+        # Remote control lets any broker client inspect, revoke or shut down workers.
+        worker_enable_remote_control=settings.remote_control,
+    )
+    if is_amqp(broker_url):
+        config.update(task_default_queue_type=settings.rabbitmq_queue_type)
+    return config
+
+
+def create_app(settings: Settings) -> Celery:
+    """The worker's Celery app: tasks and consumer registered, runtime built at start.
+
+    Raises:
+        ConfigurationError: half configured (one URL without the other).
+        UnavailableError: the embedded Redis would not start.
+    """
+    endpoints = start_or_raise(lambda: resolve_endpoints(settings))
+    app = Celery("subswitch", set_as_current=False)
+    holder = RuntimeHolder(lambda: build_runtime(settings, endpoints, app))
+    app.conf.update(worker_config(settings, endpoints.broker_url))
+    app.conf.worker_consumer = bound_consumer(
+        holder.executor,
+        max_message_bytes=settings.max_message_bytes,
+        visibility_timeout_s=settings.visibility_timeout,
+    )
+    tasks.register(app, executor=holder.executor, deliveries=holder.deliveries)
+    holder.attach(app)
+    return app
+
+
+def check_runtime(settings: Settings) -> None:
+    """Build a runtime and close it again: raises what a worker start would.
+
+    Raises:
+        SubswitchError: as :func:`create_app` and :func:`build_runtime`.
+    """
+    app = create_app(settings)
+    try:
+        build_runtime(settings, resolve_endpoints(settings), app, report=False).close()
+    finally:
+        app.close()
+
+
+def build_runtime(
+    settings: Settings, endpoints: Endpoints, app: Celery, *, report: bool = True
+) -> Runtime:
+    """Wire the executor to the store, the upstream and the broker; check the store first.
+
+    ``report`` logs the store's durability risks (off for a mere check).
+
+    Raises:
+        ConfigurationError: bad upstream settings or credentials.
+        StoreError: the store does not answer.
+    """
+    # Configuration first: a worker that cannot start says so in one line, no warnings.
+    client = start_or_raise(lambda: upstream.from_settings(settings))
+    try:
+        check_store(endpoints.store_url, report=report)
+    except StoreError:
+        client.close()
+        raise
+    store = RedisStore.from_url(
+        endpoints.store_url,
+        retention_s=settings.retention_seconds,
+        max_clock_skew_s=settings.max_clock_skew_seconds,
+    )
+    executor = Executor(
+        store=store,
+        upstream=client,
+        events=KombuEventSink(app=app),
+        dead_letters=DeadLetterOnce(
+            inner=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
+            scripts=store.scripts,
+            retention_s=settings.retention_seconds,
+        ),
+        policy=RetryPolicy.within_window(
+            max_attempts=settings.max_attempts, redelivery_window_s=settings.visibility_timeout
+        ),
+        lease_ms=int((request_budget_s(settings) + _LEASE_S_BEYOND_BUDGET) * 1000),
+        settle_s=settings.settle_seconds,
+        max_clock_skew_s=settings.max_clock_skew_seconds,
+        retention_s=settings.retention_seconds,
+        traffic=traffic_control(settings, store),
+    )
+    if report:
+        logger.info(
+            "worker runtime ready: upstream %s, store %s",
+            redact_url(settings.upstream_url),
+            redact_url(endpoints.store_url),
+        )
+    deliveries = DeliveryCounter(scripts=store.scripts, limit=settings.delivery_limit)
+    return Runtime(
+        executor=executor, store=store, client=client, pid=os.getpid(), deliveries=deliveries
+    )
+
+
+def check_store(store_url: str, *, report: bool = True) -> None:
+    """Refuse an unreachable store; warn about one that may forget or evict records."""
+    client = redis.Redis.from_url(
+        store_url,
+        socket_timeout=_STORE_CHECK_TIMEOUT_S,
+        socket_connect_timeout=_STORE_CHECK_TIMEOUT_S,
+    )
+    try:
+        client.ping()
+        if report:
+            check_durability(client)
+    except (redis.RedisError, OSError) as exc:
+        reason = scrub(str(exc) or type(exc).__name__, store_url)
+        message = f"store unreachable at {redact_url(store_url)}: {reason}"
+        raise StoreError(message) from None
+    finally:
+        client.close()
+
+
+def traffic_control(settings: Settings, store: RedisStore) -> TrafficControl:
+    """The global rate limit and circuit breaker the settings ask for."""
+    limiter = (
+        RateLimiter(scripts=store.scripts, rate_per_s=settings.rate_limit)
+        if settings.rate_limit
+        else None
+    )
+    breaker = (
+        CircuitBreaker(scripts=store.scripts, policy=breaker_policy(settings))
+        if settings.breaker
+        else None
+    )
+    return TrafficControl(limiter=limiter, breaker=breaker)
+
+
+def breaker_policy(settings: Settings) -> BreakerPolicy:
+    """The circuit breaker's thresholds from settings."""
+    return BreakerPolicy(
+        failure_ratio=settings.breaker_failure_ratio,
+        min_requests=settings.breaker_min_requests,
+        window_s=settings.breaker_window_s,
+        cooldown_s=settings.breaker_cooldown_s,
+    )
+
+
+def start_or_raise(step: Callable[[], _T]) -> _T:
+    """``step()``, with invalid settings turned into the tree's :class:`ConfigurationError`."""
+    try:
+        return step()
+    except ValidationError as exc:
+        raise settings_error(exc) from None
+
+
+def start_or_refuse(step: Callable[[], _T]) -> _T:
+    """``step()``, or end the process with one line on stderr and a non-zero status."""
+    try:
+        return start_or_raise(step)
+    except SubswitchError as exc:
+        refuse(exc)
+
+
+def refuse(exc: SubswitchError) -> NoReturn:
+    """Print ``error: worker cannot start: <why>`` and exit with the error's status
+    (2 for configuration, 3 for a service that does not answer).
+
+    ``SystemExit`` rather than an exception: Celery's signal dispatch logs and
+    swallows exceptions (the worker would start without a runtime), not exits.
+    """
+    message, status = exit_for(exc)
+    sys.stderr.write(f"error: worker cannot start: {one_line(message)}\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
