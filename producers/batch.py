@@ -33,6 +33,7 @@ from subswitch.contract import (
     ChangeBlockStatus,
     ChangeServiceStatus,
     Lane,
+    TimeBounds,
     describe_validation_error,
 )
 from subswitch.errors import InvalidInput
@@ -260,12 +261,15 @@ class RowBuilder:
     """Turns a row's fields into a validated bulk command (the contract's models decide).
 
     ``batch_id`` names the commands of rows without a ``command_id``; ``source`` and
-    ``issued_at`` fill the rows that leave them empty.
+    ``issued_at`` (the run's time) fill the rows that leave them empty. With
+    ``bounds``, a row whose ``issued_at`` lies outside them at the run's time is an
+    error.
     """
 
     batch_id: str
     source: str
     issued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    bounds: TimeBounds | None = None
 
     def build(self, line: int, fields: dict[str, Any]) -> AnyCommand | RowError:
         """The command of the row on ``line``, or why it is not one."""
@@ -282,9 +286,11 @@ class RowBuilder:
         data.setdefault("issued_at", self.issued_at)
         data.setdefault("source", self.source)
         try:
-            return model.model_validate(data)
+            command = model.model_validate(data)
         except ValidationError as exc:
             return RowError(line, describe_validation_error(exc))
+        violation = self.bounds and self.bounds.violation(command.issued_at, now=self.issued_at)
+        return RowError(line, violation) if violation else command
 
 
 def _cells(fields: dict[str, Any]) -> dict[str, Any]:

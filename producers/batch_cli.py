@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -45,11 +46,13 @@ from producers.batch_results import (
     ResultTally,
     await_results,
 )
-from producers.errors import BrokerError
+from producers.batch_runs import BatchExpiredError, first_run
+from producers.commands import time_bounds
+from producers.errors import BrokerError, MessageTooLargeError
 from producers.events import EventStream
 from producers.publisher import BatchPublisher, CeleryPublisher
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
-from subswitch.contract import AnyCommand, Lane, ResultEvent
+from subswitch.contract import AnyCommand, Lane, ResultEvent, TimeBounds
 from subswitch.settings import Settings
 from subswitch.urls import resolve_broker_url
 
@@ -203,7 +206,7 @@ def run_batch(settings: Settings, options: BatchOptions) -> int:
     """Validate, then enqueue (and follow) the batch; the exit status."""
     console = Console(stderr=True, highlight=False)
     with _open_report(options.report) as report:
-        check = _validate(options, console, report)
+        check = _validate(options, console, report, time_bounds(settings))
         run = _BatchRun(options, check, console, report)
         if options.check_only:
             typer.echo(
@@ -222,8 +225,11 @@ def _open_report(path: Path | None) -> AbstractContextManager[BatchReport | None
         fail(f"cannot write the report {path}: {exc.strerror or exc}", ExitCode.BAD_INPUT)
 
 
-def _validate(options: BatchOptions, console: Console, report: BatchReport | None) -> BatchCheck:
-    """Pass 1: every row checked; exits 2 with each bad row named unless allowed."""
+def _validate(
+    options: BatchOptions, console: Console, report: BatchReport | None, bounds: TimeBounds
+) -> BatchCheck:
+    """Pass 1: every row checked (time bounds too); exits 2 with each bad row named
+    unless allowed."""
     path = options.path
     try:
         source = BatchSource(path, options.fmt)
@@ -231,7 +237,7 @@ def _validate(options: BatchOptions, console: Console, report: BatchReport | Non
             task = progress.add_task("validating", total=path.stat().st_size, unit="bytes")
             check = check_file(
                 source,
-                builder=RowBuilder(batch_id="0" * 16, source=options.source),
+                builder=RowBuilder(batch_id="0" * 16, source=options.source, bounds=bounds),
                 on_invalid=None if report is None else report.invalid,
                 on_progress=lambda done: progress.update(task, completed=done),
             )
@@ -284,6 +290,7 @@ class _BatchRun:
     def enqueue(self, settings: Settings) -> int:
         """Bind to the events first when waiting, send every chunk, then wait; the
         exit status."""
+        issued_at = self.first_run_time(settings)
         broker_url = resolve_broker_url(settings)
         with ExitStack() as stack:
             wait = self.options.wait
@@ -292,9 +299,11 @@ class _BatchRun:
                 broker_url=broker_url,
                 visibility_timeout=settings.visibility_timeout,
                 queue_type=settings.rabbitmq_queue_type,
+                delivery_limit=settings.delivery_limit,
+                max_message_bytes=settings.max_message_bytes,
             )
             stack.callback(publisher.close)
-            self.publish(publisher)
+            self.publish(publisher, issued_at)
             invalid = self.check.invalid
             skipped = f"; {_count(invalid, 'invalid row')} skipped" if invalid else ""
             typer.echo(
@@ -303,7 +312,24 @@ class _BatchRun:
             )
             return ExitCode.OK if stream is None else self.await_results(stream)
 
-    def publish(self, publisher: BatchPublisher) -> None:
+    def first_run_time(self, settings: Settings) -> datetime:
+        """The ``issued_at`` of rows without one: the first run's time, kept for re-runs."""
+        now = datetime.now(UTC)
+        try:
+            run = first_run(settings.data_dir, self.batch_id, now=now, bounds=time_bounds(settings))
+        except BatchExpiredError as exc:
+            fail(str(exc), ExitCode.BAD_INPUT)
+        except OSError as exc:
+            fail(f"cannot keep the time of batch {self.batch_id}: {exc}", ExitCode.BAD_INPUT)
+        if not run.first and not self.options.quiet:
+            self.console.print(
+                f"batch {self.batch_id} was first run at "
+                f"{run.issued_at.isoformat(timespec='seconds')}: its rows keep that issued_at",
+                highlight=False,
+            )
+        return run.issued_at
+
+    def publish(self, publisher: BatchPublisher, issued_at: datetime) -> None:
         """Pass 2: stream the file again and send its commands in chunks."""
         path = self.options.path
         if file_identity(path) != self.check.identity:
@@ -311,7 +337,10 @@ class _BatchRun:
                 f"{path.name} changed since it was validated; nothing enqueued", ExitCode.BAD_INPUT
             )
         source = BatchSource(path, self.options.fmt)
-        rows = source.rows(RowBuilder(batch_id=self.batch_id, source=self.options.source))
+        builder = RowBuilder(
+            batch_id=self.batch_id, source=self.options.source, issued_at=issued_at
+        )
+        rows = source.rows(builder)
         try:
             with progress_bar(self.console, enabled=not self.options.quiet) as progress:
                 task = progress.add_task("enqueueing", total=self.check.valid, unit="rows")
@@ -321,6 +350,8 @@ class _BatchRun:
                     progress.advance(task, len(chunk))
         except KeyboardInterrupt:
             fail(f"interrupted; {self._resume_hint()}", ExitCode.INTERRUPTED)
+        except MessageTooLargeError as exc:
+            fail(f"{exc}: use a smaller --chunk-size; {self._resume_hint()}", ExitCode.BAD_INPUT)
         except BrokerError as exc:
             fail(f"{exc}; {self._resume_hint()}", ExitCode.UNAVAILABLE)
         except (BatchFileError, OSError) as exc:

@@ -19,6 +19,7 @@ from producers.commands import (
     Envelope,
     block_status_command,
     service_status_command,
+    time_bounds,
 )
 from producers.events import EventStream
 from producers.producer import CommandProducer
@@ -226,9 +227,15 @@ def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float
             broker_url=broker_url,
             visibility_timeout=settings.visibility_timeout,
             queue_type=settings.rabbitmq_queue_type,
+            delivery_limit=settings.delivery_limit,
+            max_message_bytes=settings.max_message_bytes,
         )
         producer = stack.enter_context(
-            CommandProducer(publisher=publisher, default_source=settings.source)
+            CommandProducer(
+                publisher=publisher,
+                default_source=settings.source,
+                time_bounds=time_bounds(settings),
+            )
         )
         producer.send(command)
         typer.echo(command.command_id)

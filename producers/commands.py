@@ -15,6 +15,7 @@ from subswitch.contract import (
     ChangeServiceStatus,
     InvalidCommand,
     Lane,
+    TimeBounds,
     parse_command,
 )
 from subswitch.contract import describe_validation_error as _describe
@@ -88,6 +89,26 @@ def service_status_command(
         "active": active,
     }
     return _build(ChangeServiceStatus, fields, envelope, default_source)
+
+
+def time_bounds(settings: Settings | None = None) -> TimeBounds:
+    """The §2.6 bounds of ``settings`` (or of the defaults, without reading the
+    environment)."""
+    chosen = settings or Settings.model_construct()
+    return TimeBounds(
+        max_skew_s=chosen.max_clock_skew_seconds, retention_s=chosen.retention_seconds
+    )
+
+
+def check_time_bounds(command: AnyCommand, bounds: TimeBounds, *, now: datetime) -> None:
+    """Refuse a command whose ``issued_at`` lies outside ``bounds`` at ``now``.
+
+    Raises:
+        InvalidCommandError: one line naming the bound and its setting.
+    """
+    violation = bounds.violation(command.issued_at, now=now)
+    if violation is not None:
+        raise InvalidCommandError(violation, command_id=command.command_id)
 
 
 def revalidate(command: AnyCommand) -> AnyCommand:

@@ -10,7 +10,14 @@ from subswitch.contract import InvalidCommand
 from subswitch.errors import BrokerError, PublishError
 from subswitch.redact import redact_url, scrub
 
-__all__ = ["BrokerError", "InvalidCommandError", "PublishError", "redact_url", "scrub"]
+__all__ = [
+    "BrokerError",
+    "InvalidCommandError",
+    "MessageTooLargeError",
+    "PublishError",
+    "redact_url",
+    "scrub",
+]
 
 
 class InvalidCommandError(InvalidCommand):
@@ -19,3 +26,7 @@ class InvalidCommandError(InvalidCommand):
     ``str()`` is one line naming each offending field, e.g.
     ``block_id: Input should be less than or equal to 2``. A ``ValueError``.
     """
+
+
+class MessageTooLargeError(InvalidCommandError):
+    """The message would exceed ``SUBSWITCH_MAX_MESSAGE_BYTES``; nothing was enqueued."""

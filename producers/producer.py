@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self, Unpack
 
@@ -9,28 +11,46 @@ from producers.commands import (
     DEFAULT_SOURCE,
     Envelope,
     block_status_command,
+    check_time_bounds,
     revalidate,
     service_status_command,
 )
+from producers.commands import time_bounds as bounds_of
 from producers.publisher import CeleryPublisher, Publisher
-from subswitch.contract import AnyCommand
+from subswitch.contract import AnyCommand, TimeBounds
 from subswitch.settings import Settings
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class CommandProducer:
     """Validates commands and enqueues them; every method returns the ``command_id``.
 
     Nothing is enqueued unless the command is valid: an invalid one raises
-    ``InvalidCommandError`` naming the field(s). A broker failure raises
+    ``InvalidCommandError`` naming the field(s), and so does one whose ``issued_at``
+    is more than ``SUBSWITCH_MAX_CLOCK_SKEW_SECONDS`` ahead of this machine's clock or
+    older than ``SUBSWITCH_RETENTION_SECONDS`` (``time_bounds``; the defaults unless
+    given). A broker failure raises
     ``PublishError``; re-sending the same command (same ``command_id``) is then safe,
     the worker applies a command once however often it arrives.
 
     Use it as a context manager, or call ``close()``.
     """
 
-    def __init__(self, *, publisher: Publisher, default_source: str = DEFAULT_SOURCE) -> None:
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        default_source: str = DEFAULT_SOURCE,
+        time_bounds: TimeBounds | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
         self._publisher = publisher
         self.default_source = default_source
+        self._bounds = time_bounds or bounds_of()
+        self._clock = clock
 
     @classmethod
     def from_env(cls) -> CommandProducer:
@@ -44,7 +64,9 @@ class CommandProducer:
     def from_settings(cls, settings: Settings) -> CommandProducer:
         """A producer for already-read settings."""
         return cls(
-            publisher=CeleryPublisher.from_settings(settings), default_source=settings.source
+            publisher=CeleryPublisher.from_settings(settings),
+            default_source=settings.source,
+            time_bounds=bounds_of(settings),
         )
 
     def change_block_status(
@@ -92,6 +114,7 @@ class CommandProducer:
     def send(self, command: AnyCommand) -> str:
         """Enqueue a command model on its lane and return its ``command_id``."""
         checked = revalidate(command)
+        check_time_bounds(checked, self._bounds, now=self._clock())
         self._publisher.publish(checked)
         return checked.command_id
 

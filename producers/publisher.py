@@ -10,12 +10,16 @@ from typing import Any, Final, Protocol
 
 from celery import Celery
 from kombu.pools import ProducerPool
+from kombu.utils.json import dumps
 
-from producers.errors import PublishError, redact_url, scrub
+from producers.errors import MessageTooLargeError, PublishError, redact_url, scrub
 from subswitch.broker import BROKER_FAILURES, celery_config
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, AnyCommand, Lane, parse_command
 from subswitch.settings import Settings
 from subswitch.urls import resolve_broker_url
+
+#: The publisher's defaults are the settings' own (one source for each).
+_DEFAULTS: Final = {name: field.default for name, field in Settings.model_fields.items()}
 
 #: Bounded, so a send to an unreachable broker fails in seconds instead of hanging.
 RETRY_POLICY: Final = {
@@ -24,6 +28,14 @@ RETRY_POLICY: Final = {
     "interval_step": 0.5,
     "interval_max": 1.0,
 }
+# What Celery adds around the arguments in a task message's body (protocol 2).
+_BODY_EMBED: Final = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# Slack for the difference between this estimate and Celery's own serialisation.
+_SIZE_MARGIN_BYTES: Final = 256
+# The largest command's JSON (every field at its maximum, the reason in characters
+# JSON escapes to 12 bytes) is 3,755 bytes: below this many commands per message, the
+# size needs no measuring.
+_MAX_COMMAND_JSON_BYTES: Final = 4096
 # Fixed namespace: the same chunk gets the same task id in every process and re-run.
 _CHUNK_ID_NAMESPACE: Final = uuid.UUID("2b0d9c64-5a1e-4f0b-8c53-0f6f4e1d7a39")
 
@@ -70,6 +82,23 @@ def _bulk_chunk(commands: Sequence[AnyCommand]) -> list[dict[str, Any]]:
     return [command.model_dump(mode="json") for command in commands]
 
 
+def check_message_size(argument: Any, *, commands: int, limit: int, what: str) -> None:
+    """Refuse a task message of ``commands`` commands whose body would exceed ``limit``
+    bytes (workers would dead-letter it unread).
+
+    Raises:
+        MessageTooLargeError: one line naming the size, the limit and the setting.
+    """
+    if commands * _MAX_COMMAND_JSON_BYTES + _SIZE_MARGIN_BYTES <= limit:
+        return  # cannot be too large: spare serialising it twice
+    size = len(dumps(([argument], {}, _BODY_EMBED)).encode()) + _SIZE_MARGIN_BYTES
+    if size > limit:
+        raise MessageTooLargeError(
+            f"{what} would be a message of about {size:,} bytes, over the "
+            f"{limit:,} of SUBSWITCH_MAX_MESSAGE_BYTES; nothing enqueued"
+        )
+
+
 class CeleryPublisher:
     """Sends each command as a ``subswitch.apply`` Celery task on its lane's queue.
 
@@ -81,14 +110,24 @@ class CeleryPublisher:
     ever ran is kept. On RabbitMQ ``publish`` returns once the broker confirmed it.
     """
 
-    def __init__(self, *, broker_url: str, visibility_timeout: int, queue_type: str) -> None:
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        visibility_timeout: int,
+        queue_type: str,
+        delivery_limit: int = _DEFAULTS["delivery_limit"],
+        max_message_bytes: int = _DEFAULTS["max_message_bytes"],
+    ) -> None:
         self._broker_url = broker_url
+        self._max_message_bytes = max_message_bytes
         self._app = Celery("subswitch-producer", set_as_current=False)
         self._app.conf.update(
             celery_config(
                 broker_url=broker_url,
                 visibility_timeout=visibility_timeout,
                 queue_type=queue_type,
+                delivery_limit=delivery_limit,
             )
         )
         self._connections = self._app.connection_for_write().Pool(
@@ -103,6 +142,8 @@ class CeleryPublisher:
             broker_url=resolve_broker_url(settings),
             visibility_timeout=settings.visibility_timeout,
             queue_type=settings.rabbitmq_queue_type,
+            delivery_limit=settings.delivery_limit,
+            max_message_bytes=settings.max_message_bytes,
         )
 
     @property
@@ -119,13 +160,16 @@ class CeleryPublisher:
         """Send ``command``; the Celery task id is its ``command_id``.
 
         Raises:
+            MessageTooLargeError: over ``max_message_bytes`` (nothing sent).
             PublishError: the broker did not take the message (one line, no secrets).
         """
         queue = command.lane.queue
+        body = command.model_dump(mode="json")
+        what = f"command {command.command_id}"
+        check_message_size(body, commands=1, limit=self._max_message_bytes, what=what)
         try:
-            self._send(APPLY_TASK, command.model_dump(mode="json"), command.command_id, queue)
+            self._send(APPLY_TASK, body, command.command_id, queue)
         except BROKER_FAILURES as exc:
-            what = f"command {command.command_id}"
             raise PublishError(self._describe_failure(what, queue, exc)) from exc
 
     def publish_batch(self, commands: Sequence[AnyCommand]) -> None:
@@ -137,9 +181,13 @@ class CeleryPublisher:
 
         Raises:
             ValueError: empty, or a command is not of the bulk lane (nothing sent).
+            MessageTooLargeError: over ``max_message_bytes`` (nothing sent).
             PublishError: the broker did not take the message (one line, no secrets).
         """
         body = _bulk_chunk(commands)
+        what = f"a chunk of {len(commands)} commands ({commands[0].command_id}...)"
+        limit = self._max_message_bytes
+        check_message_size(body, commands=len(commands), limit=limit, what=what)
         queue = Lane.BULK.queue
         # A summary instead of Celery's repr of the arguments (what Flower and `celery
         # inspect` show): as useful, and the repr of a big chunk costs more than the rest
@@ -149,7 +197,6 @@ class CeleryPublisher:
         try:
             self._send(APPLY_BATCH_TASK, body, chunk_task_id(commands), queue, argsrepr=summary)
         except BROKER_FAILURES as exc:
-            what = f"{len(commands)} commands ({commands[0].command_id}...)"
             raise PublishError(self._describe_failure(what, queue, exc)) from exc
 
     def close(self) -> None:
@@ -203,16 +250,22 @@ class InMemoryPublisher:
     fail: bool = False
     fail_after: int | None = None
     closed: bool = False
+    max_message_bytes: int = _DEFAULTS["max_message_bytes"]
 
     def publish(self, command: AnyCommand) -> None:
         """Record ``command`` on its lane's queue, or raise PublishError if told to fail."""
+        body = command.model_dump(mode="json")
+        what = f"command {command.command_id}"
+        check_message_size(body, commands=1, limit=self.max_message_bytes, what=what)
         if self.fail:
             raise PublishError(f"could not enqueue command {command.command_id}: told to fail")
-        self.sent.append((command.lane.queue, command.model_dump(mode="json")))
+        self.sent.append((command.lane.queue, body))
 
     def publish_batch(self, commands: Sequence[AnyCommand]) -> None:
         """Record a chunk as ``CeleryPublisher`` would send it, or raise PublishError."""
         body = _bulk_chunk(commands)
+        what = f"a chunk of {len(commands)} commands"
+        check_message_size(body, commands=len(commands), limit=self.max_message_bytes, what=what)
         if self.fail or (self.fail_after is not None and len(self.chunks) >= self.fail_after):
             raise PublishError(f"could not enqueue {len(commands)} commands: told to fail")
         self.chunks.append(SentChunk(Lane.BULK.queue, chunk_task_id(commands), body))

@@ -11,6 +11,7 @@ from typing import Any, Final
 from amqp.exceptions import AMQPError
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import KombuError
+from kombu.transport.base import StdChannel
 from redis.exceptions import RedisError
 
 from subswitch.contract import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
@@ -51,20 +52,71 @@ def _queue_arguments(broker_url: str, queue_type: str) -> dict[str, Any] | None:
     return {"x-queue-type": queue_type} if is_amqp(broker_url) else None
 
 
-def lane_queue(lane: Lane, *, broker_url: str, queue_type: str) -> Queue:
-    """The durable queue of one lane, routed by its own name."""
-    return Queue(
+def _lane_arguments(broker_url: str, queue_type: str, delivery_limit: int) -> dict[str, Any] | None:
+    arguments = _queue_arguments(broker_url, queue_type)
+    if arguments is None:
+        return None
+    # What RabbitMQ dead-letters (over the delivery limit, or rejected without requeue)
+    # goes to subswitch.dead, never into the void.
+    arguments["x-dead-letter-exchange"] = DEAD_LETTER.name
+    arguments["x-dead-letter-routing-key"] = DEAD_LETTER_QUEUE
+    if queue_type == "quorum":
+        # The broker's safety net, one delivery behind the worker's own check
+        # (worker/deliveries.py), which dead-letters with a reason and an event.
+        arguments["x-delivery-limit"] = delivery_limit
+    return arguments
+
+
+class LaneQueue(Queue):
+    """A lane's queue. Declaring it declares ``subswitch.dead`` first: RabbitMQ drops
+    what it dead-letters into an exchange or a queue that does not exist, and a
+    producer may declare a lane long before any worker declares the dead letters."""
+
+    def declare(self, nowait: bool = False, channel: StdChannel | None = None) -> str | None:
+        """Declare ``subswitch.dead`` (if this queue dead-letters), then this queue."""
+        arguments = self.queue_arguments or {}
+        if "x-dead-letter-exchange" in arguments:
+            dead = Queue(
+                DEAD_LETTER_QUEUE,
+                DEAD_LETTER,
+                routing_key=DEAD_LETTER_QUEUE,
+                durable=True,
+                queue_arguments={"x-queue-type": arguments["x-queue-type"]},
+            )
+            dead(channel or self.channel).declare(nowait=nowait)
+        return super().declare(nowait=nowait, channel=channel)
+
+
+def lane_queue(
+    lane: Lane,
+    *,
+    broker_url: str,
+    queue_type: str,
+    delivery_limit: int,
+) -> Queue:
+    """The durable queue of one lane, routed by its own name.
+
+    On RabbitMQ it dead-letters into ``subswitch.dead`` and, as a quorum queue, after
+    ``delivery_limit`` returns of a message. Producers and workers must declare it
+    with the same arguments (RabbitMQ refuses another declaration).
+    """
+    return LaneQueue(
         lane.queue,
         COMMANDS_EXCHANGE,
         routing_key=lane.queue,
         durable=True,
-        queue_arguments=_queue_arguments(broker_url, queue_type),
+        queue_arguments=_lane_arguments(broker_url, queue_type, delivery_limit),
     )
 
 
-def lane_queues(*, broker_url: str, queue_type: str) -> list[Queue]:
+def lane_queues(*, broker_url: str, queue_type: str, delivery_limit: int) -> list[Queue]:
     """Every lane's queue, urgent first."""
-    return [lane_queue(lane, broker_url=broker_url, queue_type=queue_type) for lane in Lane]
+    return [
+        lane_queue(
+            lane, broker_url=broker_url, queue_type=queue_type, delivery_limit=delivery_limit
+        )
+        for lane in Lane
+    ]
 
 
 def dead_letter_queue(*, broker_url: str, queue_type: str) -> Queue:
@@ -78,7 +130,13 @@ def dead_letter_queue(*, broker_url: str, queue_type: str) -> Queue:
     )
 
 
-def celery_config(*, broker_url: str, visibility_timeout: int, queue_type: str) -> dict[str, Any]:
+def celery_config(
+    *,
+    broker_url: str,
+    visibility_timeout: int,
+    queue_type: str,
+    delivery_limit: int,
+) -> dict[str, Any]:
     """Celery settings both sides agree on: JSON only, topology, delivery safety.
 
     Raises:
@@ -93,7 +151,9 @@ def celery_config(*, broker_url: str, visibility_timeout: int, queue_type: str) 
         "result_serializer": "json",
         "result_backend": None,
         "task_ignore_result": True,
-        "task_queues": lane_queues(broker_url=broker_url, queue_type=queue_type),
+        "task_queues": lane_queues(
+            broker_url=broker_url, queue_type=queue_type, delivery_limit=delivery_limit
+        ),
         "task_default_queue": Lane.NORMAL.queue,
         "task_default_exchange": COMMANDS_EXCHANGE.name,
         "task_default_exchange_type": COMMANDS_EXCHANGE.type,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, NamedTuple, TypeAlias
 
@@ -26,8 +27,10 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import ErrorDetails
 
 from subswitch.errors import InvalidInput
+from subswitch.text import UNSAFE_CHARACTERS, first_unsafe, safe_line
 
 SCHEMA_VERSION: Final = 1
 
@@ -91,7 +94,9 @@ CommandId = Annotated[
 OrgId = Annotated[str, StringConstraints(pattern=rf"^{ORG_ID_PATTERN}$")]
 Int64Id = Annotated[StrictInt, Field(ge=1, le=MAX_INT64)]
 BlockId = Annotated[StrictInt, Field(ge=1, le=2)]
-_NoControl = r"^[^\x00-\x1f\x7f]*$"
+# No control, bidi or invisible format character: these fields reach logs, terminals
+# and upstream audit trails, where such characters hide or reorder text.
+_NoControl = f"^[^{UNSAFE_CHARACTERS}]*$"
 Reason = Annotated[str, StringConstraints(max_length=255, pattern=_NoControl)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NoControl)]
 CorrelationId = Annotated[str, StringConstraints(max_length=128, pattern=_NoControl)]
@@ -215,7 +220,7 @@ class InvalidCommand(InvalidInput):
     """
 
     def __init__(self, message: str, *, command_id: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(safe_line(message))
         self.command_id = command_id
 
 
@@ -251,15 +256,68 @@ def readable_command_id(candidate: Any) -> str | None:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming each offending field, e.g. ``block_id: Input should be ...``."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        loc = error["loc"]
-        if loc and loc[0] in _COMMAND_TYPES:  # the union's tag says nothing to the reader
-            loc = loc[1:]
-        location = ".".join(str(part) for part in loc) or "command"
-        parts.append(f"{location}: {error['msg']}")
-    return "; ".join(parts)
+    """One line naming each offending field, e.g. ``block_id: Input should be ...``.
+
+    Bounded (at most ``MAX_REASON_BYTES``, the rest counted) and escaped: a message
+    with thousands of unknown fields, or field names with CR/LF, still yields one
+    short line fit for a dead-letter header and a log.
+    """
+    errors = exc.errors(include_url=False)
+    parts: list[str] = []
+    size = 0
+    for error in errors:
+        part = safe_line(_describe_error(error), limit=200)
+        size += len(part.encode()) + 2
+        if size > _DESCRIBE_BUDGET:
+            break
+        parts.append(part)
+    more = len(errors) - len(parts)
+    return safe_line("; ".join(parts) + (f"; and {more} more" if more else ""))
+
+
+# Room for the parts, leaving some for the "and N more" tail.
+_DESCRIBE_BUDGET: Final = 900
+
+
+def _describe_error(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    if loc and loc[0] in _COMMAND_TYPES:  # the union's tag says nothing to the reader
+        loc = loc[1:]
+    location = ".".join(str(part) for part in loc) or "command"
+    message = error["msg"]
+    unsafe = first_unsafe(error["input"]) if isinstance(error["input"], str) else None
+    if error["type"] == "string_pattern_mismatch" and unsafe is not None:
+        message = f"must not contain control, bidi or invisible format characters ({unsafe})"
+    return f"{location}: {message}"
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """How far from now a command's ``issued_at`` may lie (contract §2.6).
+
+    Ahead by more than ``max_skew_s`` (a wrong clock would pin its target: every
+    real command after it would be superseded), or older than ``retention_s``
+    (beyond it a duplicate could no longer be recognised): the command is refused.
+    """
+
+    max_skew_s: float
+    retention_s: float
+
+    def violation(self, issued_at: datetime, *, now: datetime) -> str | None:
+        """Why ``issued_at`` is out of bounds at ``now`` (one line), or ``None``."""
+        if issued_at > now + timedelta(seconds=self.max_skew_s):
+            return (
+                f"issued_at: {issued_at.isoformat()} is more than {self.max_skew_s:g} s "
+                f"ahead of now ({now.isoformat(timespec='seconds')}; "
+                "SUBSWITCH_MAX_CLOCK_SKEW_SECONDS)"
+            )
+        if issued_at < now - timedelta(seconds=self.retention_s):
+            return (
+                f"issued_at: {issued_at.isoformat()} is more than {self.retention_s:g} s "
+                f"old (SUBSWITCH_RETENTION_SECONDS): a duplicate of it could no longer "
+                "be recognised"
+            )
+        return None
 
 
 # --- result events -------------------------------------------------------------------

@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: PositiveInt = 300
     visibility_timeout: PositiveInt = 300
     rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
+    #: Deliveries of a message that may die (worker killed, message returned) before it
+    #: is dead-lettered; on RabbitMQ also the quorum queues' ``x-delivery-limit``. Five
+    #: tells a poison message (one that kills every worker that takes it, and the other
+    #: commands in flight there with it) from bad luck: a deploy, an OOM kill or a
+    #: broker restart returns a message once or twice. RabbitMQ 4.0 would use 20, and
+    #: then drop it.
+    delivery_limit: PositiveInt = 5
+    #: Largest message body (bytes) a producer sends and a worker parses: 1 MiB. A bulk
+    #: chunk of 100 commands of the largest kind is about 376 KB; a typical command is
+    #: 350 bytes. RabbitMQ 4.0 refuses messages over 16 MiB (3.x: 128 MiB).
+    max_message_bytes: PositiveInt = 1024 * 1024
     source: str = "subswitch"
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True

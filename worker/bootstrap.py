@@ -35,6 +35,7 @@ from subswitch.settings import Settings
 from subswitch.urls import Endpoints, resolve_endpoints
 from worker import tasks, upstream
 from worker.consumer import bound_consumer
+from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.durability import check_durability
 from worker.executor import LEASE_MARGIN_S, Executor
 from worker.policy import RetryPolicy
@@ -66,6 +67,7 @@ class Runtime:
     store: RedisStore
     client: upstream.MasStackClient
     pid: int
+    deliveries: DeliveryCounter
 
     def close(self) -> None:
         """Close the upstream and store connections."""
@@ -93,8 +95,8 @@ class RuntimeHolder:
                 self._runtime = self._build()
             return self._runtime
 
-    def executor(self) -> Executor:
-        """This process's executor.
+    def runtime(self) -> Runtime:
+        """This process's runtime.
 
         Raises:
             RuntimeNotReady: the runtime was not built in this process.
@@ -102,7 +104,15 @@ class RuntimeHolder:
         current = self._runtime
         if current is None or current.pid != os.getpid():
             raise RuntimeNotReady("the worker runtime was not built in this process")
-        return current.executor
+        return current
+
+    def executor(self) -> Executor:
+        """This process's executor (raises :class:`RuntimeNotReady` as :meth:`runtime`)."""
+        return self.runtime().executor
+
+    def deliveries(self) -> DeliveryCounter:
+        """This process's delivery counter (raises as :meth:`runtime`)."""
+        return self.runtime().deliveries
 
     def close(self) -> None:
         """Close this process's runtime, if it has one."""
@@ -156,6 +166,7 @@ def worker_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         broker_url=broker_url,
         visibility_timeout=settings.visibility_timeout,
         queue_type=settings.rabbitmq_queue_type,
+        delivery_limit=settings.delivery_limit,
     )
     config.update(
         # Ack after the task ran, not on receipt: a worker killed mid-command leaves
@@ -197,8 +208,12 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("subswitch", set_as_current=False)
     holder = RuntimeHolder(lambda: build_runtime(settings, endpoints, app))
     app.conf.update(worker_config(settings, endpoints.broker_url))
-    app.conf.worker_consumer = bound_consumer(holder.executor)
-    tasks.register(app, executor=holder.executor)
+    app.conf.worker_consumer = bound_consumer(
+        holder.executor,
+        max_message_bytes=settings.max_message_bytes,
+        visibility_timeout_s=settings.visibility_timeout,
+    )
+    tasks.register(app, executor=holder.executor, deliveries=holder.deliveries)
     holder.attach(app)
     return app
 
@@ -243,7 +258,11 @@ def build_runtime(
         store=store,
         upstream=client,
         events=KombuEventSink(app=app),
-        dead_letters=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
+        dead_letters=DeadLetterOnce(
+            inner=KombuDeadLetters(app=app, queue_type=settings.rabbitmq_queue_type),
+            scripts=store.scripts,
+            retention_s=settings.retention_seconds,
+        ),
         policy=RetryPolicy.within_window(
             max_attempts=settings.max_attempts, redelivery_window_s=settings.visibility_timeout
         ),
@@ -259,7 +278,10 @@ def build_runtime(
             redact_url(settings.upstream_url),
             redact_url(endpoints.store_url),
         )
-    return Runtime(executor=executor, store=store, client=client, pid=os.getpid())
+    deliveries = DeliveryCounter(scripts=store.scripts, limit=settings.delivery_limit)
+    return Runtime(
+        executor=executor, store=store, client=client, pid=os.getpid(), deliveries=deliveries
+    )
 
 
 def check_store(store_url: str, *, report: bool = True) -> None:

@@ -28,6 +28,7 @@ from subswitch.contract import (
     rejected_message_event,
     result_event,
 )
+from subswitch.text import safe_line
 from worker import keys
 from worker.policy import RetryPolicy
 from worker.store import (
@@ -200,6 +201,7 @@ class Executor:
         self, raw: bytes, *, reason: str, command_id: str | None, token: str
     ) -> Decision:
         """Dead-letter a message that is no valid command and report it ``rejected``."""
+        reason = safe_line(reason)  # it quotes the message: one bounded line
         logger.warning("rejected message (command_id=%s): %s", command_id, reason)
         self._dead_letters.dead_letter(raw, reason=reason, headers={"command_id": command_id})
         event = rejected_message_event(

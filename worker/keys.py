@@ -90,3 +90,27 @@ BREAKER_STATE: Final = f"{PREFIX}:breaker"
 BREAKER_PROBE: Final = f"{PREFIX}:breaker:probe"
 #: Prefix of per-second hashes ``ok`` / ``failed``; each lives window + 2 s.
 BREAKER_BUCKET: Final = f"{PREFIX}:breaker:s:"
+
+
+# --- deliveries that never finish (worker/deliveries.py) ---------------------------
+
+#: How long delivery counts are kept. A message's count is deleted when a delivery
+#: finishes and a task's deaths when it is done, so only deliveries whose worker died
+#: leave one; a day outlives any redelivery cycle (delivery limit x visibility timeout).
+DELIVERY_COUNT_TTL_S: Final = 24 * 3600
+
+
+def deliveries(delivery_tag: str) -> str:
+    """String (INCR): deliveries of one broker message that started and did not finish."""
+    return f"{PREFIX}:deliveries:{delivery_tag}"
+
+
+def task_deaths(task_id: str) -> str:
+    """String (INCR): deliveries in a row of one task (its retries included) that died."""
+    return f"{PREFIX}:deaths:{task_id}"
+
+
+def dead_lettered(digest: str) -> str:
+    """String: this message (command id and body, SHA-256) is in ``subswitch.dead``
+    already; kept for the retention, so a redelivery never adds a second copy."""
+    return f"{PREFIX}:dead:{digest}"

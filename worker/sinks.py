@@ -19,6 +19,7 @@ from celery import Celery
 from subswitch.broker import BROKER_FAILURES, DEAD_LETTER, EVENTS, dead_letter_queue
 from subswitch.contract import DEAD_LETTER_QUEUE, EVENT_CONTENT_TYPE
 from subswitch.errors import PublishError
+from subswitch.text import safe_line
 
 _RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2}
 
@@ -58,7 +59,8 @@ class KombuDeadLetters:
         self._queue = dead_letter_queue(broker_url=app.conf.broker_url, queue_type=queue_type)
 
     def dead_letter(self, body: bytes, *, reason: str, headers: Mapping[str, Any]) -> None:
-        """Publish ``body`` unchanged, with the reason in the ``x-subswitch-reason`` header.
+        """Publish ``body`` unchanged, with the reason in the ``x-subswitch-reason`` header
+        (one line of at most 1 KiB: a header must fit in one AMQP frame).
 
         Raises:
             PublishError: the broker did not take it.
@@ -73,7 +75,7 @@ class KombuDeadLetters:
                 content_type="application/octet-stream",
                 content_encoding="binary",
                 delivery_mode=2,
-                headers={**kept, "x-subswitch-reason": reason},
+                headers={**kept, "x-subswitch-reason": safe_line(reason)},
                 retry=True,
                 retry_policy=_RETRY_POLICY,
             )

@@ -6,6 +6,7 @@ bulk lane's chunks), each still with its own idempotency, ordering, retries and 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -17,8 +18,9 @@ from typing import Any, NoReturn, Protocol
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, readable_command_id
+from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, Outcome, readable_command_id
 from subswitch.errors import TransientError, UnavailableError
+from worker.deliveries import Delivery, DeliveryCounter
 from worker.executor import Executor, RetryLater
 
 logger = logging.getLogger(__name__)
@@ -31,13 +33,21 @@ _TROUBLE_MAX_S = 30.0
 #: Share of the broker's redelivery window one delivery of a chunk may spend starting
 #: commands (see chunk_budget_s).
 _CHUNK_WINDOW_SHARE = 0.25
+# In-thread pause before a message goes back unchanged (it holds its slot meanwhile).
+_REQUEUE_PAUSE_MAX_S = 5.0
 
 
-def register(app: Celery, *, executor: Callable[[], Executor]) -> None:
+def register(
+    app: Celery,
+    *,
+    executor: Callable[[], Executor],
+    deliveries: Callable[[], DeliveryCounter],
+) -> None:
     """Register ``subswitch.apply`` and ``subswitch.apply_batch`` on ``app``.
 
-    ``executor`` gives this process's executor, or raises while there is none: like
-    any other unexpected exception, that sends the message back, never acks it.
+    ``executor`` and ``deliveries`` give this process's executor and delivery counter,
+    or raise while the runtime is not built: like any other unexpected exception, that
+    sends the message back, never acks it.
     """
 
     @app.task(
@@ -49,7 +59,7 @@ def register(app: Celery, *, executor: Callable[[], Executor]) -> None:
         ignore_result=True,
     )
     def apply(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str:
-        return run_apply(self, args, kwargs, executor=executor)
+        return run_apply(self, args, kwargs, executor=executor, deliveries=deliveries)
 
     @app.task(
         name=APPLY_BATCH_TASK,
@@ -60,7 +70,7 @@ def register(app: Celery, *, executor: Callable[[], Executor]) -> None:
         ignore_result=True,
     )
     def apply_batch(self: Task[Any, Any], *args: Any, **kwargs: Any) -> int:
-        return run_apply_batch(self, args, kwargs, executor=executor)
+        return run_apply_batch(self, args, kwargs, executor=executor, deliveries=deliveries)
 
 
 def run_apply(
@@ -69,12 +79,20 @@ def run_apply(
     kwargs: dict[str, Any],
     *,
     executor: Callable[[], Executor],
+    deliveries: Callable[[], DeliveryCounter],
 ) -> str:
     """Execute one delivery of ``subswitch.apply``; retries go back through the broker.
 
-    Everything that can raise runs inside the ``try``: an exception escaping a task
+    Everything that can raise runs inside a ``try``: an exception escaping a task
     would make Celery ack the message (acks on failure), and the command would be lost.
     """
+    delivery = _delivery(task)
+    died = _count_delivery(task, deliveries, delivery)
+    counter = deliveries()  # the runtime is there: counting went through it
+    if counter.exceeded(died):
+        outcome = _give_up(task, executor(), counter.reason(died), args, kwargs)
+        _end(counter, delivery, done=True)
+        return outcome
     token = uuid.uuid4().hex
     try:
         if len(args) != 1 or kwargs:
@@ -88,13 +106,16 @@ def run_apply(
         else:
             decision = executor().handle(args[0], token=token, message_id=task.request.id)
     except TransientError as exc:
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.warning("delivery failed (%s), retrying in %.1fs", exc, delay)
         retry_later(task, delay)
     except Exception:  # a bug: never acknowledge a command that was not finished
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed unexpectedly, retrying in %.1fs", delay)
         retry_later(task, delay)
+    _end(counter, delivery, done=not isinstance(decision, RetryLater))
     if isinstance(decision, RetryLater):
         retry_later(task, decision.delay_s)
     return decision.outcome.value
@@ -106,6 +127,7 @@ def run_apply_batch(
     kwargs: dict[str, Any],
     *,
     executor: Callable[[], Executor],
+    deliveries: Callable[[], DeliveryCounter],
 ) -> int:
     """Execute a chunk of commands one by one; returns how many were finished here.
 
@@ -113,31 +135,37 @@ def run_apply_batch(
     redelivery window, and a command that must wait or that raises leaves the chunk as
     a message of its own. If re-enqueueing fails the whole chunk is retried: commands
     already finished are recognised as duplicates and cost one store round trip.
+    A chunk whose deliveries keep dying is split into single messages, so that only
+    the command that kills its worker ends dead-lettered.
     """
+    if len(args) != 1 or kwargs or not isinstance(args[0], list):
+        reason = "subswitch.apply_batch takes exactly one positional argument, a list of commands"
+        _reject_malformed(task, executor, repr((args, kwargs)).encode(), reason)
+        return 0
+    delivery = _delivery(task)
+    died = _count_delivery(task, deliveries, delivery)
+    counter = deliveries()
+    if counter.exceeded(died):
+        _split(task, args[0], counter.reason(died))
+        _end(counter, delivery, done=True)
+        return 0
     try:
-        if len(args) != 1 or kwargs or not isinstance(args[0], list):
-            reason = (
-                "subswitch.apply_batch takes exactly one positional argument, a list of commands"
-            )
-            executor().reject_message(
-                repr((args, kwargs)).encode(),
-                reason=reason,
-                command_id=None,
-                token=uuid.uuid4().hex,
-            )
-            return 0
         # The redelivery window the app was configured with (SUBSWITCH_VISIBILITY_TIMEOUT).
         window_s = task.app.conf.broker_transport_options["visibility_timeout"]
         bulk = CeleryBulkLane(task)
-        return apply_chunk(executor(), args[0], budget_s=chunk_budget_s(window_s), bulk=bulk)
+        finished = apply_chunk(executor(), args[0], budget_s=chunk_budget_s(window_s), bulk=bulk)
     except TransientError as exc:
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.warning("batch delivery failed (%s), retrying it in %.1fs", exc, delay)
         retry_later(task, delay)
     except Exception:  # a bug: never acknowledge commands that were not finished
+        _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
         logger.exception("batch delivery failed unexpectedly, retrying it in %.1fs", delay)
         retry_later(task, delay)
+    _end(counter, delivery, done=True)
+    return finished
 
 
 def chunk_budget_s(redelivery_window_s: float) -> float:
@@ -231,6 +259,87 @@ class CeleryBulkLane:
             retry=True,
             argsrepr=f"[<{len(commands)} commands left over>]",
         )
+
+
+def _reject_malformed(
+    task: Task[Any, Any], executor: Callable[[], Executor], raw: bytes, reason: str
+) -> None:
+    try:
+        executor().reject_message(raw, reason=reason, command_id=None, token=uuid.uuid4().hex)
+    except Exception:  # never ack what could not be dead-lettered: it comes back
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("could not dead-letter a malformed chunk, retrying in %.1fs", delay)
+        retry_later(task, delay)
+
+
+def _end(counter: DeliveryCounter, delivery: Delivery, *, done: bool) -> None:
+    """The delivery ended (``done``: finished here); a store failure only costs a count."""
+    try:
+        counter.end(delivery, done=done)
+    except TransientError as exc:
+        logger.warning("could not record the end of a delivery: %s", exc)
+
+
+def _delivery(task: Task[Any, Any]) -> Delivery:
+    # The request holds the message's headers (x-delivery-count) and properties.
+    return Delivery.of(vars(task.request))
+
+
+def _count_delivery(
+    task: Task[Any, Any], deliveries: Callable[[], DeliveryCounter], delivery: Delivery
+) -> int:
+    try:
+        return deliveries().begin(delivery)
+    except TransientError as exc:
+        delay = _trouble_delay(task.request.retries)
+        logger.warning("could not count the delivery (%s), retrying in %.1fs", exc, delay)
+        retry_later(task, delay)
+    except Exception:  # a bug: the message comes back, never acked unfinished
+        delay = _trouble_delay(task.request.retries)
+        logger.exception("could not count the delivery, retrying in %.1fs", delay)
+        retry_later(task, delay)
+
+
+def _give_up(
+    task: Task[Any, Any],
+    executor: Executor,
+    reason: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> str:
+    """Dead-letter a message over the delivery limit, unrun, with a ``rejected`` event.
+
+    Should that fail, the message goes back as it is after a pause (never as a
+    retry, which would run it again), still counted as over the limit.
+    """
+    command = args[0] if len(args) == 1 else None
+    candidate = command.get("command_id") if isinstance(command, dict) else task.request.id
+    raw = json.dumps([list(args), kwargs], sort_keys=True, default=str).encode()
+    try:
+        executor.reject_message(
+            raw, reason=reason, command_id=readable_command_id(candidate), token=uuid.uuid4().hex
+        )
+    except Exception:
+        logger.exception("could not dead-letter a message over the delivery limit; requeueing it")
+        _requeue_later(task)
+    # A RetryLater here means another delivery is publishing the same event: done too.
+    return Outcome.REJECTED.value
+
+
+def _split(task: Task[Any, Any], commands: list[Any], reason: str) -> None:
+    logger.warning("chunk %s: %s; its commands go on one by one", task.request.id, reason)
+    try:
+        for command in commands:
+            CeleryBulkLane(task).send_alone(command, 0)
+    except Exception:
+        logger.exception("could not split the chunk; requeueing it")
+        _requeue_later(task)
+
+
+def _requeue_later(task: Task[Any, Any]) -> NoReturn:
+    # A pause, so that a store or broker outage is no tight loop of redeliveries.
+    time.sleep(min(_REQUEUE_PAUSE_MAX_S, _trouble_delay(task.request.retries)))
+    raise Reject("requeued", requeue=True)
 
 
 def retry_later(task: Task[Any, Any], delay_s: float) -> NoReturn:

@@ -146,7 +146,7 @@ def test_a_quoted_multiline_reason_keeps_later_line_numbers_right(tmp_path: Path
     [(first, reason_error), (second, org_error)] = rows(path)
     # Then the rows start on lines 2 and 4 (the reason's newline is refused by the contract)
     assert (first, second) == (2, 4)
-    assert str(reason_error).startswith("line 2: reason: String should match pattern")
+    assert str(reason_error).startswith("line 2: reason: must not contain control")
     assert str(org_error).startswith("line 4: org_id: String should match pattern")
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,6 +21,7 @@ import producers.batch_cli as batch_cli
 from producers import AnyCommand
 from producers.batch import BatchCheck, BatchSource, check_file
 from producers.batch_cli import register
+from producers.batch_runs import first_run
 from producers.publisher import InMemoryPublisher, chunk_task_id
 from subswitch.contract import (
     APPLY_BATCH_TASK,
@@ -26,6 +29,7 @@ from subswitch.contract import (
     Lane,
     Outcome,
     ResultEvent,
+    TimeBounds,
     parse_command,
 )
 from subswitch.simulator.testing import spawned_simulator
@@ -70,9 +74,11 @@ def run(app: typer.Typer, *args: str | Path) -> Result:
     return CliRunner().invoke(app, ["batch", *map(str, args)])
 
 
-def write(tmp_path: Path, rows: list[str], *, name: str = "batch.csv") -> Path:
+def write(
+    tmp_path: Path, rows: list[str], *, name: str = "batch.csv", header: str = HEADER
+) -> Path:
     path = tmp_path / name
-    path.write_text(HEADER + "".join(f"{row}\n" for row in rows), encoding="utf-8")
+    path.write_text(header + "".join(f"{row}\n" for row in rows), encoding="utf-8")
     return path
 
 
@@ -280,6 +286,68 @@ def test_a_rerun_sends_the_same_ids_and_an_edited_file_new_ones(
     assert runs[0] == runs[1]
     assert runs[0][0].startswith("batch-") and runs[0][0].endswith("-000000002")
     assert not set(edited) & set(runs[0])
+
+
+def test_a_rerun_keeps_the_issued_at_of_the_first_run(
+    app: typer.Typer, memory: InMemoryPublisher, tmp_path: Path
+) -> None:
+    # Given a file enqueued once, and a row that gives its own issued_at
+    own = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    rows = [f"{row}," for row in blocks(2)]  # an empty issued_at cell
+    path = write(tmp_path, [*rows, f"block,telco,9,1,,true,,,{own.isoformat()}"],
+                 header=HEADER.rstrip() + ",issued_at\n")  # fmt: skip
+    assert run(app, path).exit_code == 0
+    first = [c.issued_at for c in memory.chunked_commands]
+    # When it is run again later
+    rerun = run(app, path)
+    # Then every row keeps its first-run time (a re-run never becomes the newest
+    # intent over commands issued since), and the run says so
+    assert rerun.exit_code == 0, rerun.output
+    assert [c.issued_at for c in memory.chunked_commands[3:]] == first
+    assert first[0] == first[1] != own and first[2] == own
+    assert "was first run at" in rerun.stderr
+
+
+def test_a_rerun_after_the_retention_window_is_refused(
+    app: typer.Typer, memory: InMemoryPublisher, tmp_path: Path
+) -> None:
+    # Given a file whose first run was two days ago
+    path = write(tmp_path, blocks(2))
+    batch_id = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    first_run(tmp_path, batch_id, now=long_ago, bounds=TimeBounds(300, 86_400))
+    # When it is run again
+    result = run(app, path)
+    # Then it is refused with one line, and nothing is enqueued
+    assert_one_line_error(result, 2, f"batch {batch_id} was first run at")
+    assert "SUBSWITCH_RETENTION_SECONDS" in result.stderr
+    assert memory.chunks == []
+
+
+def test_a_row_out_of_its_time_bounds_is_a_bad_row(
+    app: typer.Typer, memory: InMemoryPublisher, tmp_path: Path
+) -> None:
+    # Given a row stamped a day ahead (it would pin its target for a month)
+    ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    path = write(tmp_path, [f"block,telco,9,1,,false,,,{ahead}"],
+                 header=HEADER.rstrip() + ",issued_at\n")  # fmt: skip
+    # When the file is run / Then the row is named, and nothing is enqueued
+    result = run(app, path)
+    assert result.exit_code == 2
+    assert "line 2: issued_at: " in result.stderr
+    assert "SUBSWITCH_MAX_CLOCK_SKEW_SECONDS" in result.stderr
+    assert memory.chunks == []
+
+
+def test_a_chunk_over_the_message_cap_is_one_line_and_exit_2(
+    app: typer.Typer, memory: InMemoryPublisher, tmp_path: Path
+) -> None:
+    # Given a cap of 10 KB per message / When chunks of 100 rows are sent
+    memory.max_message_bytes = 10_000
+    result = run(app, write(tmp_path, blocks(150)))
+    # Then one line says what to do, and nothing went out
+    assert_one_line_error(result, 2, "use a smaller --chunk-size")
+    assert memory.chunks == []
 
 
 def test_batch_id_and_source_options_name_the_commands(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -149,12 +150,14 @@ def broker_env(broker_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.mark.integration
 def test_block_prints_the_command_id_and_enqueues_it(app: typer.Typer, broker_env: str) -> None:
-    # Given every envelope option, and the broker URL alone (a producer needs no store)
+    # Given every envelope option, issued a minute ago, and the broker URL alone (a
+    # producer needs no store)
+    issued = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     # When a block is sent
     result = run(
         app, "block", "telco", "214748364", "--block-id", "2", "--reason", "stolen",
         "--priority", "urgent", "--command-id", "fraud-case-8812-block",
-        "--issued-at", "2026-11-22T10:00:00Z", "--not-after", "2026-11-22T11:00:00+01:00",
+        "--issued-at", issued.isoformat(), "--not-after", (issued + timedelta(hours=1)).isoformat(),
         "--source", "fraud-engine", "--correlation-id", "case-8812",
     )  # fmt: skip
     # Then it prints just the command id and the urgent lane holds that command
@@ -166,7 +169,7 @@ def test_block_prints_the_command_id_and_enqueues_it(app: typer.Typer, broker_en
     assert (command.block_id, command.active, command.reason) == (2, True, "stolen")
     assert command.source == "fraud-engine"
     assert command.correlation_id == "case-8812"
-    assert command.issued_at.isoformat() == "2026-11-22T10:00:00+00:00"
+    assert command.issued_at == issued
 
 
 @pytest.mark.integration

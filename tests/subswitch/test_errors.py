@@ -141,7 +141,7 @@ def test_a_configuration_error_names_its_variable() -> None:
 def test_an_unknown_broker_scheme_is_a_configuration_error(url: str) -> None:
     # When the broker settings are built for a URL kombu has no transport for
     with pytest.raises(errors.ConfigurationError) as caught:
-        celery_config(broker_url=url, visibility_timeout=300, queue_type="quorum")
+        celery_config(broker_url=url, visibility_timeout=300, queue_type="quorum", delivery_limit=5)
     # Then one line names the variable and the scheme, never the password
     assert caught.value.variable == "SUBSWITCH_BROKER_URL"
     assert "unknown broker scheme 'nonsense'" in str(caught.value)

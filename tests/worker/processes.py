@@ -19,6 +19,7 @@ from celery import Celery
 
 from subswitch.broker import celery_config, is_amqp
 from subswitch.contract import Lane
+from subswitch.settings import Settings
 
 READY_MARK = " ready."
 
@@ -127,7 +128,12 @@ def busy_tasks(broker_url: str) -> int:
     """Tasks the workers hold: running, reserved or waiting for a retry delay."""
     app = Celery("probe", set_as_current=False)
     app.conf.update(
-        celery_config(broker_url=broker_url, visibility_timeout=300, queue_type="quorum")
+        celery_config(
+            broker_url=broker_url,
+            visibility_timeout=300,
+            queue_type="quorum",
+            delivery_limit=Settings().delivery_limit,
+        )
     )
     inspect = app.control.inspect(timeout=1.0)
     total = 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import fakeredis
 import pytest
 from celery.exceptions import Retry
 
@@ -20,7 +21,9 @@ from producers.publisher import CeleryPublisher
 from subswitch.settings import Settings
 from tests.worker.processes import queued_messages
 from worker.bootstrap import RuntimeNotReady, create_app
+from worker.deliveries import DeliveryCounter
 from worker.executor import Executor
+from worker.store import LuaScripts
 from worker.tasks import run_apply, run_apply_batch
 
 BROKER: Final = "redis://:broker-pw@127.0.0.1:1/0"
@@ -80,14 +83,30 @@ def _broken() -> Executor:
 COMMAND: Final = {"type": "ChangeBlockStatus"}
 
 
+def _counter_beside(executor: Callable[[], Executor]) -> Callable[[], DeliveryCounter]:
+    """The delivery counter of the same process: missing too when the runtime is."""
+    if executor is _not_built:
+        return _not_built  # type: ignore[return-value]
+    counter = DeliveryCounter(scripts=LuaScripts(client=fakeredis.FakeRedis()), limit=5)
+    return lambda: counter
+
+
 @pytest.mark.parametrize("executor", [_not_built, _broken], ids=["no runtime", "a bug"])
 @pytest.mark.parametrize(
     "deliver",
     [
-        lambda task, executor: run_apply(task, (COMMAND,), {}, executor=executor),
-        lambda task, executor: run_apply(task, (1, 2), {}, executor=executor),
-        lambda task, executor: run_apply_batch(task, ([COMMAND],), {}, executor=executor),
-        lambda task, executor: run_apply_batch(task, ("x",), {"y": 1}, executor=executor),
+        lambda task, executor: run_apply(
+            task, (COMMAND,), {}, executor=executor, deliveries=_counter_beside(executor)
+        ),
+        lambda task, executor: run_apply(
+            task, (1, 2), {}, executor=executor, deliveries=_counter_beside(executor)
+        ),
+        lambda task, executor: run_apply_batch(
+            task, ([COMMAND],), {}, executor=executor, deliveries=_counter_beside(executor)
+        ),
+        lambda task, executor: run_apply_batch(
+            task, ("x",), {"y": 1}, executor=executor, deliveries=_counter_beside(executor)
+        ),
     ],
     ids=["apply", "apply malformed", "batch", "batch malformed"],
 )

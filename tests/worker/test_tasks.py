@@ -7,10 +7,13 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+import fakeredis
 import pytest
 
 from subswitch.errors import PublishError, StoreError
 from worker import tasks
+from worker.deliveries import DeliveryCounter
+from worker.store import LuaScripts
 
 
 class Retried(Exception):
@@ -41,6 +44,7 @@ class FailingExecutor:
 
 def _run_with(error: Exception) -> FakeTask:
     executor = FailingExecutor(error)
+    counter = DeliveryCounter(scripts=LuaScripts(client=fakeredis.FakeRedis()), limit=5)
     task = FakeTask()
     with pytest.raises(Retried):
         tasks.run_apply(
@@ -48,6 +52,7 @@ def _run_with(error: Exception) -> FakeTask:
             ({"command_id": "cmd-1"},),
             {},
             executor=lambda: executor,  # type: ignore[arg-type, return-value]
+            deliveries=lambda: counter,
         )
     return task
 
