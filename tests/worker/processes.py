@@ -126,7 +126,9 @@ def busy_tasks(broker_url: str) -> int:
     """Tasks the workers hold: running, reserved or waiting for a retry delay."""
     app = Celery("probe", set_as_current=False)
     app.conf.update(
-        celery_config(broker_url=broker_url, visibility_timeout=300, queue_type="quorum")
+        celery_config(
+            broker_url=broker_url, visibility_timeout=300, queue_type="quorum", delivery_limit=5
+        )
     )
     inspect = app.control.inspect(timeout=1.0)
     total = 0
