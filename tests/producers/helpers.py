@@ -30,6 +30,7 @@ from subswitch.settings import Settings
 
 #: The lane queues' type, as the worker declares it by default.
 QUEUE_TYPE: Final = Settings.model_fields["rabbitmq_queue_type"].default
+DELIVERY_LIMIT: Final = Settings.model_fields["delivery_limit"].default
 
 
 def publisher_for(broker_url: str) -> CeleryPublisher:
@@ -61,7 +62,7 @@ def receive(url: str, lane: Lane, *, count: int = 1, timeout: float = 10.0) -> l
         message.ack()
 
     # Declared as the worker does: must not clash.
-    queue = lane_queue(lane, broker_url=url, queue_type=QUEUE_TYPE)
+    queue = lane_queue(lane, broker_url=url, queue_type=QUEUE_TYPE, delivery_limit=DELIVERY_LIMIT)
     deadline = time.monotonic() + timeout
     with Connection(url) as connection, Consumer(connection, [queue], on_message=keep):
         while len(received) < count:

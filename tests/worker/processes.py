@@ -19,7 +19,6 @@ from celery import Celery
 
 from subswitch.broker import celery_config, is_amqp
 from subswitch.contract import Lane
-from subswitch.settings import Settings
 
 READY_MARK = " ready."
 
@@ -129,10 +128,7 @@ def busy_tasks(broker_url: str) -> int:
     app = Celery("probe", set_as_current=False)
     app.conf.update(
         celery_config(
-            broker_url=broker_url,
-            visibility_timeout=300,
-            queue_type="quorum",
-            delivery_limit=Settings().delivery_limit,
+            broker_url=broker_url, visibility_timeout=300, queue_type="quorum", delivery_limit=5
         )
     )
     inspect = app.control.inspect(timeout=1.0)

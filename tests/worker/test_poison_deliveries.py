@@ -77,7 +77,9 @@ def first_event(events: EventStream, command_id: str, *, timeout: float) -> Resu
 def dead_letters(broker_url: str) -> list[kombu.Message]:
     """Every message in subswitch.dead, taken off it."""
     with kombu.Connection(broker_url) as connection:
-        queue = dead_letter_queue(broker_url=broker_url)(connection.default_channel)
+        queue = dead_letter_queue(broker_url=broker_url, queue_type="quorum")(
+            connection.default_channel
+        )
         queue.declare()
         letters = []
         while (letter := queue.get(no_ack=True)) is not None:
