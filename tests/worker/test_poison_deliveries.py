@@ -26,6 +26,7 @@ from subswitch.embedded import ensure_embedded_redis, stop_embedded_redis
 from subswitch.settings import Settings
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.worker.processes import WorkerProcess, running_worker, wait_until
+from worker.bootstrap import worker_config
 
 LIMIT = 2
 
@@ -110,7 +111,9 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_after_the_limit(
     simulator.admin.set_faults(latency_ms=2500)
     env = worker_env(urls, simulator, tmp_path)
     started: list[WorkerProcess] = []
-    publisher = CeleryPublisher(broker_url=broker_url, visibility_timeout=4, delivery_limit=LIMIT)
+    publisher = CeleryPublisher(
+        broker_url=broker_url, visibility_timeout=4, queue_type="quorum", delivery_limit=LIMIT
+    )
     with EventStream(broker_url=broker_url) as events, CommandProducer(publisher=publisher) as sdk:
         command_id = sdk.change_block_status(
             org_id="telco", subscription_id=41, block_id=1, active=True, source="tests"
@@ -141,7 +144,9 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_after_the_limit(
 
 def test_rabbitmq_dead_letters_a_message_over_the_limit_itself(clean_amqp_url: str) -> None:
     # Given the lane queues as producers and workers declare them, and no worker at all
-    publisher = CeleryPublisher(broker_url=clean_amqp_url, delivery_limit=LIMIT)
+    publisher = CeleryPublisher(
+        broker_url=clean_amqp_url, visibility_timeout=300, queue_type="quorum", delivery_limit=LIMIT
+    )
     with CommandProducer(publisher=publisher) as sdk:
         command_id = sdk.change_block_status(
             org_id="telco", subscription_id=42, block_id=1, active=True, source="tests"
@@ -176,8 +181,6 @@ def poll_dead_letters(broker_url: str, timeout: float = 10) -> list[kombu.Messag
 
 def test_producers_and_workers_declare_the_same_lane_queues(clean_amqp_url: str) -> None:
     # Given a worker's and a producer's settings with a non-default delivery limit
-    from worker.factory import worker_config  # noqa: PLC0415 - worker side of the check
-
     settings = Settings(broker_url=clean_amqp_url, store_url="redis://unused", delivery_limit=7)
     worker_queues = worker_config(settings, clean_amqp_url)["task_queues"]
     producer_queues = CeleryPublisher.from_settings(settings).app.conf.task_queues
@@ -205,7 +208,9 @@ def test_an_oversized_message_is_dead_lettered_unread_and_the_next_command_runs(
     simulator.admin.reset(faults=True)
     env = {**worker_env(urls, simulator, tmp_path), "SUBSWITCH_MAX_MESSAGE_BYTES": "65536"}
     body = b'[[{"command_id": "huge-1", "pad": "' + b"x" * 200_000 + b'"}], {}, {}]'
-    publisher = CeleryPublisher(broker_url=broker_url, visibility_timeout=4, delivery_limit=LIMIT)
+    publisher = CeleryPublisher(
+        broker_url=broker_url, visibility_timeout=4, queue_type="quorum", delivery_limit=LIMIT
+    )
     with (
         EventStream(broker_url=broker_url) as events,
         CommandProducer(publisher=publisher) as sdk,
