@@ -39,6 +39,7 @@ from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.durability import check_durability
 from worker.executor import LEASE_MARGIN_S, Executor
 from worker.policy import RetryPolicy
+from worker.redis_transport import ReliableAMQP
 from worker.sinks import KombuDeadLetters, KombuEventSink
 from worker.store import RedisStore
 from worker.traffic import MAX_WAIT_S, BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
@@ -205,7 +206,7 @@ def create_app(settings: Settings) -> Celery:
         UnavailableError: the embedded Redis would not start.
     """
     endpoints = start_or_raise(lambda: resolve_endpoints(settings))
-    app = Celery("subswitch", set_as_current=False)
+    app = Celery("subswitch", set_as_current=False, amqp=ReliableAMQP.PATH)
     holder = RuntimeHolder(lambda: build_runtime(settings, endpoints, app))
     app.conf.update(worker_config(settings, endpoints.broker_url))
     app.conf.worker_consumer = bound_consumer(

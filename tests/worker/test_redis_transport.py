@@ -1,0 +1,157 @@
+"""The worker's Redis transport: a consumer killed right after the server handed it a
+message never loses that message (contract §2.4), against a real Redis.
+
+The consumer runs in a child process that dies (``os._exit``, as SIGKILL would leave
+it: no cleanup, no restore at shutdown) at the first moment kombu holds the message,
+before it delivers it to anyone. kombu's plain transport loses the message there: it
+has left the list, and its unacked record is written only at delivery.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+from worker.redis_transport import ReliableAMQP, ReliableConnection, Transport
+
+pytestmark = pytest.mark.integration
+
+QUEUE = Queue("subswitch.test.claim", Exchange("subswitch.test", type="direct"), "claim")
+VISIBILITY_S = 1
+_DIED = 17
+_DEADLINE_S = 20.0
+
+
+def _connection(url: str) -> Connection:
+    return ReliableConnection(url, transport_options={"visibility_timeout": VISIBILITY_S})
+
+
+def _consume_and_die(url: str) -> None:
+    """Child: consume ``QUEUE`` and die as soon as kombu holds a message."""
+    connection = _connection(url)
+    with connection.channel() as channel:
+        # kombu records the message as unacked inside _deliver: die just before it.
+        connection.transport._deliver = lambda *_: os._exit(_DIED)
+        Consumer(channel, queues=[QUEUE], accept=["json"]).consume()
+        while True:
+            connection.drain_events(timeout=_DEADLINE_S)
+
+
+def _publish(url: str, body: dict[str, Any]) -> None:
+    with Connection(url) as connection:  # a producer: kombu's plain transport
+        Producer(connection.channel()).publish(
+            body, exchange=QUEUE.exchange, routing_key="claim", declare=[QUEUE]
+        )
+
+
+def _wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + _DEADLINE_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {_DEADLINE_S} s")
+        time.sleep(0.05)  # polling a condition with a deadline
+
+
+def _blocked_on_claim_queue(client: redis.Redis, db: int) -> bool:
+    clients = client.client_list()
+    return any(c["db"] == str(db) and c["cmd"] in {"blmove", "brpop"} for c in clients)
+
+
+def _restored(url: str) -> dict[str, Any] | None:
+    """Run kombu's visibility-timeout restore once, then take what the queue holds."""
+    with _connection(url) as connection, connection.channel() as channel:
+        channel.qos.restore_visible(num=100, interval=1)
+        message = channel.basic_get(QUEUE.name, no_ack=True)
+        return None if message is None else dict(message.decode())
+
+
+@pytest.fixture
+def url(clean_redis_url: str) -> str:
+    with Connection(clean_redis_url) as connection:
+        QUEUE(connection.channel()).declare()
+    return clean_redis_url
+
+
+@pytest.mark.parametrize("arrives", ["before", "while_blocked"])
+def test_a_consumer_killed_once_the_server_handed_it_a_message_loses_nothing(
+    url: str, arrives: str
+) -> None:
+    # Given a consumer that dies the moment the server has handed it a message, with
+    # the message already queued or published while the consumer blocks waiting
+    body = {"command_id": "c-1", "arrives": arrives}
+    client = redis.Redis.from_url(url)
+    db = client.connection_pool.connection_kwargs["db"]
+    if arrives == "before":
+        _publish(url, body)
+    child = multiprocessing.get_context("fork").Process(target=_consume_and_die, args=(url,))
+    child.start()
+    if arrives == "while_blocked":
+        _wait_until(lambda: _blocked_on_claim_queue(client, db), "the consumer blocked")
+        _publish(url, body)
+
+    # When it dies with the message taken off the list
+    child.join(_DEADLINE_S)
+    assert child.exitcode == _DIED
+    assert client.llen(QUEUE.name) == 0
+
+    # Then the visibility-timeout restore brings the message back, whole
+    found: list[dict[str, Any] | None] = []
+    _wait_until(lambda: found.append(_restored(url)) or found[-1] is not None, "restored")
+    assert found[-1] == body
+    client.close()
+
+
+def test_a_queue_consumed_without_acks_is_never_recorded_as_unacked(url: str) -> None:
+    # Given a message, and a consumer of its queue that never acks (no_ack)
+    _publish(url, {"command_id": "c-2"})
+    received: list[Any] = []
+    with _connection(url) as connection, connection.channel() as channel:
+        consumer = Consumer(channel, queues=[QUEUE], accept=["json"], no_ack=True)
+        consumer.register_callback(lambda body, _message: received.append(body))
+        consumer.consume()
+        # When it receives the message
+        connection.drain_events(timeout=_DEADLINE_S)
+        # Then nothing waits for an ack that never comes (the restore would resend it)
+        assert received == [{"command_id": "c-2"}]
+        assert channel.client.hlen(channel.unacked_key) == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0", "redis+socket:///tmp/r.sock"]
+)
+def test_a_worker_connection_to_redis_consumes_through_the_reliable_transport(url: str) -> None:
+    # Given a worker's connection to Redis over TCP, TLS or a unix socket
+    connection = ReliableConnection(url)
+    # When kombu picks its transport, here and in a clone
+    # Then it is the worker's, with the URL parsed and shown as kombu does
+    assert connection.get_transport_cls() is Transport
+    assert connection.clone().get_transport_cls() is Transport
+    assert connection.as_uri() == Connection(url).as_uri()
+    assert bool(connection.ssl) is url.startswith("rediss")
+
+
+def test_a_worker_connection_to_rabbitmq_keeps_kombus_transport() -> None:
+    # Given a worker's connection to RabbitMQ
+    connection = ReliableConnection("amqp://guest@127.0.0.1//")
+    # When kombu picks its transport
+    # Then it is kombu's own
+    assert (
+        connection.get_transport_cls() is Connection("amqp://guest@127.0.0.1//").get_transport_cls()
+    )
+
+
+def test_the_workers_app_connects_through_the_reliable_transport() -> None:
+    # Given the worker's Celery app (no URLs: the embedded broker, a unix socket)
+    # When it makes its consuming connection
+    # Then that connection uses the worker's transport
+    app = Celery("t", set_as_current=False, amqp=ReliableAMQP.PATH)
+    app.conf.broker_url = "redis+socket:///tmp/r.sock"
+    assert app.connection_for_read().get_transport_cls() is Transport
