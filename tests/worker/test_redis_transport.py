@@ -30,13 +30,18 @@ _DIED = 17
 _DEADLINE_S = 20.0
 
 
-def _connection(url: str) -> Connection:
-    return ReliableConnection(url, transport_options={"visibility_timeout": VISIBILITY_S})
+_CONSUMER_NAME = "subswitch-test-claim"
+
+
+def _connection(url: str, **options: Any) -> Connection:
+    return ReliableConnection(
+        url, transport_options={"visibility_timeout": VISIBILITY_S, **options}
+    )
 
 
 def _consume_and_die(url: str) -> None:
     """Child: consume ``QUEUE`` and die as soon as kombu holds a message."""
-    connection = _connection(url)
+    connection = _connection(url, client_name=_CONSUMER_NAME)
     with connection.channel() as channel:
         # kombu records the message as unacked inside _deliver: die just before it.
         connection.transport._deliver = lambda *_: os._exit(_DIED)
@@ -60,9 +65,9 @@ def _wait_until(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)  # polling a condition with a deadline
 
 
-def _blocked_on_claim_queue(client: redis.Redis, db: int) -> bool:
+def _consumer_blocked(client: redis.Redis) -> bool:
     clients = client.client_list()
-    return any(c["db"] == str(db) and c["cmd"] in {"blmove", "brpop"} for c in clients)
+    return any(c["name"] == _CONSUMER_NAME and c["cmd"] in {"blmove", "brpop"} for c in clients)
 
 
 def _restored(url: str) -> dict[str, Any] | None:
@@ -88,18 +93,21 @@ def test_a_consumer_killed_once_the_server_handed_it_a_message_loses_nothing(
     # the message already queued or published while the consumer blocks waiting
     body = {"command_id": "c-1", "arrives": arrives}
     client = redis.Redis.from_url(url)
-    db = client.connection_pool.connection_kwargs["db"]
     if arrives == "before":
         _publish(url, body)
-    child = multiprocessing.get_context("fork").Process(target=_consume_and_die, args=(url,))
+    # A fresh interpreter: a fork of this threaded process could deadlock on a lock.
+    child = multiprocessing.get_context("spawn").Process(target=_consume_and_die, args=(url,))
     child.start()
-    if arrives == "while_blocked":
-        _wait_until(lambda: _blocked_on_claim_queue(client, db), "the consumer blocked")
-        _publish(url, body)
+    try:
+        if arrives == "while_blocked":
+            _wait_until(lambda: _consumer_blocked(client), "the consumer blocked")
+            _publish(url, body)
 
-    # When it dies with the message taken off the list
-    child.join(_DEADLINE_S)
-    assert child.exitcode == _DIED
+        # When it dies with the message taken off the list
+        child.join(_DEADLINE_S)
+        assert child.exitcode == _DIED
+    finally:
+        child.kill()
     assert client.llen(QUEUE.name) == 0
 
     # Then the visibility-timeout restore brings the message back, whole
