@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from subswitch.errors import StoreError
 from subswitch.text import safe_line
-from worker import keys
+from subswitch import keys
 from worker.executor import DeadLetterSink
 from worker.store import LuaScripts
 

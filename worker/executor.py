@@ -29,7 +29,7 @@ from subswitch.contract import (
     result_event,
 )
 from subswitch.text import safe_line
-from worker import keys
+from subswitch import keys
 from worker.policy import RetryPolicy
 from worker.store import (
     AlreadyApplied,

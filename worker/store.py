@@ -6,7 +6,7 @@ runner, which also maps Redis errors). The executor depends on the :class:`Store
 protocol; :class:`RedisStore` implements it on Redis (or the embedded Redis), and
 tests run it on fakeredis and on a real Redis.
 
-Lifecycle of a command record (``worker.keys.command``):
+Lifecycle of a command record (``subswitch.keys.command``):
 
 * ``begin`` (atomic): a duplicate of a finished command gets its stored event back;
   a reused id with another payload is a conflict; a target whose lock is held is
@@ -20,7 +20,7 @@ Lifecycle of a command record (``worker.keys.command``):
   if the command was applied, and the lock goes. Whoever finishes holds a
   short claim on publishing the event; ``mark_published`` ends it.
 
-Unresolved attempts (``worker.keys.target_pending``): a command counts for ordering
+Unresolved attempts (``subswitch.keys.target_pending``): a command counts for ordering
 from its first attempt until it is finished, unless every attempt failed surely
 unapplied. An older command on the target waits for it (``Unresolved``): it may
 neither overtake it nor be superseded by it, since the newer one may still fail.
@@ -44,7 +44,7 @@ import redis
 
 from subswitch.contract import AnyCommand, Target
 from subswitch.errors import StoreError
-from worker import keys
+from subswitch import keys
 
 # Shared by the scripts below: may this delivery publish a finished record's event?
 # Returns 'publish' (the claim is now ours), 'skip' (published already) or 'busy'

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from subswitch.contract import Lane
-from worker import keys
+from subswitch import keys
 from worker.store import Script
 
 logger = logging.getLogger(__name__)

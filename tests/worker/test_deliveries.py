@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from subswitch.errors import StoreError
-from worker import keys
+from subswitch import keys
 from worker.consumer import RequeueBackoff
 from worker.deliveries import DeadLetterOnce, Delivery, DeliveryCounter
 from worker.sinks import InMemoryDeadLetters

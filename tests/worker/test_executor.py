@@ -11,7 +11,7 @@ import fakeredis
 
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Outcome
 from tests.worker.conftest import DEFAULTS, Clock, Harness, new_store
-from worker import keys
+from subswitch import keys
 from worker.executor import Ack, Executor, RetryLater
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink

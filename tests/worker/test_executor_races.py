@@ -10,7 +10,7 @@ import fakeredis
 
 from subswitch.contract import ChangeBlockStatus, Outcome
 from tests.worker.conftest import Harness
-from worker import keys
+from subswitch import keys
 from worker.executor import Ack, RetryLater
 from worker.upstream import UpstreamUnavailable
 

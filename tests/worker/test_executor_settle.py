@@ -12,7 +12,7 @@ import pytest
 
 from subswitch.contract import ChangeBlockStatus, Outcome
 from tests.worker.conftest import Harness, HarnessFactory
-from worker import keys
+from subswitch import keys
 from worker.executor import Ack, RetryLater
 from worker.upstream import PermanentError, UpstreamTimeout
 

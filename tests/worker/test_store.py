@@ -17,7 +17,7 @@ import redis
 
 from subswitch.contract import ChangeBlockStatus
 from tests.worker.conftest import new_store
-from worker import keys
+from subswitch import keys
 from worker.store import (
     AlreadyApplied,
     Busy,

@@ -10,7 +10,7 @@ import fakeredis
 
 from subswitch.contract import ChangeBlockStatus, Outcome
 from tests.worker.conftest import Harness, new_store
-from worker import keys
+from subswitch import keys
 from worker.executor import Ack
 from worker.store import Go, OutOfBounds, RedisStore
 

@@ -13,7 +13,7 @@ import pytest
 
 from subswitch.contract import ChangeBlockStatus, Lane, Outcome
 from tests.worker.conftest import Harness
-from worker import keys
+from subswitch import keys
 from worker.executor import Ack, RetryLater
 from worker.store import LuaScripts
 from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl

@@ -9,7 +9,7 @@ import pytest
 
 from subswitch.contract import ChangeBlockStatus, Lane
 from tests.worker.conftest import Harness
-from worker import keys
+from subswitch import keys
 from worker.executor import RetryLater
 from worker.store import LuaScripts
 from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl

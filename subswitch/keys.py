@@ -1,4 +1,6 @@
-"""Every Redis key the worker writes, with its lifetime. One place, units in the names."""
+"""Every Redis key subswitch writes, with its lifetime. One place, units in the names.
+
+The worker writes them; the operating commands (status, retry, reconcile) read them."""
 
 from __future__ import annotations
 
