@@ -41,6 +41,7 @@ CLI_MODULES: Final = frozenset(
         "subswitch.simulator.cli",
         "producers.cli",
         "producers.batch_cli",
+        "producers.dead_cli",
         "worker.cli",
     }
 )
