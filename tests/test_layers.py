@@ -43,6 +43,7 @@ CLI_MODULES: Final = frozenset(
         "producers.batch_cli",
         "producers.dead_cli",
         "worker.cli",
+        "worker.reconcile_cli",
     }
 )
 #: Who may import a CLI module: the ``subswitch`` CLI that assembles them, ``__main__``s.
