@@ -50,8 +50,10 @@ def test_reconcile_reports_drift_and_repair_converges(
                                 queue_type="quorum")  # fmt: skip
     with running_worker(env, concurrency=2), EventStream(broker_url=clean_redis_url) as events:
         with CommandProducer(publisher=publisher) as sdk:
-            fraud = sdk.change_block_status(org_id="telco", subscription_id=71, block_id=1,
-                                            active=True, reason="stolen", source="fraud")  # fmt: skip
+            fraud = sdk.change_block_status(
+                org_id="telco", subscription_id=71, block_id=1, active=True, reason="stolen",
+                source="fraud",
+            )  # fmt: skip
         assert events.wait_for({fraud}, 30)[fraud].outcome is Outcome.APPLIED
         # ...which another system lifts behind subswitch's back
         simulator.admin.change_behind("telco", 71, "block", 1, active=False)
