@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC
 from typing import Annotated, Any, Final
 
 import redis
@@ -83,9 +84,12 @@ def list_(as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps(document, indent=2))
         return
     console = Console(highlight=False, soft_wrap=False)
-    table = Table("ID", "COMMAND_ID", "DEAD SINCE", "SIZE", "REASON", box=None)
+    table = Table(box=None)
+    for column in ("ID", "COMMAND_ID", "DEAD SINCE", "SIZE"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "SIZE" else "left")
+    table.add_column("REASON")
     for letter in letters:
-        when = letter.dead_at.isoformat(timespec="seconds") if letter.dead_at else "-"
+        when = f"{letter.dead_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if letter.dead_at else "-"
         cells = (letter.id, letter.command_id or "-", when, f"{letter.size:,}", letter.reason)
         table.add_row(*(Text(safe_line(cell)) for cell in cells))  # never markup
     console.print(table)

@@ -48,6 +48,19 @@ ID_LENGTH: Final = 12
 #: Headers a broker changes while the message waits (a quorum queue counts returns):
 #: left out of the id, which must not change when a letter is only read.
 _VOLATILE_HEADERS: Final = frozenset({"x-delivery-count"})
+#: What the worker's reasons start with (worker/consumer.py, worker/tasks.py,
+#: worker/deliveries.py), and the kind ``dead list`` counts them as; any other reason
+#: is the contract's refusal of a command (``parse_command``).
+_REASON_KINDS: Final = (
+    ("unknown task", "unknown task"),
+    ("undecodable message", "undecodable"),
+    ("not a task message", "not a task message"),
+    ("invalid task message", "invalid task message"),
+    ("message of ", "too large"),
+    ("its worker died", "delivery limit"),
+    ("subswitch.apply", "malformed task"),
+    ("unknown", "unknown"),
+)
 #: The most of a body ``dead show`` prints per line (bodies are at most 1 MiB anyway).
 _SHOWN_BYTES: Final = 1024 * 1024
 
@@ -80,8 +93,12 @@ class DeadLetter:
 
     @property
     def reason_kind(self) -> str:
-        """The reason without what it quotes: what ``dead list`` counts by."""
-        return self.reason.split(":", 1)[0].split(" (", 1)[0].strip()
+        """The kind of reason, without what it quotes: what ``dead list`` counts by."""
+        reason = self.reason
+        for prefix, kind in _REASON_KINDS:
+            if reason.startswith(prefix):
+                return kind
+        return reason if reason.startswith("broker: ") else "invalid command"
 
     @property
     def command_id(self) -> str | None:

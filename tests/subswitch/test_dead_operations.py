@@ -130,8 +130,20 @@ def test_list_keeps_every_letter_in_order_and_counts_reasons() -> None:
     first, second = ops.letters(), ops.letters()
     # Then both lists are the queue, in order, untouched, counted by the reason's kind
     assert first == second == letters == queue.kept
-    assert counts_by_reason(first) == {"unknown task 'a'": 1, "unknown task 'b'": 1,
-                                       "invalid task message": 1}  # fmt: skip
+    assert counts_by_reason(first) == {"unknown task": 2, "invalid task message": 1}
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [("block_id: Input should be less than or equal to 2", "invalid command"),
+     ("missing field(s): source", "invalid command"),
+     ("undecodable message (application/x-python-serialize): refused", "undecodable"),
+     ("message of 2,000,000 bytes is over SUBSWITCH_MAX_MESSAGE_BYTES", "too large"),
+     ("its worker died (or lost it) during 5 deliveries in a row", "delivery limit")],
+)  # fmt: skip
+def test_reasons_are_counted_by_their_kind(reason: str, kind: str) -> None:
+    # Then each of the worker's reasons falls in its kind
+    assert letter(b"{}", reason).reason_kind == kind
 
 
 def test_find_takes_a_unique_prefix_and_refuses_unknown_or_ambiguous_ids() -> None:
