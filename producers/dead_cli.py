@@ -43,6 +43,8 @@ _EPILOG: Final = (
     "3 broker or store unreachable."
 )
 
+_PIPED_WIDTH: Final = 200
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document instead of a table.")]
 IdsArg = Annotated[
     list[str] | None,
@@ -84,6 +86,8 @@ def list_(as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps(document, indent=2))
         return
     console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # piped: whole lines (scripts use --json)
+        console = Console(highlight=False, width=_PIPED_WIDTH)
     table = Table(box=None)
     for column in ("ID", "COMMAND_ID", "DEAD SINCE", "SIZE"):
         table.add_column(column, no_wrap=True, justify="right" if column == "SIZE" else "left")

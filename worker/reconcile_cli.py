@@ -53,6 +53,7 @@ _EPILOG: Final = (
     "left or a target unreadable; 2 bad input; 3 store, broker or upstream unreachable."
 )
 _RELATIVE: Final = re.compile(r"^(\d+)([smhd])$")
+_PIPED_WIDTH: Final = 200
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -96,6 +97,10 @@ def register(
         as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
     ) -> None:
         """Compare each target's newest applied intent with the upstream; report drift."""
+        if (targets is None) == (org is None):
+            fail("give --targets FILE or --org ORG (one of them)", ExitCode.BAD_INPUT)
+        if since is not None and org is None:
+            fail("--since goes with --org", ExitCode.BAD_INPUT)
         settings = read_settings()
         with ExitStack() as stack:
             archive = open_archive(settings) if open_archive else None
@@ -128,10 +133,6 @@ def _run(
     enqueuer: Enqueuer | None,
     quiet: bool,
 ) -> list[TargetReport]:
-    if (targets_file is None) == (org is None):
-        fail("give --targets FILE or --org ORG (one of them)", ExitCode.BAD_INPUT)
-    if since is not None and org is None:
-        fail("--since goes with --org", ExitCode.BAD_INPUT)
     store_url = resolve_endpoints(settings).store_url
     client = redis.Redis.from_url(store_url, socket_timeout=5, socket_connect_timeout=5)
     stack.callback(client.close)
@@ -210,7 +211,7 @@ def _show(reports: list[TargetReport], *, as_json: bool, repair: bool) -> int:
 
 
 def _table(reports: list[TargetReport], totals: Totals) -> None:
-    console = Console(highlight=False, soft_wrap=False)
+    console = report_console()
     table = Table("TARGET", "INTENT", "COMMAND_ID", "UPSTREAM", "DRIFT", "NOTE", box=None)
     for report in reports:
         cells = (
@@ -230,6 +231,13 @@ def _table(reports: list[TargetReport], totals: Totals) -> None:
         f"an applied intent, {counts['unreadable']} unreadable",
         markup=False,
     )
+
+
+def report_console() -> Console:
+    """A console for a report: the terminal's width, or wide when piped (a file or a
+    pager gets whole lines; scripts use --json)."""
+    console = Console(highlight=False, soft_wrap=False)
+    return console if console.is_terminal else Console(highlight=False, width=_PIPED_WIDTH)
 
 
 def _on_off(active: bool | None) -> str:

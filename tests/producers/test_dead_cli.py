@@ -140,3 +140,21 @@ def test_dead_letters_are_listed_replayed_or_refused_and_purged(
     purged = cli("dead", "purge", "--all", "--yes")
     assert purged.exit_code == 0, purged.output
     assert dead_letters(broker_url) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["dead", "replay"], "give one or more dead letter ids, or --all"),
+     (["dead", "purge", "abc", "--all", "--yes"], "not both"),
+     (["dead", "show"], "Missing argument")],
+)  # fmt: skip
+def test_a_dead_command_without_a_choice_is_one_line_and_exit_2(
+    args: list[str], fragment: str
+) -> None:
+    # When a dead command is given neither ids nor --all (or both, or no id to show)
+    result = cli(*args)
+    # Then it says so in one line and exits 2, before any broker is asked
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ")
+    assert fragment in result.stderr
+    assert len(result.stderr.splitlines()) == 1

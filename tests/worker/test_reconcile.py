@@ -10,8 +10,10 @@ from typing import Any
 
 import fakeredis
 import pytest
+from typer.testing import CliRunner
 
 from subswitch import keys
+from subswitch.cli import app
 from subswitch.contract import (
     AnyCommand,
     ChangeBlockStatus,
@@ -333,3 +335,19 @@ def test_since_takes_rfc_3339_with_an_offset_or_a_duration_ago() -> None:
     for bad in ("2026-12-01T10:00:00", "yesterday"):
         with pytest.raises(InvalidInput, match="--since"):
             parse_since(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [([], "give --targets FILE or --org ORG"),
+     (["--targets", "t.csv", "--org", "telco"], "give --targets FILE or --org ORG"),
+     (["--targets", "t.csv", "--since", "1h"], "--since goes with --org")],
+)  # fmt: skip
+def test_reconcile_needs_one_selection_of_targets(args: list[str], fragment: str) -> None:
+    # When reconcile is given no selection, two, or --since without --org
+    result = CliRunner().invoke(app, ["reconcile", *args])
+    # Then it says so in one line and exits 2, before the store is asked
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ")
+    assert fragment in result.stderr
+    assert len(result.stderr.splitlines()) == 1
