@@ -14,9 +14,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from producers.events import EventStream
-from subswitch.broker import COMMANDS_EXCHANGE
+from producers.publisher import CeleryPublisher
+from subswitch.broker import COMMANDS_EXCHANGE, is_amqp
 from subswitch.cli import app
-from subswitch.contract import Lane, Outcome
+from subswitch.contract import Lane, Outcome, parse_command
 from subswitch.deadletters import open_dead_letter_queue
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.worker.processes import running_worker, wait_until
@@ -77,6 +78,23 @@ def publish_task(broker_url: str, task: str, argument: dict[str, Any], task_id: 
         )
 
 
+def reject_off_the_lane(broker_url: str, argument: dict[str, Any]) -> None:
+    """Publish a command as the SDK does, then reject it off its lane (no requeue): the
+    lane's dead-letter exchange moves it, whole, into subswitch.dead."""
+    publisher = CeleryPublisher(broker_url=broker_url, visibility_timeout=300,
+                                queue_type="quorum")  # fmt: skip
+    try:
+        publisher.publish(parse_command(argument))
+    finally:
+        publisher.close()
+    with kombu.Connection(broker_url) as connection:
+        channel: Any = connection.channel()
+        message = channel.basic_get(Lane.NORMAL.queue, no_ack=False)
+        assert message is not None
+        channel.basic_reject(message.delivery_tag, requeue=False)
+        channel.close()
+
+
 def cli(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
@@ -96,10 +114,16 @@ def test_dead_letters_are_listed_replayed_or_refused_and_purged(
     # command it cannot validate (block 9)
     broker_url = env["SUBSWITCH_BROKER_URL"]
     simulator.admin.reset(faults=True)
+    # ...and on RabbitMQ a command the broker itself dead-lettered (rejected off its lane)
+    expected = {"dead-ok", "dead-bad"} | ({"dead-broker"} if is_amqp(broker_url) else set())
+    if is_amqp(broker_url):
+        reject_off_the_lane(broker_url, command("dead-broker", subscription_id=62))
     with running_worker(env, concurrency=2) as worker:
         publish_task(broker_url, "subswitch.apply_v0", command("dead-ok"), "dead-ok")
         publish_task(broker_url, "subswitch.apply", command("dead-bad", block_id=9), "dead-bad")
-        wait_until(lambda: len(dead_letters(broker_url)) == 2, timeout=30, what="two dead letters")
+        wait_until(
+            lambda: len(dead_letters(broker_url)) == len(expected), timeout=30, what="dead letters"
+        )
 
         # When they are listed (twice: reading takes none away)
         listed = cli("dead", "list", "--json")
@@ -109,11 +133,14 @@ def test_dead_letters_are_listed_replayed_or_refused_and_purged(
         document = json.loads(listed.stdout)
         assert json.loads(again.stdout) == document
         by_id = {letter["command_id"]: letter for letter in document["letters"]}
-        assert set(by_id) == {"dead-ok", "dead-bad"}
+        assert set(by_id) == expected
         assert "unknown task" in by_id["dead-ok"]["reason"]
         assert "block_id" in by_id["dead-bad"]["reason"]
         assert by_id["dead-ok"]["dead_at"] is not None
-        assert sum(document["by_reason"].values()) == 2
+        assert sum(document["by_reason"].values()) == len(expected)
+        if is_amqp(broker_url):
+            assert by_id["dead-broker"]["reason"] == "broker: rejected"
+            assert by_id["dead-broker"]["queue"] == Lane.NORMAL.queue
         shown = cli("dead", "show", by_id["dead-ok"]["id"][:8])
         assert '"command_id": "dead-ok"' in shown.stdout, shown.output
 
@@ -125,11 +152,16 @@ def test_dead_letters_are_listed_replayed_or_refused_and_purged(
         assert event is not None, worker.log()[-3000:]
         assert event.outcome is Outcome.APPLIED
         assert simulator.admin.target("telco", 61, "block", 1)["active"] is True
-        # When the invalid one is replayed, then it is refused with its reason and stays
-        refused = cli("dead", "replay", "--all")
-        assert refused.exit_code == 1
-        assert "refused" in refused.stdout and "block_id" in refused.stdout
-        assert [letter["command_id"] for letter in dead_letters(broker_url)] == ["dead-bad"]
+        # When the rest are replayed, then the invalid one is refused with its reason and
+        # stays (and the broker's own letter, a valid command, is applied)
+        with EventStream(broker_url=broker_url) as events:
+            refused = cli("dead", "replay", "--all")
+            assert refused.exit_code == 1
+            assert "refused" in refused.stdout and "block_id" in refused.stdout
+            assert [letter["command_id"] for letter in dead_letters(broker_url)] == ["dead-bad"]
+            if is_amqp(broker_url):
+                outcome = events.wait_for({"dead-broker"}, 30)["dead-broker"].outcome
+                assert outcome is Outcome.APPLIED
 
     # When a purge is asked without --yes and no terminal, then nothing is purged
     unconfirmed = cli("dead", "purge", "--all")
