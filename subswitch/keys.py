@@ -59,6 +59,12 @@ def target(target: Target) -> str:
     return f"{PREFIX}:target:{_target_suffix(target)}"
 
 
+def targets_of_org(org_id: str) -> str:
+    """SCAN pattern of every :func:`target` key of ``org_id`` (org ids hold no glob
+    characters: ``[A-Za-z0-9_-]``)."""
+    return f"{PREFIX}:target:{org_id}:*"
+
+
 def target_lock(target: Target) -> str:
     """String with a lease (PX): the delivery token of the command in flight (lease
     plus settle time), or ``settling`` while a write whose answer was lost may still

@@ -111,9 +111,8 @@ class StoreIntents:
         """Every target of ``org_id`` with a watermark in the store whose command was
         issued at or after ``since``. SCAN: it never blocks the store."""
         since_us = None if since is None else int(since.timestamp() * 1_000_000)
-        pattern = f"{keys.target(Target(org_id, 0, 'block', 0)).rsplit(':', 4)[0]}:*"
         with _store_errors():
-            for name in self._client.scan_iter(match=pattern, count=1000):
+            for name in self._client.scan_iter(match=keys.targets_of_org(org_id), count=1000):
                 target = _target_of_key(name.decode() if isinstance(name, bytes) else name)
                 if target is None or target.org_id != org_id:
                     continue

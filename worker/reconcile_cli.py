@@ -30,7 +30,7 @@ from rich.text import Text
 
 from subswitch.audit import EventArchive
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
-from subswitch.contract import AnyCommand, Target
+from subswitch.contract import ORG_ID_PATTERN, AnyCommand, Target
 from subswitch.errors import InvalidInput
 from subswitch.settings import Settings
 from subswitch.text import safe_line
@@ -101,6 +101,8 @@ def register(
             fail("give --targets FILE or --org ORG (one of them)", ExitCode.BAD_INPUT)
         if since is not None and org is None:
             fail("--since goes with --org", ExitCode.BAD_INPUT)
+        if org is not None and not re.fullmatch(ORG_ID_PATTERN, org):
+            fail(f"--org: {safe_line(org, limit=70)!r} is no org id", ExitCode.BAD_INPUT)
         settings = read_settings()
         with ExitStack() as stack:
             archive = open_archive(settings) if open_archive else None

@@ -341,7 +341,8 @@ def test_since_takes_rfc_3339_with_an_offset_or_a_duration_ago() -> None:
     ("args", "fragment"),
     [([], "give --targets FILE or --org ORG"),
      (["--targets", "t.csv", "--org", "telco"], "give --targets FILE or --org ORG"),
-     (["--targets", "t.csv", "--since", "1h"], "--since goes with --org")],
+     (["--targets", "t.csv", "--since", "1h"], "--since goes with --org"),
+     (["--org", "tel*"], "is no org id")],
 )  # fmt: skip
 def test_reconcile_needs_one_selection_of_targets(args: list[str], fragment: str) -> None:
     # When reconcile is given no selection, two, or --since without --org
