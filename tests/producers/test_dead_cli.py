@@ -118,7 +118,7 @@ def test_dead_letters_are_listed_replayed_or_refused_and_purged(
     expected = {"dead-ok", "dead-bad"} | ({"dead-broker"} if is_amqp(broker_url) else set())
     if is_amqp(broker_url):
         reject_off_the_lane(broker_url, command("dead-broker", subscription_id=62))
-    with running_worker(env, concurrency=2) as worker:
+    with running_worker(env, concurrency=2, lanes="normal") as worker:
         publish_task(broker_url, "subswitch.apply_v0", command("dead-ok"), "dead-ok")
         publish_task(broker_url, "subswitch.apply", command("dead-bad", block_id=9), "dead-bad")
         wait_until(

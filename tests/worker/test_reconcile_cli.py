@@ -48,7 +48,10 @@ def test_reconcile_reports_drift_and_repair_converges(
     targets.write_text("org_id,subscription_id,kind,id\ntelco,71,block,1\ntelco,71,service,1\n")
     publisher = CeleryPublisher(broker_url=clean_redis_url, visibility_timeout=300,
                                 queue_type="quorum")  # fmt: skip
-    with running_worker(env, concurrency=2), EventStream(broker_url=clean_redis_url) as events:
+    with (
+        running_worker(env, concurrency=2, lanes="normal"),
+        EventStream(broker_url=clean_redis_url) as events,
+    ):
         with CommandProducer(publisher=publisher) as sdk:
             fraud = sdk.change_block_status(
                 org_id="telco", subscription_id=71, block_id=1, active=True, reason="stolen",
