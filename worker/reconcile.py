@@ -107,6 +107,19 @@ class StoreIntents:
             value = self._client.hget(keys.target(target), "id")
         return value.decode() if isinstance(value, bytes) else value
 
+    def in_flight(self, target: Target) -> str | None:
+        """Why a repair must not go out now: a command holds the target (its lock) or
+        has an attempt whose result is unknown (pending), else ``None``."""
+        with _store_errors():
+            holder = self._client.get(keys.target_lock(target))
+            pending = self._client.hkeys(keys.target_pending(target))
+        if holder is not None:
+            return "a command is in flight on it"
+        if pending:
+            first = pending[0].decode() if isinstance(pending[0], bytes) else str(pending[0])
+            return f"a command's result is still unknown ({safe_line(first, limit=140)})"
+        return None
+
     def targets_of(self, org_id: str, *, since: datetime | None) -> Iterator[Target]:
         """Every target of ``org_id`` with a watermark in the store whose command was
         issued at or after ``since``. SCAN: it never blocks the store."""
@@ -292,6 +305,7 @@ class Reconciler:
         acquire: Acquire | None = None,
         enqueue: Callable[[AnyCommand], None] | None = None,
         watermark: Callable[[Target], str | None] | None = None,
+        in_flight: Callable[[Target], str | None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -300,6 +314,7 @@ class Reconciler:
         self._acquire = acquire
         self._enqueue = enqueue
         self._watermark = watermark
+        self._in_flight = in_flight
         self._clock = clock
         self._sleep = sleep
         self._read: dict[tuple[str, int, str], SubscriptionBlocks | SubscriptionServices] = {}
@@ -330,6 +345,10 @@ class Reconciler:
         newest = self._watermark(report.target) if self._watermark else intent.command_id
         if newest is not None and newest != intent.command_id:
             return _replace(report, not_repaired=f"a newer command ({newest}) was applied")
+        # A command on its way may be the newer intent: it decides, not the repair.
+        busy = self._in_flight(report.target) if self._in_flight else None
+        if busy is not None:
+            return _replace(report, not_repaired=busy)
         command = repair_command(intent, now=self._clock())
         self._enqueue(command)
         return _replace(report, repair=command.command_id)

@@ -156,6 +156,7 @@ def _run(
         acquire=limiter.acquire if limiter else None,
         enqueue=enqueuer.publish if enqueuer else None,
         watermark=intents.watermark,
+        in_flight=intents.in_flight,
     )
     return _with_progress(reconciler, chosen, quiet=quiet)
 

@@ -119,6 +119,7 @@ def reconciler(
     intents = StoreIntents(client=client, archive=archive)
     return Reconciler(
         intents=intents, upstream=upstream, clock=lambda: NOW, watermark=intents.watermark,
+        in_flight=intents.in_flight,
         enqueue=enqueued.append if enqueued is not None else None, **extra,
     )  # fmt: skip
 
@@ -238,6 +239,25 @@ def test_no_repair_goes_out_when_a_newer_command_was_applied_meanwhile(
     # Then nothing is enqueued, and the report says why
     assert enqueued == []
     assert "care-2" in (report.not_repaired or "")
+
+
+@pytest.mark.parametrize("held_by", ["lock", "pending"])
+def test_no_repair_goes_out_while_a_command_is_on_its_way_to_the_target(
+    client: fakeredis.FakeRedis, held_by: str
+) -> None:
+    # Given a drifted block whose target a command holds, or has an unresolved attempt on
+    record_applied(client, block_command())
+    if held_by == "lock":
+        client.set(keys.target_lock(BLOCK), "token-1", px=30_000)
+    else:
+        client.hset(keys.target_pending(BLOCK), "care-3", 1)
+    enqueued: list[AnyCommand] = []
+    # When it is reconciled with repair
+    report = reconciler(client, FakeUpstream(), enqueued=enqueued).check(BLOCK)
+    # Then it is reported drifted but not repaired: that command decides
+    assert report.verdict is Drift.DRIFTED
+    assert enqueued == []
+    assert report.not_repaired is not None
 
 
 def test_each_upstream_read_waits_for_a_slot_of_the_global_rate_limit(
