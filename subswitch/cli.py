@@ -14,11 +14,14 @@ from rich.console import Console
 
 from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
+from producers.dead_cli import register as register_dead_commands
+from producers.publisher import CeleryPublisher
 from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
 from worker.cli import register as register_worker_commands
+from worker.reconcile_cli import register as register_reconcile_command
 
 app = typer.Typer(
     name="subswitch",
@@ -53,6 +56,9 @@ def _root(
 register_worker_commands(app)
 register_producer_commands(app)
 register_batch_command(app)
+register_dead_commands(app)
+# Repairs are enqueued through the producers' publisher, so they take every guarantee.
+register_reconcile_command(app, open_enqueuer=CeleryPublisher.from_settings)
 register_simulator_commands(app)
 
 

@@ -4,7 +4,8 @@ The worker writes them; the operating commands (status, retry, reconcile) read t
 
 from __future__ import annotations
 
-from typing import Final
+import hashlib
+from typing import Any, Final
 
 from subswitch.contract import Target
 
@@ -56,6 +57,12 @@ def target(target: Target) -> str:
     """Hash: ``us``, ``id`` and upstream ``status`` of the newest command applied to the
     target."""
     return f"{PREFIX}:target:{_target_suffix(target)}"
+
+
+def targets_of_org(org_id: str) -> str:
+    """SCAN pattern of every :func:`target` key of ``org_id`` (org ids hold no glob
+    characters: ``[A-Za-z0-9_-]``)."""
+    return f"{PREFIX}:target:{org_id}:*"
 
 
 def target_lock(target: Target) -> str:
@@ -116,3 +123,11 @@ def dead_lettered(digest: str) -> str:
     """String: this message (command id and body, SHA-256) is in ``subswitch.dead``
     already; kept for the retention, so a redelivery never adds a second copy."""
     return f"{PREFIX}:dead:{digest}"
+
+
+def dead_letter_mark(body: bytes, command_id: Any) -> str:
+    """The :func:`dead_lettered` key of one message: the SHA-256 of its command id (the
+    ``command_id`` header, if any) and its body. ``subswitch dead replay`` deletes it, so
+    a replayed message that fails again is kept again."""
+    digest = hashlib.sha256(f"{command_id or ''}\n".encode() + body).hexdigest()
+    return dead_lettered(digest)

@@ -41,7 +41,9 @@ CLI_MODULES: Final = frozenset(
         "subswitch.simulator.cli",
         "producers.cli",
         "producers.batch_cli",
+        "producers.dead_cli",
         "worker.cli",
+        "worker.reconcile_cli",
     }
 )
 #: Who may import a CLI module: the ``subswitch`` CLI that assembles them, ``__main__``s.

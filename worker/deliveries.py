@@ -16,7 +16,6 @@ delivery that published it could not finish (the store went away before the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -167,13 +166,9 @@ class DeadLetterOnce:
         Raises:
             StoreError: the store did not answer (nothing was published).
         """
-        key = [keys.dead_lettered(_digest(body, headers.get("command_id")))]
+        key = [keys.dead_letter_mark(body, headers.get("command_id"))]
         if self._mark(key, [0]):
             logger.info("message already dead-lettered; not keeping a second copy")
             return
         self._inner.dead_letter(body, reason=reason, headers=headers)
         self._mark(key, [self._retention_s])
-
-
-def _digest(body: bytes, command_id: Any) -> str:
-    return hashlib.sha256(f"{command_id or ''}\n".encode() + body).hexdigest()

@@ -9,19 +9,25 @@ broker's and its client libraries' errors are mapped here, once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 
 from subswitch.broker import BROKER_FAILURES, DEAD_LETTER, EVENTS, dead_letter_queue
 from subswitch.contract import DEAD_LETTER_QUEUE, EVENT_CONTENT_TYPE
+from subswitch.deadletters import DEAD_AT_HEADER, REASON_HEADER
 from subswitch.errors import PublishError
 from subswitch.text import safe_line
 
 _RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class KombuEventSink:
@@ -54,13 +60,17 @@ class KombuEventSink:
 class KombuDeadLetters:
     """Keeps rejected messages in the durable ``subswitch.dead`` queue."""
 
-    def __init__(self, *, app: Celery, queue_type: str) -> None:
+    def __init__(
+        self, *, app: Celery, queue_type: str, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
         self._app = app
         self._queue = dead_letter_queue(broker_url=app.conf.broker_url, queue_type=queue_type)
+        self._clock = clock
 
     def dead_letter(self, body: bytes, *, reason: str, headers: Mapping[str, Any]) -> None:
         """Publish ``body`` unchanged, with the reason in the ``x-subswitch-reason`` header
-        (one line of at most 1 KiB: a header must fit in one AMQP frame).
+        (one line of at most 1 KiB: a header must fit in one AMQP frame) and the time in
+        ``x-subswitch-dead-at`` (``subswitch dead list`` shows both).
 
         Raises:
             PublishError: the broker did not take it.
@@ -75,7 +85,11 @@ class KombuDeadLetters:
                 content_type="application/octet-stream",
                 content_encoding="binary",
                 delivery_mode=2,
-                headers={**kept, "x-subswitch-reason": safe_line(reason)},
+                headers={
+                    **kept,
+                    REASON_HEADER: safe_line(reason),
+                    DEAD_AT_HEADER: self._clock().isoformat(timespec="seconds"),
+                },
                 retry=True,
                 retry_policy=_RETRY_POLICY,
             )

@@ -26,6 +26,10 @@ Shapes (all JSON):
   per-target value, ``max_in_flight_total`` counts all targets together.
 - ``GET /admin/faults`` -> the faults; ``PUT /admin/faults`` merges a partial object.
 - ``POST /admin/reset[?faults=1]`` and ``POST /admin/tokens/revoke``.
+- ``POST /admin/targets/{org_id}/{subscription_id}/{kind}/{id}`` with ``{"active": bool,
+  "reason": str | null}`` -> the ``Target`` as it now is: another system changed it behind
+  subswitch's back (for drift, ``subswitch reconcile``). Not a write: it is not logged,
+  counted in the stats or in ``writes_applied``.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ class AdminApi:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/admin/state", self.state, methods=["GET"]),
             Route("/admin/state/{org_id}/{subscription_id}/{kind}/{item_id}", self.target),
+            Route(
+                "/admin/targets/{org_id}/{subscription_id}/{kind}/{item_id}",
+                self.change_behind,
+                methods=["POST"],
+            ),
             Route("/admin/writes", self.writes, methods=["GET"]),
             Route("/admin/stats", self.stats, methods=["GET"]),
             Route("/admin/faults", self.faults, methods=["GET"]),
@@ -84,6 +93,16 @@ class AdminApi:
             key = self._target_key(request.path_params)
         except ApiError as exc:
             return exc.response()
+        return JSONResponse(self._sim.store.describe(key))
+
+    async def change_behind(self, request: Request) -> Response:
+        """Change one target as another system would: no write, no log, no stats."""
+        try:
+            key = self._target_key(request.path_params)
+            active, reason = _behind_change(await request.body())
+        except ApiError as exc:
+            return exc.response()
+        self._sim.store.change_behind(key, active, reason, self._sim.clock())
         return JSONResponse(self._sim.store.describe(key))
 
     def _target_key(self, params: dict[str, str]) -> TargetKey:
@@ -160,6 +179,19 @@ def _json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ApiError(400, "body must be a JSON object")
     return document
+
+
+def _behind_change(body: bytes) -> tuple[bool, str | None]:
+    change = _json_object(body)
+    unknown = sorted(set(change) - {"active", "reason"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {unknown}; known: active, reason")
+    active, reason = change.get("active"), change.get("reason")
+    if not isinstance(active, bool):
+        raise ApiError(400, "active must be true or false")
+    if reason is not None and not isinstance(reason, str):
+        raise ApiError(400, "reason must be a string or null")
+    return active, reason
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

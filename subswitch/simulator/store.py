@@ -98,6 +98,15 @@ class Store:
         state.modified_at = now
         state.writes_applied += 1
 
+    def change_behind(self, key: TargetKey, active: bool, reason: str | None, now: float) -> None:
+        """Another system changed an existing target: its state moves, no write counts."""
+        state = self._overrides.get(key)
+        if state is None:
+            state = self._overrides[key] = TargetState(active)
+        state.active = active
+        state.reason = reason
+        state.modified_at = now
+
     def state(self, key: TargetKey) -> TargetState:
         """The current state of an existing target (the seed state if never written)."""
         state = self._overrides.get(key)

@@ -73,6 +73,24 @@ class AdminClient:
         )
         return result
 
+    def change_behind(
+        self,
+        org_id: str,
+        subscription_id: int,
+        kind: str,
+        item_id: int,
+        *,
+        active: bool,
+        reason: str | None = None,
+    ) -> Json:
+        """``POST /admin/targets/...``: change a target behind subswitch's back."""
+        result: Json = self._call(
+            "POST",
+            f"/admin/targets/{org_id}/{subscription_id}/{kind}/{item_id}",
+            json={"active": active, "reason": reason},
+        )
+        return result
+
     def writes(self, since: int = 0, limit: int | None = None) -> Json:
         """``GET /admin/writes``: ``{"writes": [...], "next": SEQ}``; every page if no limit."""
         if limit is not None:

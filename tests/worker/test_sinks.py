@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from subswitch.broker import dead_letter_queue
 from subswitch.errors import PublishError, TransientError
 from worker.sinks import KombuDeadLetters, KombuEventSink
 
@@ -53,3 +55,21 @@ def test_a_dead_letter_the_broker_refuses_is_a_publish_error(app: Celery) -> Non
     # When a message is dead-lettered / Then it fails as a PublishError
     with pytest.raises(PublishError, match="dead letter"):
         letters.dead_letter(b"x", reason="not JSON", headers={})
+
+
+def test_a_dead_letter_says_why_and_when_it_was_kept() -> None:
+    # Given an in-memory broker and a fixed clock
+    app = Celery("sinks-test", broker="memory://", set_as_current=False)
+    moment = datetime(2026, 12, 1, 23, 46, 13, tzinfo=UTC)
+    letters = KombuDeadLetters(app=app, queue_type="quorum", clock=lambda: moment)
+    # When a message is dead-lettered
+    letters.dead_letter(b"x", reason="not JSON\n", headers={"command_id": "c-1"})
+    # Then it is kept with its command id, its reason on one line and the time
+    with app.connection() as connection:
+        kept = dead_letter_queue(broker_url="memory://", queue_type="quorum")(
+            connection.default_channel
+        ).get(no_ack=True)
+    assert kept is not None
+    assert kept.headers == {"command_id": "c-1", "x-subswitch-reason": "not JSON\\n",
+                            "x-subswitch-dead-at": "2026-12-01T23:46:13+00:00"}  # fmt: skip
+    app.close()

@@ -182,3 +182,41 @@ def test_reset_with_faults_clears_them_too(client: TestClient) -> None:
     client.post("/admin/reset", params={"faults": "1"})
     # Then writes succeed again
     assert _write(client, "blocks/1", {"active": True}) == 201
+
+
+def test_a_target_changed_behind_subswitchs_back_shows_upstream_but_is_no_write(
+    client: TestClient,
+) -> None:
+    # Given block 1 put on through the API
+    _write(client, "blocks/1", {"active": True, "reason": "robado"})
+    # When another system lifts it through the admin call
+    answer = client.post("/admin/targets/telco/7/block/1", json={"active": False})
+    # Then the target shows lifted, the API no longer lists the block, and no write counts
+    assert answer.status_code == 200
+    assert answer.json()["active"] is False
+    assert answer.json()["writes_applied"] == 1
+    assert client.get(f"{SUB}/blocks", headers=AUTH).json()["items"] == []
+    assert client.get("/admin/stats").json()["writes_total"] == 1
+    assert len(client.get("/admin/writes").json()["writes"]) == 1
+
+
+def test_a_service_changed_behind_subswitchs_back_reads_back_upstream(client: TestClient) -> None:
+    # When service 1 (seeded on) is switched off by another system
+    client.post("/admin/targets/telco/7/service/1", json={"active": False, "reason": None})
+    # Then the services list shows it off
+    items = client.get(f"{SUB}/services", headers=AUTH).json()["items"]
+    assert [item["active"] for item in items if item["id"] == 1] == [False]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [("telco/7/block/3", {"active": True}, 404), ("telco/7/block/1", {"active": "yes"}, 400),
+     ("telco/7/block/1", {"active": True, "colour": 1}, 400),
+     ("telco/7/block/1", {"active": True, "reason": 5}, 400),
+     ("telco/7/block/1", [], 400)],
+)  # fmt: skip
+def test_a_bad_change_behind_is_refused(
+    client: TestClient, path: str, body: object, status: int
+) -> None:
+    # When the admin call names no target or carries a bad body, then it is refused
+    assert client.post(f"/admin/targets/{path}", json=body).status_code == status
