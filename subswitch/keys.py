@@ -116,3 +116,18 @@ def dead_lettered(digest: str) -> str:
     """String: this message (command id and body, SHA-256) is in ``subswitch.dead``
     already; kept for the retention, so a redelivery never adds a second copy."""
     return f"{PREFIX}:dead:{digest}"
+
+
+# --- live figures for ``subswitch top`` (subswitch/livestats.py) --------------------
+
+#: Sorted set ``process key -> last report (ms)``: the worker processes reporting.
+#: Entries older than :data:`STATS_TTL_S` are pruned by whoever reads or writes it.
+STATS_INDEX: Final = f"{PREFIX}:stats"
+#: How long a worker process's figures outlive its last report (it reports every 2 s).
+STATS_TTL_S: Final = 15
+
+
+def process_stats(node: str, pid: int) -> str:
+    """String (JSON, expires after :data:`STATS_TTL_S`): one worker process's running
+    totals (outcomes by lane, writes, in flight, settling)."""
+    return f"{PREFIX}:stats:{node}:{pid}"
