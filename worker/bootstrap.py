@@ -45,7 +45,7 @@ from worker import tasks, upstream
 from worker.consumer import bound_consumer
 from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.durability import check_durability
-from worker.executor import LEASE_MARGIN_S, Executor
+from worker.executor import LEASE_MARGIN_S, Executor, RetryCause
 from worker.metrics import NULL_RECORDER, PrometheusRecorder, Recorder
 from worker.observing import Observing, Serving, start_worker_process
 from worker.policy import RetryPolicy
@@ -251,7 +251,9 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> Celery
     endpoints = start_or_raise(lambda: resolve_endpoints(settings))
     app = Celery("subswitch", set_as_current=False, amqp=ReliableAMQP.PATH)
     registry = CollectorRegistry()
-    recorder = PrometheusRecorder(registry=registry)
+    recorder = PrometheusRecorder(
+        registry=registry, retry_reasons=[cause.value for cause in RetryCause]
+    )
     serving = (
         Serving(settings.metrics_host, settings.metrics_port)
         if settings.metrics_port is not None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -30,7 +30,7 @@ from typing import Final, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from subswitch.contract import Lane, ResultEvent
+from subswitch.contract import Lane, Outcome, ResultEvent
 from subswitch.livestats import ProcessStats
 
 #: Command types as labels (the event's ``command_type``); anything else is ``unknown``.
@@ -180,7 +180,11 @@ class PrometheusRecorder:
     """
 
     def __init__(
-        self, *, registry: CollectorRegistry, monotonic: Callable[[], float] = time.monotonic
+        self,
+        *,
+        registry: CollectorRegistry,
+        retry_reasons: Iterable[str] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -189,6 +193,7 @@ class PrometheusRecorder:
         self._inflight = 0
         self._settle_until: list[float] = []
         self._define(registry)
+        self._zeroes(retry_reasons)
 
     def _define(self, registry: CollectorRegistry) -> None:
         r = registry
@@ -244,6 +249,20 @@ class PrometheusRecorder:
             "Durability risks of the store Redis found at start (appendonly, eviction).",
             multiprocess_mode="max", registry=r,
         )  # fmt: skip
+
+    def _zeroes(self, retry_reasons: Iterable[str]) -> None:
+        # Every known series from the start, at zero: rate() and alerts see the first
+        # increase, and a scrape shows every metric before anything happened.
+        for kind in (*COMMAND_TYPES.values(), UNKNOWN):
+            for outcome in Outcome:
+                for lane in LANE_LABELS:
+                    self.commands.labels(kind, outcome.value, lane)
+        for lane in LANE_LABELS:
+            self.latency.labels(lane)
+        for reason in retry_reasons:
+            self.retries.labels(reason)
+        for state in BREAKER_VALUES:
+            self.transitions.labels(state)
 
     def command_finished(self, event: ResultEvent) -> None:
         """Count the outcome, its latency and attempts."""
