@@ -84,7 +84,7 @@ class BrokerBacklog:
     def _connect(self) -> Connection:
         if self._connection is None:
             self._connection = Connection(self._url, connect_timeout=_CONNECT_TIMEOUT_S)
-            self._connection.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
+            self._connection.ensure_connection(max_retries=1, interval_start=0)
         return self._connection
 
     def _size(self, connection: Connection, queue: str) -> int:
