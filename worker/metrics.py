@@ -25,7 +25,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -192,6 +192,7 @@ class PrometheusRecorder:
         self._writes = 0
         self._inflight = 0
         self._settle_until: list[float] = []
+        self._children: dict[tuple[int | str, ...], Any] = {}
         self._define(registry)
         self._zeroes(retry_reasons)
 
@@ -264,14 +265,23 @@ class PrometheusRecorder:
         for state in BREAKER_VALUES:
             self.transitions.labels(state)
 
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        # ``labels()`` costs a lock and a lookup each time: children are kept here.
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def command_finished(self, event: ResultEvent) -> None:
         """Count the outcome, its latency and attempts."""
         lane = lane_label(event.data.priority)
         outcome = event.data.outcome.value
-        self.commands.labels(command_type_label(event.data.command_type), outcome, lane).inc()
+        kind = command_type_label(event.data.command_type)
+        self._child(self.commands, kind, outcome, lane).inc()
         latency = latency_s(event)
         if latency is not None:
-            self.latency.labels(lane).observe(latency)
+            self._child(self.latency, lane).observe(latency)
         self.attempts.observe(event.data.attempts)
         with self._lock:
             self._outcomes[(lane, outcome)] += 1
@@ -282,8 +292,8 @@ class PrometheusRecorder:
 
     def upstream_request(self, *, operation: str, status: str, seconds: float) -> None:
         """Count a write and its duration."""
-        self.requests.labels(operation, status).inc()
-        self.request_seconds.labels(operation).observe(seconds)
+        self._child(self.requests, operation, status).inc()
+        self._child(self.request_seconds, operation).observe(seconds)
         with self._lock:
             self._writes += 1
 
