@@ -267,7 +267,7 @@ class PrometheusRecorder:
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         # ``labels()`` costs a lock and a lookup each time: children are kept here.
-        key = (id(metric), *labels)
+        key: tuple[int | str, ...] = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
