@@ -1,0 +1,40 @@
+"""The workers' live figures in the store: written with a lifetime, read back while fresh."""
+
+from __future__ import annotations
+
+import fakeredis
+
+from subswitch import keys, livestats
+from subswitch.livestats import ProcessStats
+
+
+def test_figures_are_read_back_while_fresh_and_forgotten_after() -> None:
+    # Given two processes that reported, one 5 s ago and one 60 s ago
+    client = fakeredis.FakeRedis()
+    livestats.publish(client, ProcessStats(node="w1", pid=1, writes=3), now=1000.0)
+    livestats.publish(client, ProcessStats(node="w2", pid=2, writes=9), now=945.0)
+    # When the figures are read at 1005
+    found = livestats.read_all(client, now=1005.0)
+    # Then only the fresh one is there, with the time it reported
+    assert [(stats.node, stats.writes, stats.at) for stats in found] == [("w1", 3, 1000.0)]
+    assert client.ttl(keys.process_stats("w1", 1)) == keys.STATS_TTL_S
+
+
+def test_a_record_of_another_shape_is_left_out() -> None:
+    # Given an index entry whose record is not a ProcessStats
+    client = fakeredis.FakeRedis()
+    livestats.publish(client, ProcessStats(node="w1", pid=1), now=1000.0)
+    client.set(keys.process_stats("w1", 1), b'{"node": 5}')
+    # When the figures are read
+    # Then that record is skipped rather than failing the view
+    assert livestats.read_all(client, now=1001.0) == []
+
+
+def test_the_breaker_state_defaults_to_closed() -> None:
+    # Given a store without a breaker record, then with an open one
+    client = fakeredis.FakeRedis()
+    before = livestats.breaker_state(client)
+    client.hset(keys.BREAKER_STATE, mapping={"state": "open", "until": 1})
+    # When the state is read
+    # Then it is closed until the breaker wrote otherwise
+    assert (before, livestats.breaker_state(client)) == ("closed", "open")
