@@ -164,10 +164,14 @@ class RuntimeHolder:
         """``worker_ready``: the consumer takes messages (``/readyz`` may say so)."""
         if getattr(sender, "app", None) is self._app:
             self._consuming = True
+            if self._observing is not None:
+                self._observing.refresh()
 
     def on_shutting_down(self, **_: Any) -> None:
         """``worker_shutting_down``: no longer ready, so no new traffic is routed here."""
         self._consuming = False
+        if self._observing is not None:
+            self._observing.refresh()
 
     def on_process_init(self, **_: Any) -> None:
         """``worker_process_init`` (prefork child): a runtime of the child's own."""

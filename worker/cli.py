@@ -216,10 +216,7 @@ def _supervise(
                 serving=Serving(settings.metrics_host, settings.metrics_port or 0),
                 metrics_dir=metrics_dir,
                 endpoints=resolve_endpoints(settings),
-                children=lambda: [
-                    (plan.suffix or "worker", child.pid, child.poll() is None)
-                    for plan, child in zip(plans, children, strict=False)
-                ],
+                children=lambda: _states(plans, children),
             )
         )
         try:
@@ -232,6 +229,19 @@ def _supervise(
             observing.stop()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _states(
+    plans: list[ConsumerPlan], children: list[subprocess.Popen[bytes]]
+) -> list[tuple[str, int, bool]]:
+    """``(name, pid, running)`` per planned child; one not spawned yet has pid 0 (and so
+    no readiness report)."""
+    states = []
+    for index, plan in enumerate(plans):
+        child = children[index] if index < len(children) else None
+        running = child is None or child.poll() is None
+        states.append((plan.suffix or "worker", child.pid if child else 0, running))
+    return states
 
 
 def _watch(children: list[subprocess.Popen[bytes]]) -> int:

@@ -68,6 +68,11 @@ class CachedReadiness:
         self._lock = threading.Lock()
         self._last: tuple[float, Readiness] | None = None
 
+    def invalidate(self) -> None:
+        """Forget the cached answer: something changed (the worker started or stops)."""
+        with self._lock:
+            self._last = None
+
     def __call__(self) -> Readiness:
         """The readiness now (or a moment ago)."""
         with self._lock:

@@ -63,6 +63,14 @@ class Observing:
     jobs: list[Periodic] = field(default_factory=list)
     server: HealthServer | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: Run by :meth:`refresh`: readiness changed, say so now rather than next period.
+    refreshers: list[Callable[[], None]] = field(default_factory=list)
+
+    def refresh(self) -> None:
+        """The process's readiness changed (it consumes, or it stops)."""
+        for refresh in self.refreshers:
+            with contextlib.suppress(Exception):
+                refresh()
 
     def stop(self) -> None:
         """Stop the jobs and the server, close the connections."""
@@ -130,8 +138,10 @@ def start_worker_process(
             "broker": lambda: broker_problem(endpoints.broker_url),
         }
     )
+    observing.refreshers.append(readiness.invalidate)
     if metrics_dir is not None:
         health = HealthFile(metrics_dir, pid)
+        observing.refreshers.append(lambda: health.write(readiness()))
         observing.jobs.append(
             Periodic(
                 lambda: health.write(readiness()),
