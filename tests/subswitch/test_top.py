@@ -9,15 +9,19 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import redis
 from rich.console import Console
+from typer.testing import CliRunner, Result
 
 from producers import CommandProducer
 from producers.publisher import CeleryPublisher
 from subswitch import livestats
 from subswitch.backlog import Backlog, InMemoryBacklog
+from subswitch.cli import app
+from subswitch.commandline import ExitCode
 from subswitch.contract import Lane
 from subswitch.errors import BrokerError
 from subswitch.livestats import ProcessStats
@@ -161,3 +165,52 @@ def test_top_once_json_reads_the_real_broker_and_store(
     assert view["writes_per_s"] > 0
     assert view["rate_limit_per_s"] == 200
     assert (view["breaker"], view["dead_letters"], view["inflight"]) == ("closed", 0, 2)
+
+
+def run_top(*args: str, env: dict[str, str]) -> Result:
+    return CliRunner().invoke(app, ["top", *args], env={"COLUMNS": "200", **env})
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "expected"),
+    [
+        (["--interval", "0"], {}, ExitCode.BAD_INPUT, "Invalid value for '--interval'"),
+        (
+            ["--once"],
+            {"SUBSWITCH_BROKER_URL": "redis://127.0.0.1:1/0"},
+            ExitCode.BAD_INPUT,
+            "SUBSWITCH_STORE_URL",
+        ),
+        (
+            ["--once", "--json"],
+            {
+                "SUBSWITCH_BROKER_URL": "redis://:s3cret@127.0.0.1:1/0",
+                "SUBSWITCH_STORE_URL": "redis://127.0.0.1:1/0",
+            },
+            ExitCode.UNAVAILABLE,
+            "broker unavailable",
+        ),
+    ],
+)
+def test_top_mistakes_and_unreachable_services_are_one_line(
+    args: list[str],
+    env: dict[str, str],
+    code: int,
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Given none of the developer's settings, and a bad option, half a configuration,
+    # or a broker nobody listens on
+    for name in list(os.environ):
+        if name.startswith("SUBSWITCH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SUBSWITCH_DATA_DIR", str(tmp_path))
+    # When top runs
+    result = run_top(*args, env=env)
+    # Then it ends with one line naming the problem (never a password) and its status
+    assert result.exit_code == code, result.output
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1
+    assert expected in result.stderr
+    assert "s3cret" not in result.output
