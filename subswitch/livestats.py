@@ -70,9 +70,21 @@ def read_all(client: redis.Redis, *, now: float | None = None) -> list[ProcessSt
 
 
 def breaker_state(client: redis.Redis) -> str:
-    """The shared circuit's state: ``closed``, ``open`` or ``half_open``."""
-    state = client.hget(keys.BREAKER_STATE, "state")
-    return _text(state) if state else "closed"
+    """The shared circuit's state: ``closed``, ``open`` or ``half_open``.
+
+    An open circuit whose cool-down is over counts as half-open: the next request
+    probes. Without traffic nobody moves the stored state on, and an idle fleet must
+    not look open forever.
+    """
+    state, until = client.hmget(keys.BREAKER_STATE, ["state", "until"])
+    if not state:
+        return "closed"
+    text = _text(state)
+    if text == "open" and until is not None:
+        seconds, micros = client.time()  # the store's clock, which wrote ``until``
+        if int(_text(until)) <= int(seconds) * 1000 + int(micros) // 1000:
+            return "half_open"
+    return text
 
 
 def _text(value: Any) -> str:

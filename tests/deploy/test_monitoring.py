@@ -106,6 +106,25 @@ def test_every_alert_has_a_runbook_entry() -> None:
     }  # fmt: skip
 
 
+def test_the_dashboard_uses_the_provisioned_data_source_and_path() -> None:
+    # Given the dashboard and Grafana's provisioning files
+    dashboard = json.loads(DASHBOARD.read_text())
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())
+    providers = yaml.safe_load((provisioning / "dashboards" / "subswitch.yaml").read_text())
+    # When its panels and the provider are read
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]}
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    # Then every panel queries the provisioned Prometheus, ids are unique, and the
+    # provider loads the folder compose mounts the dashboards into
+    assert uids == {source["uid"] for source in sources["datasources"]}
+    assert len(ids) == len(set(ids))
+    assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert {"Outcomes per second by lane", "Queue depth per lane", "Dead letters",
+            "Archive lag", "Circuit breaker"} <= titles  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

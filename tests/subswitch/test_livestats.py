@@ -30,11 +30,15 @@ def test_a_record_of_another_shape_is_left_out() -> None:
     assert livestats.read_all(client, now=1001.0) == []
 
 
-def test_the_breaker_state_defaults_to_closed() -> None:
-    # Given a store without a breaker record, then with an open one
+def test_the_breaker_state_defaults_to_closed_and_an_ended_cool_down_is_half_open() -> None:
+    # Given a store without a breaker record
     client = fakeredis.FakeRedis()
     before = livestats.breaker_state(client)
-    client.hset(keys.BREAKER_STATE, mapping={"state": "open", "until": 1})
-    # When the state is read
-    # Then it is closed until the breaker wrote otherwise
-    assert (before, livestats.breaker_state(client)) == ("closed", "open")
+    # When the circuit is open for a minute more, then open with its cool-down over
+    seconds, _ = client.time()
+    client.hset(keys.BREAKER_STATE, mapping={"state": "open", "until": (seconds + 60) * 1000})
+    open_now = livestats.breaker_state(client)
+    client.hset(keys.BREAKER_STATE, "until", (seconds - 1) * 1000)
+    cooled = livestats.breaker_state(client)
+    # Then it reads closed, open, then half-open (the next request probes)
+    assert (before, open_now, cooled) == ("closed", "open", "half_open")
