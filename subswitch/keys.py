@@ -121,7 +121,8 @@ def dead_lettered(digest: str) -> str:
 # --- live figures for ``subswitch top`` (subswitch/livestats.py) --------------------
 
 #: Sorted set ``process key -> last report (ms)``: the worker processes reporting.
-#: Entries older than :data:`STATS_TTL_S` are pruned by whoever reads or writes it.
+#: Entries older than :data:`STATS_TTL_S` are pruned at each report; the set itself
+#: expires :data:`STATS_TTL_S` after the last one.
 STATS_INDEX: Final = f"{PREFIX}:stats"
 #: How long a worker process's figures outlive its last report (it reports every 2 s).
 STATS_TTL_S: Final = 15

@@ -48,6 +48,7 @@ def publish(client: redis.Redis, stats: ProcessStats, *, now: float | None = Non
         pipe.set(stats.key, body, ex=keys.STATS_TTL_S)
         pipe.zadd(keys.STATS_INDEX, {stats.key: int(moment * 1000)})
         pipe.zremrangebyscore(keys.STATS_INDEX, "-inf", int((moment - keys.STATS_TTL_S) * 1000))
+        pipe.expire(keys.STATS_INDEX, keys.STATS_TTL_S)  # every subswitch key has a TTL
         pipe.execute()
 
 

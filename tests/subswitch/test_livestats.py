@@ -9,15 +9,17 @@ from subswitch.livestats import ProcessStats
 
 
 def test_figures_are_read_back_while_fresh_and_forgotten_after() -> None:
-    # Given two processes that reported, one 5 s ago and one 60 s ago
+    # Given two processes that reported, one 60 s ago and one 5 s ago
     client = fakeredis.FakeRedis()
-    livestats.publish(client, ProcessStats(node="w1", pid=1, writes=3), now=1000.0)
     livestats.publish(client, ProcessStats(node="w2", pid=2, writes=9), now=945.0)
+    livestats.publish(client, ProcessStats(node="w1", pid=1, writes=3), now=1000.0)
     # When the figures are read at 1005
     found = livestats.read_all(client, now=1005.0)
     # Then only the fresh one is there, with the time it reported
     assert [(stats.node, stats.writes, stats.at) for stats in found] == [("w1", 3, 1000.0)]
     assert client.ttl(keys.process_stats("w1", 1)) == keys.STATS_TTL_S
+    assert client.ttl(keys.STATS_INDEX) == keys.STATS_TTL_S
+    assert client.zcard(keys.STATS_INDEX) == 1  # the stale entry was pruned
 
 
 def test_a_record_of_another_shape_is_left_out() -> None:
