@@ -20,6 +20,7 @@ from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
+from subswitch.top_cli import register as register_top_command
 from worker.cli import register as register_worker_commands
 from worker.reconcile_cli import register as register_reconcile_command
 
@@ -60,6 +61,7 @@ register_dead_commands(app)
 # Repairs are enqueued through the producers' publisher, so they take every guarantee.
 register_reconcile_command(app, open_enqueuer=CeleryPublisher.from_settings)
 register_simulator_commands(app)
+register_top_command(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

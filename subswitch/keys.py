@@ -131,3 +131,19 @@ def dead_letter_mark(body: bytes, command_id: Any) -> str:
     a replayed message that fails again is kept again."""
     digest = hashlib.sha256(f"{command_id or ''}\n".encode() + body).hexdigest()
     return dead_lettered(digest)
+
+
+# --- live figures for ``subswitch top`` (subswitch/livestats.py) --------------------
+
+#: Sorted set ``process key -> last report (ms)``: the worker processes reporting.
+#: Entries older than :data:`STATS_TTL_S` are pruned at each report; the set itself
+#: expires :data:`STATS_TTL_S` after the last one.
+STATS_INDEX: Final = f"{PREFIX}:stats"
+#: How long a worker process's figures outlive its last report (it reports every 2 s).
+STATS_TTL_S: Final = 15
+
+
+def process_stats(node: str, pid: int) -> str:
+    """String (JSON, expires after :data:`STATS_TTL_S`): one worker process's running
+    totals (outcomes by lane, writes, in flight, settling)."""
+    return f"{PREFIX}:stats:{node}:{pid}"

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     source: str = "subswitch"
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True
+    #: Port of ``/metrics``, ``/healthz`` and ``/readyz`` (one per ``subswitch worker``);
+    #: unset serves nothing.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    #: Address those endpoints listen on: every interface, so probes and scrapers
+    #: from outside the container or pod reach them.
+    metrics_host: str = "0.0.0.0"  # noqa: S104
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Every URL may carry a password (broker, store, upstream, token endpoint):

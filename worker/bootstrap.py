@@ -19,12 +19,20 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
 import redis
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 from celery.signals import worker_shutdown as worker_shutdown_signal
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from subswitch.broker import celery_config, is_amqp
@@ -37,7 +45,9 @@ from worker import tasks, upstream
 from worker.consumer import bound_consumer
 from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.durability import check_durability
-from worker.executor import LEASE_MARGIN_S, Executor
+from worker.executor import LEASE_MARGIN_S, Executor, RetryCause
+from worker.metrics import NULL_RECORDER, PrometheusRecorder, Recorder
+from worker.observing import Observing, Serving, start_worker_process
 from worker.policy import RetryPolicy
 from worker.redis_transport import ReliableAMQP
 from worker.sinks import KombuDeadLetters, KombuEventSink
@@ -83,11 +93,16 @@ class RuntimeHolder:
     share the parent's sockets); the pid tells them apart.
     """
 
-    def __init__(self, build: Callable[[], Runtime]) -> None:
+    def __init__(
+        self, build: Callable[[], Runtime], *, observe: Callable[[str], Observing] | None = None
+    ) -> None:
         self._build = build
+        self._observe = observe
         self._app: Celery | None = None
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
+        self._observing: Observing | None = None
+        self._consuming = False
 
     def start(self) -> Runtime:
         """Build this process's runtime unless it has one."""
@@ -115,8 +130,19 @@ class RuntimeHolder:
         """This process's delivery counter (raises as :meth:`runtime`)."""
         return self.runtime().deliveries
 
+    def problem(self) -> str | None:
+        """``None`` once the runtime is built and the worker consumes; else what is not."""
+        current = self._runtime
+        if current is None or current.pid != os.getpid():
+            return "not built"
+        return None if self._consuming else "not consuming"
+
     def close(self) -> None:
         """Close this process's runtime, if it has one."""
+        self._consuming = False
+        if self._observing is not None:
+            self._observing.stop()
+            self._observing = None
         with self._lock:
             if self._runtime is not None and self._runtime.pid == os.getpid():
                 self._runtime.close()
@@ -131,6 +157,21 @@ class RuntimeHolder:
         if getattr(instance, "app", None) is not self._app:
             return
         start_or_refuse(self.start)
+        if self._observe is not None and self._observing is None:
+            self._observing = self._observe(str(getattr(instance, "hostname", "") or os.getpid()))
+
+    def on_ready(self, sender: Any = None, **_: Any) -> None:
+        """``worker_ready``: the consumer takes messages (``/readyz`` may say so)."""
+        if getattr(sender, "app", None) is self._app:
+            self._consuming = True
+            if self._observing is not None:
+                self._observing.refresh()
+
+    def on_shutting_down(self, **_: Any) -> None:
+        """``worker_shutting_down``: no longer ready, so no new traffic is routed here."""
+        self._consuming = False
+        if self._observing is not None:
+            self._observing.refresh()
 
     def on_process_init(self, **_: Any) -> None:
         """``worker_process_init`` (prefork child): a runtime of the child's own."""
@@ -147,6 +188,8 @@ class RuntimeHolder:
         worker_process_init.connect(self.on_process_init)
         worker_process_shutdown.connect(self.on_shutdown)
         worker_shutdown_signal.connect(self.on_shutdown)
+        worker_ready.connect(self.on_ready)
+        worker_shutting_down.connect(self.on_shutting_down)
 
 
 def request_budget_s(settings: Settings) -> float:
@@ -198,8 +241,12 @@ def worker_config(settings: Settings, broker_url: str) -> dict[str, Any]:
     return config
 
 
-def create_app(settings: Settings) -> Celery:
+def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> Celery:
     """The worker's Celery app: tasks and consumer registered, runtime built at start.
+
+    At start the worker also reports its live figures and, with
+    ``SUBSWITCH_METRICS_PORT``, serves metrics and health (:mod:`worker.observing`);
+    ``metrics_dir`` (a supervised child) writes them for the supervisor instead.
 
     Raises:
         ConfigurationError: half configured (one URL without the other).
@@ -207,7 +254,30 @@ def create_app(settings: Settings) -> Celery:
     """
     endpoints = start_or_raise(lambda: resolve_endpoints(settings))
     app = Celery("subswitch", set_as_current=False, amqp=ReliableAMQP.PATH)
-    holder = RuntimeHolder(lambda: build_runtime(settings, endpoints, app))
+    registry = CollectorRegistry()
+    recorder = PrometheusRecorder(
+        registry=registry, retry_reasons=[cause.value for cause in RetryCause]
+    )
+    serving = (
+        Serving(settings.metrics_host, settings.metrics_port)
+        if settings.metrics_port is not None
+        else None
+    )
+
+    def observe(node: str) -> Observing:
+        return start_worker_process(
+            recorder=recorder,
+            registry=registry,
+            endpoints=endpoints,
+            runtime_problem=holder.problem,
+            node=node,
+            serving=serving,
+            metrics_dir=metrics_dir,
+        )
+
+    holder = RuntimeHolder(
+        lambda: build_runtime(settings, endpoints, app, recorder=recorder), observe=observe
+    )
     app.conf.update(worker_config(settings, endpoints.broker_url))
     app.conf.worker_consumer = bound_consumer(
         holder.executor,
@@ -233,11 +303,17 @@ def check_runtime(settings: Settings) -> None:
 
 
 def build_runtime(
-    settings: Settings, endpoints: Endpoints, app: Celery, *, report: bool = True
+    settings: Settings,
+    endpoints: Endpoints,
+    app: Celery,
+    *,
+    report: bool = True,
+    recorder: Recorder = NULL_RECORDER,
 ) -> Runtime:
     """Wire the executor to the store, the upstream and the broker; check the store first.
 
-    ``report`` logs the store's durability risks (off for a mere check).
+    ``report`` logs the store's durability risks (off for a mere check); ``recorder``
+    gets the metrics of every part.
 
     Raises:
         ConfigurationError: bad upstream settings or credentials.
@@ -246,14 +322,17 @@ def build_runtime(
     # Configuration first: a worker that cannot start says so in one line, no warnings.
     client = start_or_raise(lambda: upstream.from_settings(settings))
     try:
-        check_store(endpoints.store_url, report=report)
+        risks = check_store(endpoints.store_url, report=report)
     except StoreError:
         client.close()
         raise
+    if isinstance(recorder, PrometheusRecorder):
+        recorder.configured(rate_limit=settings.rate_limit, durability_warnings=len(risks))
     store = RedisStore.from_url(
         endpoints.store_url,
         retention_s=settings.retention_seconds,
         max_clock_skew_s=settings.max_clock_skew_seconds,
+        metrics=recorder,
     )
     executor = Executor(
         store=store,
@@ -271,7 +350,8 @@ def build_runtime(
         settle_s=settings.settle_seconds,
         max_clock_skew_s=settings.max_clock_skew_seconds,
         retention_s=settings.retention_seconds,
-        traffic=traffic_control(settings, store),
+        traffic=traffic_control(settings, store, recorder=recorder),
+        metrics=recorder,
     )
     if report:
         logger.info(
@@ -285,8 +365,11 @@ def build_runtime(
     )
 
 
-def check_store(store_url: str, *, report: bool = True) -> None:
-    """Refuse an unreachable store; warn about one that may forget or evict records."""
+def check_store(store_url: str, *, report: bool = True) -> list[str]:
+    """Refuse an unreachable store; warn about one that may forget or evict records.
+
+    Returns the warnings (none when not ``report``-ing).
+    """
     client = redis.Redis.from_url(
         store_url,
         socket_timeout=_STORE_CHECK_TIMEOUT_S,
@@ -294,8 +377,7 @@ def check_store(store_url: str, *, report: bool = True) -> None:
     )
     try:
         client.ping()
-        if report:
-            check_durability(client)
+        return check_durability(client) if report else []
     except (redis.RedisError, OSError) as exc:
         reason = scrub(str(exc) or type(exc).__name__, store_url)
         message = f"store unreachable at {redact_url(store_url)}: {reason}"
@@ -304,15 +386,17 @@ def check_store(store_url: str, *, report: bool = True) -> None:
         client.close()
 
 
-def traffic_control(settings: Settings, store: RedisStore) -> TrafficControl:
+def traffic_control(
+    settings: Settings, store: RedisStore, *, recorder: Recorder = NULL_RECORDER
+) -> TrafficControl:
     """The global rate limit and circuit breaker the settings ask for."""
     limiter = (
-        RateLimiter(scripts=store.scripts, rate_per_s=settings.rate_limit)
+        RateLimiter(scripts=store.scripts, rate_per_s=settings.rate_limit, metrics=recorder)
         if settings.rate_limit
         else None
     )
     breaker = (
-        CircuitBreaker(scripts=store.scripts, policy=breaker_policy(settings))
+        CircuitBreaker(scripts=store.scripts, policy=breaker_policy(settings), metrics=recorder)
         if settings.breaker
         else None
     )

@@ -14,10 +14,13 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Final
 
@@ -29,7 +32,9 @@ from subswitch.broker import check_broker_url
 from subswitch.commandline import OneLineErrors, read_settings
 from subswitch.contract import Lane
 from subswitch.settings import Settings
+from subswitch.urls import resolve_endpoints
 from worker.bootstrap import DEFAULT_CONCURRENCY, check_runtime, create_app, start_or_refuse
+from worker.observing import Serving, start_supervisor
 
 DEFAULT_URGENT_CONCURRENCY = 8
 WORKER_EPILOG: Final = (
@@ -93,7 +98,7 @@ def plan_consumers(
     ]
 
 
-def worker(
+def worker(  # noqa: PLR0917 (typer maps each parameter to an option)
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Threads for the normal/bulk lanes.")
     ] = DEFAULT_CONCURRENCY,
@@ -113,6 +118,12 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h.")
     ] = None,
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-dir", hidden=True, help="(Supervised child) where metrics are written."
+        ),
+    ] = None,
 ) -> None:
     """Run a worker (Celery, threads pool) that applies commands upstream."""
     plans = plan_consumers(
@@ -123,16 +134,23 @@ def worker(
     if settings.broker_url:
         check_broker_url(settings.broker_url)
     if len(plans) == 1:
-        _run_celery(plans[0], settings, loglevel=loglevel, hostname=hostname)
+        _run_celery(
+            plans[0], settings, loglevel=loglevel, hostname=hostname, metrics_dir=metrics_dir
+        )
         return
     # Check once here, so a worker that cannot start says so in one line, not one per
     # child; each child still builds (and checks) its own runtime.
     start_or_refuse(lambda: check_runtime(settings))
-    raise typer.Exit(_supervise(plans, loglevel=loglevel, hostname=hostname))
+    raise typer.Exit(_supervise(plans, settings, loglevel=loglevel, hostname=hostname))
 
 
 def _run_celery(
-    plan: ConsumerPlan, settings: Settings, *, loglevel: str, hostname: str | None
+    plan: ConsumerPlan,
+    settings: Settings,
+    *,
+    loglevel: str,
+    hostname: str | None,
+    metrics_dir: Path | None = None,
 ) -> None:
     # One INFO line per HTTP request, and Celery's two per task ("received",
     # "succeeded"), drown the worker's own log and cost CPU at hundreds of commands a
@@ -140,7 +158,7 @@ def _run_celery(
     if loglevel.upper() != "DEBUG":
         for name in ("httpx", "celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    app = start_or_refuse(lambda: create_app(settings))
+    app = start_or_refuse(lambda: create_app(settings, metrics_dir=metrics_dir))
     queues = ",".join(lane.queue for lane in plan.lanes)
     argv = [
         "worker",
@@ -182,8 +200,52 @@ def child_hostname(hostname: str | None, suffix: str) -> str:
     return f"{name}-{suffix}@{host or '%h'}"
 
 
-def _supervise(plans: list[ConsumerPlan], *, loglevel: str, hostname: str | None) -> int:
-    children = [_spawn(plan, loglevel=loglevel, hostname=hostname) for plan in plans]
+def _supervise(
+    plans: list[ConsumerPlan], settings: Settings, *, loglevel: str, hostname: str | None
+) -> int:
+    """Run one child per plan until one ends; with a metrics port, serve for both."""
+    if settings.metrics_port is None:
+        return _watch([_spawn(plan, loglevel=loglevel, hostname=hostname) for plan in plans])
+    # The children's metrics (prometheus_client's multiprocess mode) and readiness go
+    # to a directory of this invocation's own, removed when it ends.
+    metrics_dir = Path(tempfile.mkdtemp(prefix="subswitch-metrics-"))
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        observing = start_or_refuse(
+            lambda: start_supervisor(
+                serving=Serving(settings.metrics_host, settings.metrics_port or 0),
+                metrics_dir=metrics_dir,
+                endpoints=resolve_endpoints(settings),
+                children=lambda: _states(plans, children),
+            )
+        )
+        try:
+            children.extend(
+                _spawn(plan, loglevel=loglevel, hostname=hostname, metrics_dir=metrics_dir)
+                for plan in plans
+            )
+            return _watch(children)
+        finally:
+            observing.stop()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _states(
+    plans: list[ConsumerPlan], children: list[subprocess.Popen[bytes]]
+) -> list[tuple[str, int, bool]]:
+    """``(name, pid, running)`` per planned child; one not spawned yet has pid 0 (and so
+    no readiness report)."""
+    states = []
+    for index, plan in enumerate(plans):
+        child = children[index] if index < len(children) else None
+        running = child is None or child.poll() is None
+        states.append((plan.suffix or "worker", child.pid if child else 0, running))
+    return states
+
+
+def _watch(children: list[subprocess.Popen[bytes]]) -> int:
+    """Forward stop signals to the children; when one ends, end the others."""
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         for child in children:
@@ -200,7 +262,9 @@ def _supervise(plans: list[ConsumerPlan], *, loglevel: str, hostname: str | None
     return os.waitstatus_to_exitcode(status) or max(child.returncode or 0 for child in children)
 
 
-def _spawn(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    plan: ConsumerPlan, *, loglevel: str, hostname: str | None, metrics_dir: Path | None = None
+) -> subprocess.Popen[bytes]:
     lanes = ",".join(lane.value for lane in plan.lanes)
     argv = [
         sys.executable,
@@ -216,8 +280,13 @@ def _spawn(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> subpro
         "--hostname",
         child_hostname(hostname, plan.suffix or "worker"),
     ]
+    env = None
+    if metrics_dir is not None:
+        argv += ["--metrics-dir", str(metrics_dir)]
+        # prometheus_client reads it at import: each child writes its own files there.
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     niceness = 0 if Lane.URGENT in plan.lanes else _MAIN_NICENESS
-    return subprocess.Popen(argv, preexec_fn=lambda: _prepare_child(niceness))  # noqa: S603, PLW1509
+    return subprocess.Popen(argv, env=env, preexec_fn=lambda: _prepare_child(niceness))  # noqa: S603, PLW1509
 
 
 def _prepare_child(niceness: int) -> None:

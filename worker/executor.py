@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from subswitch import keys
@@ -30,6 +31,7 @@ from subswitch.contract import (
     result_event,
 )
 from subswitch.text import safe_line
+from worker.metrics import NULL_RECORDER, Recorder
 from worker.policy import RetryPolicy
 from worker.store import (
     AlreadyApplied,
@@ -48,7 +50,12 @@ from worker.store import (
     Unresolved,
 )
 from worker.traffic import TrafficControl
-from worker.upstream.errors import TransientError, UpstreamError
+from worker.upstream.errors import (
+    TransientError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,12 +130,29 @@ class Ack:
     outcome: Outcome
 
 
+class RetryCause(StrEnum):
+    """Why a delivery goes back through the broker: a bounded set (a metric's label)."""
+
+    UPSTREAM_429 = "upstream_429"
+    UPSTREAM_5XX = "upstream_5xx"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_CONNECTION = "upstream_connection"
+    #: The circuit is open or the rate limit has no slot soon enough.
+    TRAFFIC = "traffic"
+    BUSY = "target_busy"
+    SETTLING = "target_settling"
+    UNRESOLVED = "newer_unresolved"
+    LEASE_LOST = "lease_lost"
+    PUBLISHING = "publishing_elsewhere"
+
+
 @dataclass(frozen=True)
 class RetryLater:
     """Deliver the command again after ``delay_s`` seconds."""
 
     delay_s: float
     reason: str
+    cause: RetryCause = RetryCause.BUSY
 
 
 Decision = Ack | RetryLater
@@ -161,6 +185,7 @@ class Executor:
         traffic: Traffic | None = None,
         clock: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Recorder = NULL_RECORDER,
     ) -> None:
         if lease_ms / 1000 <= 2 * LEASE_MARGIN_S:
             raise ValueError(f"lease_ms {lease_ms} leaves no time for an attempt")
@@ -176,6 +201,7 @@ class Executor:
         self._traffic: Traffic = traffic or TrafficControl()
         self._clock = clock
         self._monotonic = monotonic
+        self._metrics = metrics
         # Every attempt is over this long after its lock was taken, safely inside the
         # lease: the deadline bounds the rate-limit wait, token fetches and the request.
         self._attempt_s = lease_ms / 1000 - LEASE_MARGIN_S
@@ -195,7 +221,10 @@ class Executor:
                 command_id=exc.command_id or readable_command_id(message_id),
                 token=token,
             )
-        return self._handle_command(command, token)
+        decision = self._handle_command(command, token)
+        if isinstance(decision, RetryLater):
+            self._metrics.retry(decision.cause.value)
+        return decision
 
     def reject_message(
         self, raw: bytes, *, reason: str, command_id: str | None, token: str
@@ -243,14 +272,18 @@ class Executor:
                 step.remaining_ms / 1000,
             )
             delay = self._policy.settle_delay(step.remaining_ms / 1000)
-            return RetryLater(delay, "target settling after a lost answer")
+            return RetryLater(delay, "target settling after a lost answer", RetryCause.SETTLING)
         if isinstance(step, Unresolved):
             logger.info(
                 "%s: waiting for newer command %s on the target, whose result is unknown",
                 command.command_id,
                 step.newer,
             )
-            return RetryLater(self._policy.unresolved_delay(), "a newer command is unresolved")
+            return RetryLater(
+                self._policy.unresolved_delay(),
+                "a newer command is unresolved",
+                RetryCause.UNRESOLVED,
+            )
         return RetryLater(self._policy.busy_delay(), "target busy")
 
     def _bounds_error(self, command: AnyCommand, now: datetime) -> str | None:
@@ -290,9 +323,13 @@ class Executor:
         wait = self._traffic.admit(command.lane)
         if wait is not None:
             self._store.give_back(command.command_id, command.target, token=job.token)
-            return RetryLater(min(wait, self._policy.max_delay_s), "waiting for upstream budget")
+            return RetryLater(
+                min(wait, self._policy.max_delay_s),
+                "waiting for upstream budget",
+                RetryCause.TRAFFIC,
+            )
         try:
-            status = self._send(command, deadline)
+            status = self._timed_send(command, deadline)
         except UpstreamError as exc:
             return self._after_error(job, attempt, exc)
         except BaseException:
@@ -316,6 +353,8 @@ class Executor:
         delay = self._policy.next_delay(
             attempt, exc, now=self._clock(), not_after=command.not_after, held_s=settle_ms / 1000
         )
+        if settle_ms:
+            self._metrics.settling(settle_ms / 1000)
         if delay is None:
             return self._finish(
                 job, Outcome.FAILED, attempt, _event_error(exc), exc.status, settle_ms=settle_ms
@@ -340,7 +379,7 @@ class Executor:
             f"answer lost, target settling for {settle_ms / 1000:.1f}s; " if settle_ms else "",
             delay,
         )
-        return RetryLater(delay, str(exc))
+        return RetryLater(delay, str(exc), _upstream_cause(exc))
 
     def _out_of_time(self, job: _Job, step: OutOfTime) -> Decision:
         if step.reason is OutOfTimeReason.EXPIRED and step.attempts == 0:
@@ -397,7 +436,7 @@ class Executor:
         if isinstance(finished, Lost):
             # The lease ran out under this delivery: a new one decides, under a new lock.
             logger.warning("%s: lease lost before finishing", job.command.command_id)
-            return RetryLater(self._policy.busy_delay(), "lease lost")
+            return RetryLater(self._policy.busy_delay(), "lease lost", RetryCause.LEASE_LOST)
         return self._publish(finished, keys.command(job.command.command_id), (event, body))
 
     def _publish(
@@ -409,13 +448,39 @@ class Executor:
         else:
             event = ResultEvent.model_validate_json(finished.event)
         if finished.claim is Claim.BUSY:
-            return RetryLater(self._policy.busy_delay(), "event being published elsewhere")
+            return RetryLater(
+                self._policy.busy_delay(), "event being published elsewhere", RetryCause.PUBLISHING
+            )
+        if built is not None and finished.event == built[1]:
+            self._metrics.command_finished(event)  # decided by this delivery: counted once
         if finished.claim is Claim.PUBLISH:
             self._events.publish(
                 finished.event, routing_key=event.outcome.routing_key, event_id=event.id
             )
             self._store.mark_published(key)
         return Ack(event.outcome)
+
+    def _timed_send(self, command: AnyCommand, deadline: float) -> int:
+        """:meth:`_send`, reported to the metrics (status, duration, in flight)."""
+        operation = (
+            "change_block_status"
+            if isinstance(command, ChangeBlockStatus)
+            else "change_service_status"
+        )
+        started = self._monotonic()
+        status = "error"
+        self._metrics.inflight(1)
+        try:
+            answered = self._send(command, deadline)
+            status = str(answered)
+            return answered
+        except UpstreamError as exc:
+            status = _status_label(exc)
+            raise
+        finally:
+            self._metrics.inflight(-1)
+            elapsed = self._monotonic() - started
+            self._metrics.upstream_request(operation=operation, status=status, seconds=elapsed)
 
     def _send(self, command: AnyCommand, deadline: float) -> int:
         if isinstance(command, ChangeBlockStatus):
@@ -443,6 +508,27 @@ class _Job:
     command: AnyCommand
     fingerprint: str
     token: str
+
+
+def _status_label(exc: UpstreamError) -> str:
+    """The HTTP status, or how the request failed without one (a bounded set)."""
+    if exc.status is not None:
+        return str(exc.status)
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamConnectionError):
+        return "connection"
+    return "error"
+
+
+def _upstream_cause(exc: TransientError) -> RetryCause:
+    if exc.status == 429:
+        return RetryCause.UPSTREAM_429
+    if exc.status is not None:
+        return RetryCause.UPSTREAM_5XX
+    if isinstance(exc, UpstreamTimeout):
+        return RetryCause.UPSTREAM_TIMEOUT
+    return RetryCause.UPSTREAM_CONNECTION
 
 
 def _event_error(exc: UpstreamError) -> EventError:

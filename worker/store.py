@@ -45,6 +45,7 @@ import redis
 from subswitch import keys
 from subswitch.contract import AnyCommand, Target
 from subswitch.errors import StoreError
+from worker.metrics import NULL_RECORDER, Recorder
 
 # Shared by the scripts below: may this delivery publish a finished record's event?
 # Returns 'publish' (the claim is now ours), 'skip' (published already) or 'busy'
@@ -226,8 +227,9 @@ class LuaScripts:
     them meets becomes a :class:`StoreError`, in this one place.
     """
 
-    def __init__(self, *, client: redis.Redis) -> None:
+    def __init__(self, *, client: redis.Redis, metrics: Recorder = NULL_RECORDER) -> None:
         self._redis = client
+        self._metrics = metrics
 
     def __repr__(self) -> str:
         return "LuaScripts()"
@@ -240,6 +242,7 @@ class LuaScripts:
             try:
                 return script(keys=list(keys_), args=list(args))
             except redis.RedisError as exc:
+                self._metrics.store_error()
                 raise StoreError(f"store unavailable: {exc}") from exc
 
         return run
@@ -443,8 +446,9 @@ class RedisStore:
         retention_s: int,
         max_clock_skew_s: int,
         claim_ms: int = keys.PUBLISH_CLAIM_MS,
+        metrics: Recorder = NULL_RECORDER,
     ) -> None:
-        self._scripts = LuaScripts(client=client)
+        self._scripts = LuaScripts(client=client, metrics=metrics)
         self._retention_s = retention_s
         self._target_retention_s = keys.target_retention_s(
             retention_s=retention_s, max_clock_skew_s=max_clock_skew_s
@@ -458,10 +462,22 @@ class RedisStore:
         self._published = self._scripts.register(_PUBLISHED_LUA)
 
     @classmethod
-    def from_url(cls, url: str, *, retention_s: int, max_clock_skew_s: int) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        retention_s: int,
+        max_clock_skew_s: int,
+        metrics: Recorder = NULL_RECORDER,
+    ) -> RedisStore:
         """A store on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        return cls(client=client, retention_s=retention_s, max_clock_skew_s=max_clock_skew_s)
+        return cls(
+            client=client,
+            retention_s=retention_s,
+            max_clock_skew_s=max_clock_skew_s,
+            metrics=metrics,
+        )
 
     def __repr__(self) -> str:
         return f"RedisStore(retention_s={self._retention_s})"

@@ -29,6 +29,7 @@ from typing import Any, Final, Protocol
 
 from subswitch import keys
 from subswitch.contract import Lane
+from worker.metrics import NULL_RECORDER, Recorder
 from worker.store import Script
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,9 @@ class RateLimiter:
         max_wait_s: float = MAX_WAIT_S,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        metrics: Recorder = NULL_RECORDER,
     ) -> None:
+        self._metrics = metrics
         self._interval_us = max(1, math.ceil(1_000_000 / rate_per_s))
         self._horizon_us = int(horizon_s * 1_000_000)
         self._max_wait_s = max_wait_s
@@ -204,6 +207,7 @@ class RateLimiter:
             if reserved:
                 wait = self.admit()
                 if wait is None:
+                    self._metrics.rate_limit_wait(waited)
                     return None
             else:
                 reservation = self.reserve(lane)
@@ -252,7 +256,9 @@ class CircuitBreaker:
         policy: BreakerPolicy,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        metrics: Recorder = NULL_RECORDER,
     ) -> None:
+        self._metrics = metrics
         self._policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
@@ -279,6 +285,7 @@ class CircuitBreaker:
             return None
         if state == "probe":
             logger.warning("circuit half-open: probing the upstream")
+            self._metrics.breaker_transition("half_open")
             self._local.probe = token
             return None
         if state == "probing":
@@ -322,6 +329,8 @@ class CircuitBreaker:
             keys.BREAKER_BUCKET,
         ]
         change = _text(self._record([keys.BREAKER_STATE, keys.BREAKER_PROBE], args))
+        if change in ("opened", "closed"):
+            self._metrics.breaker_transition("open" if change == "opened" else "closed")
         if change == "opened":
             self._closed_until = 0.0
             logger.warning(
