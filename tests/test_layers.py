@@ -41,6 +41,8 @@ CLI_MODULES: Final = frozenset(
         "subswitch.simulator.cli",
         "producers.cli",
         "producers.batch_cli",
+        "producers.retry_cli",
+        "subswitch.status_cli",
         "worker.cli",
     }
 )
