@@ -14,6 +14,7 @@ from rich.console import Console
 
 from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
+from producers.retry_cli import register as register_retry_command
 from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
@@ -56,6 +57,7 @@ register_producer_commands(app)
 register_batch_command(app)
 register_simulator_commands(app)
 register_status_command(app)
+register_retry_command(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

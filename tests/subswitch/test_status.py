@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from subswitch import keys
-from subswitch.contract import ChangeBlockStatus, Outcome, result_event
+from subswitch.contract import Outcome, result_event
 from subswitch.errors import StoreError
 from subswitch.status import (
     Acceptance,
@@ -24,15 +24,17 @@ from subswitch.status import (
     open_store,
     record_acceptance,
 )
-from tests.subswitch.archives import MemoryArchive
-from tests.worker.conftest import DEFAULTS, Clock, ScriptedUpstream, new_store
+from tests.subswitch.records import (
+    ISSUED,
+    SETTLE_S,
+    MemoryArchive,
+    block,
+    deliver,
+    worker_executor,
+)
+from tests.worker.conftest import Clock, ScriptedUpstream
 from worker.executor import Executor, RetryLater
-from worker.policy import RetryPolicy
-from worker.sinks import InMemoryDeadLetters, InMemoryEventSink
 from worker.upstream.errors import InvalidRequestError, UpstreamTimeout, UpstreamUnavailable
-
-ISSUED = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-SETTLE_S = 30.0
 
 
 @pytest.fixture
@@ -49,18 +51,7 @@ def upstream() -> ScriptedUpstream:
 
 @pytest.fixture
 def executor(client: redis.Redis, upstream: ScriptedUpstream) -> Executor:
-    return Executor(
-        store=new_store(client),
-        upstream=upstream,
-        events=InMemoryEventSink(),
-        dead_letters=InMemoryDeadLetters(),
-        policy=RetryPolicy(max_attempts=3, base_delay_s=0.5, max_delay_s=10.0),
-        lease_ms=30_000,
-        settle_s=SETTLE_S,
-        max_clock_skew_s=DEFAULTS.max_clock_skew_seconds,
-        retention_s=DEFAULTS.retention_seconds,
-        clock=Clock(),
-    )
+    return worker_executor(client, upstream, Clock())
 
 
 @pytest.fixture
@@ -71,24 +62,6 @@ def archive() -> MemoryArchive:
 @pytest.fixture
 def reader(client: redis.Redis, archive: MemoryArchive) -> StatusReader:
     return StatusReader(client=client, archive=archive)
-
-
-def block(**overrides: Any) -> ChangeBlockStatus:
-    fields: dict[str, Any] = {
-        "command_id": "case-1",
-        "org_id": "telco",
-        "subscription_id": 7,
-        "block_id": 1,
-        "active": True,
-        "reason": "stolen",
-        "source": "fraud-engine",
-        "issued_at": ISSUED,
-    }
-    return ChangeBlockStatus(**{**fields, **overrides})
-
-
-def deliver(executor: Executor, command: ChangeBlockStatus, token: str = "t1") -> Any:
-    return executor.handle(command.model_dump(mode="json"), token=token)
 
 
 def close_to_now(moment: datetime | None) -> bool:
