@@ -43,12 +43,14 @@ _RETRY_SUFFIX: Final = re.compile(r"^(?P<base>.+)\.r(?P<n>[1-9][0-9]{0,8})$")
 
 
 class RetryRefused(PermanentError):
-    """This command is not sent again; ``str()`` says why, naming it."""
+    """This command is not sent again; ``str()`` says why, naming it. ``state``: where
+    the command is, when that was read."""
 
-    def __init__(self, command_id: str, reason: str) -> None:
+    def __init__(self, command_id: str, reason: str, state: CommandState | None = None) -> None:
         super().__init__(f"{command_id}: {reason}")
         self.command_id = command_id
         self.reason = reason
+        self.state = state
 
 
 def retry_chain(command_id: str) -> tuple[str, int]:
@@ -108,7 +110,8 @@ class Retrier:
         except InvalidCommandError as exc:
             if self._fresh or "issued_at" not in str(exc):
                 raise
-            raise RetryRefused(command_id, f"{exc}; retry it with --now to issue it anew") from None
+            reason = f"{exc}; retry it with --now to issue it anew"
+            raise RetryRefused(command_id, reason, original.state) from None
         return Retried(original=original, command=command)
 
     def plan(self, command_id: str) -> tuple[CommandStatus, AnyCommand]:
@@ -117,10 +120,11 @@ class Retrier:
             raise InvalidInput(f"not a command id: {command_id!r}")
         original = self._producer.status(command_id)
         data = _retryable_data(original)
-        retry_id = self._next_free_id(command_id)
+        retry_id = self._next_free_id(original)
         return original, self._rebuild(command_id, data, retry_id)
 
-    def _next_free_id(self, command_id: str) -> str:
+    def _next_free_id(self, original: CommandStatus) -> str:
+        command_id = original.command_id
         base, n = retry_chain(command_id)
         while True:
             n += 1
@@ -130,13 +134,16 @@ class Retrier:
                     command_id,
                     f"its retry id {candidate!r} would be longer than {MAX_COMMAND_ID} "
                     "characters; send the command anew with an id of your own",
+                    original.state,
                 )
             state = self._producer.status(candidate).state
             if state is CommandState.UNKNOWN:
                 return candidate
             if state not in RETRYABLE:
                 raise RetryRefused(
-                    command_id, f"it was retried already as {candidate}, which is {state.value}"
+                    command_id,
+                    f"it was retried already as {candidate}, which is {state.value}",
+                    original.state,
                 )
 
     def _rebuild(self, original: str, data: EventData, retry_id: str) -> AnyCommand:
@@ -179,18 +186,19 @@ def _retryable_data(original: CommandStatus) -> EventData:
     """The original's event data, or RetryRefused saying why it is not retried."""
     command_id, state = original.command_id, original.state
     if state in _REFUSALS:
-        raise RetryRefused(command_id, _REFUSALS[state])
+        raise RetryRefused(command_id, _REFUSALS[state], state)
     if state.in_progress:
         raise RetryRefused(
             command_id,
             f"it is still {state.value} and may yet be applied; retry it once it failed, "
             "expired or was rejected (subswitch status shows where it is)",
+            state,
         )
     if original.event is None:
-        raise RetryRefused(command_id, f"{state.value} without an event to rebuild it from")
+        raise RetryRefused(command_id, "no event to rebuild it from", state)
     data = original.event.data
     if data.command_type is None or data.org_id is None or data.subscription_id is None:
         raise RetryRefused(
-            command_id, "it was rejected as no readable command: nothing to rebuild it from"
+            command_id, "it was rejected as no readable command: nothing to rebuild it from", state
         )
     return data

@@ -145,6 +145,16 @@ def _retried_json(retried: Retried) -> dict[str, Any]:
     }
 
 
+def _refused_json(refusal: RetryRefused) -> dict[str, Any]:
+    return {
+        "command_id": refusal.command_id,
+        "state": None if refusal.state is None else refusal.state.value,
+        "retry_id": None,
+        "refused": refusal.reason,
+        "command": None,
+    }
+
+
 @dataclass
 class _Tally:
     retried: int = 0
@@ -153,8 +163,8 @@ class _Tally:
 
     def describe(self) -> str:
         return (
-            f"retried {self.retried}, refused {len(self.refused)}; "
-            f"{self.skipped} row(s) neither failed, expired nor rejected skipped"
+            f"retried {self.retried}, refused {len(self.refused)}, skipped {self.skipped} "
+            "(rows not failed, expired or rejected)"
         )
 
 
@@ -191,11 +201,7 @@ def _retry_row(
         retried = retrier.retry(command_id)
     except RetryRefused as refusal:
         tally.refused.append(refusal)
-        line = (
-            json.dumps({"command_id": command_id, "retry_id": None, "refused": refusal.reason})
-            if as_json
-            else f"refused {refusal}"
-        )
+        line = json.dumps(_refused_json(refusal)) if as_json else f"refused {refusal}"
     else:
         tally.retried += 1
         line = (

@@ -7,6 +7,7 @@ memory.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -314,10 +315,14 @@ def test_a_report_retries_its_failed_expired_and_rejected_rows(
     assert code == 1
     assert [c.command_id for c in sent(publisher)] == ["b-3.r1", "b-1.r1"]
     assert '"retry_id": "b-1.r1"' in lines[0]
-    assert '"refused": "it was retried already as b-3.r1, which is queued"' in lines[1]
-    assert err.strip() == (
-        "retried 1, refused 1; 2 row(s) neither failed, expired nor rejected skipped"
-    )
+    assert json.loads(lines[1]) == {
+        "command_id": "b-3",
+        "state": "failed",
+        "retry_id": None,
+        "refused": "it was retried already as b-3.r1, which is queued",
+        "command": None,
+    }
+    assert err.strip() == "retried 1, refused 1, skipped 2 (rows not failed, expired or rejected)"
 
 
 def test_a_file_that_is_no_report_is_bad_input(
