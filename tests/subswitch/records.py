@@ -11,7 +11,7 @@ import redis
 
 from subswitch.contract import ChangeBlockStatus, Outcome, ResultEvent, Target
 from tests.worker.conftest import DEFAULTS, Clock, ScriptedUpstream, new_store
-from worker.executor import Decision, Executor
+from worker.executor import Decision, Executor, Traffic
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink
 
@@ -21,9 +21,12 @@ SETTLE_S: Final = 30.0
 MAX_ATTEMPTS: Final = 3
 
 
-def worker_executor(client: redis.Redis, upstream: ScriptedUpstream, clock: Clock) -> Executor:
+def worker_executor(
+    client: redis.Redis, upstream: ScriptedUpstream, clock: Clock, traffic: Traffic | None = None
+) -> Executor:
     """The worker's executor on ``client``, as a worker process builds it."""
     return Executor(
+        traffic=traffic,
         store=new_store(client),
         upstream=upstream,
         events=InMemoryEventSink(),

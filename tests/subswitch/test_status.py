@@ -253,3 +253,29 @@ def test_an_unreachable_store_is_a_store_error() -> None:
         StatusReader(client=client, archive=None).status("case-1")
     with pytest.raises(StoreError, match="store unavailable"):
         record_acceptance(client, block(), now=datetime.now(UTC), retention_s=60)
+
+
+class _NoBudget:
+    """Traffic control with no upstream budget for the next 2.5 s."""
+
+    def admit(self, lane: object) -> float | None:
+        return 2.5
+
+    def after_request(self, *, failed: bool) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
+def test_a_command_sent_back_for_budget_is_waiting_without_an_attempt_used(
+    client: redis.Redis, upstream: ScriptedUpstream
+) -> None:
+    # Given a worker whose rate limit has no slot now
+    executor = worker_executor(client, upstream, Clock(), traffic=_NoBudget())
+    # When a command is delivered (and sent back to the broker for 2.5 s)
+    decision = deliver(executor, block())
+    found = StatusReader(client=client, archive=None).status("case-1")
+    # Then it is waiting, no attempt counted, the next one due when the worker said
+    assert isinstance(decision, RetryLater) and decision.delay_s == 2.5
+    assert (found.state, found.attempts, upstream.writes) == (CommandState.WAITING, 0, [])
+    assert found.since is not None and found.next_attempt_at is not None
+    assert (found.next_attempt_at - found.since).total_seconds() == pytest.approx(2.5, abs=0.002)
