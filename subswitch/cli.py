@@ -16,10 +16,12 @@ from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
 from producers.dead_cli import register as register_dead_commands
 from producers.publisher import CeleryPublisher
+from producers.retry_cli import register as register_retry_command
 from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
+from subswitch.status_cli import register as register_status_command
 from subswitch.top_cli import register as register_top_command
 from worker.cli import register as register_worker_commands
 from worker.reconcile_cli import register as register_reconcile_command
@@ -62,6 +64,8 @@ register_dead_commands(app)
 register_reconcile_command(app, open_enqueuer=CeleryPublisher.from_settings)
 register_simulator_commands(app)
 register_top_command(app)
+register_status_command(app)
+register_retry_command(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

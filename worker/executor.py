@@ -237,7 +237,8 @@ class Executor:
             raw, reason=reason, command_id=command_id, completed_at=self._clock()
         )
         key, body = keys.rejected(event.id), event.to_json()
-        return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
+        finished = self._store.record(key, token=token, event=body, command_id=command_id)
+        return self._publish(finished, key, (event, body))
 
     def _handle_command(self, command: AnyCommand, token: str) -> Decision:
         fingerprint = command.fingerprint()
@@ -322,12 +323,11 @@ class Executor:
         deadline = self._monotonic() + self._attempt_s
         wait = self._traffic.admit(command.lane)
         if wait is not None:
-            self._store.give_back(command.command_id, command.target, token=job.token)
-            return RetryLater(
-                min(wait, self._policy.max_delay_s),
-                "waiting for upstream budget",
-                RetryCause.TRAFFIC,
+            delay = min(wait, self._policy.max_delay_s)
+            self._store.give_back(
+                command.command_id, command.target, token=job.token, retry_ms=int(delay * 1000)
             )
+            return RetryLater(delay, "waiting for upstream budget", RetryCause.TRAFFIC)
         try:
             status = self._timed_send(command, deadline)
         except UpstreamError as exc:
@@ -369,6 +369,7 @@ class Executor:
             last_error=last_error,
             ambiguous=exc.maybe_applied,
             settle_ms=settle_ms,
+            retry_ms=int(delay * 1000),
         ):
             logger.warning("%s: lease lost during attempt %d", command.command_id, attempt)
         logger.info(
@@ -400,9 +401,8 @@ class Executor:
             fingerprint=job.fingerprint,
         )
         key, body = keys.conflict(command_id, job.fingerprint), event.to_json()
-        return self._publish(
-            self._store.record(key, token=job.token, event=body), key, (event, body)
-        )
+        finished = self._store.record(key, token=job.token, event=body, command_id=command_id)
+        return self._publish(finished, key, (event, body))
 
     def _finish(
         self,
