@@ -79,10 +79,16 @@ class PolicyWatch:
         self._reload_requested = True
 
     def install_sighup(self) -> None:
-        """Reload on SIGHUP (in place of Celery's handler, which restarts the worker)."""
+        """Reload on SIGHUP (in place of Celery's handler, which restarts the worker).
+
+        Python runs the handler in the main thread between two bytecodes (the consumer's
+        loop under the threads pool): the file is read there and then, so the log says
+        at once whether the new policy is in force.
+        """
 
         def on_hup(_signum: int, _frame: FrameType | None) -> None:
             self.request_reload()
+            self._look()
 
         signal.signal(signal.SIGHUP, on_hup)
 
