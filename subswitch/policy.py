@@ -45,8 +45,10 @@ from subswitch.signing import (
     KeyId,
     Signature,
     load_public_key,
+    parse_chunk_signature,
     parse_signature,
     verify,
+    verify_chunk,
 )
 from subswitch.text import UNSAFE_CHARACTERS, safe_line
 
@@ -328,8 +330,16 @@ class Policy:
             )
         return self.authorize(command, signer=key.owner)
 
-    def check_message(self, command: AnyCommand, signature: object | None) -> Refusal | None:
-        """:meth:`verify` for the raw ``signature`` member of a received message."""
+    def check_message(
+        self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None
+    ) -> Refusal | None:
+        """:meth:`verify` for the raw ``signature`` member of a received message.
+
+        ``vouched_by``: the signer of the verified chunk the command came in
+        (:meth:`chunk_signer`); its own signature is then not verified again.
+        """
+        if vouched_by is not None:
+            return self.authorize(command, signer=vouched_by)
         if signature is None:
             return self.verify(command, None)
         parsed = parse_signature(signature)
@@ -338,6 +348,17 @@ class Policy:
                 "bad-signature", "policy: bad signature: the signature member is malformed"
             )
         return self.verify(command, parsed)
+
+    def chunk_signer(self, commands: Sequence[AnyCommand], header: object) -> str | None:
+        """Who signed a bulk chunk of ``commands``, when its signature header verifies
+        with a key of the policy; else ``None`` (then each command is verified alone)."""
+        signature = parse_chunk_signature(header)
+        if signature is None:
+            return None
+        key = self._keys.get(signature.key_id)
+        if key is None or not verify_chunk(key.public_key, commands, signature):
+            return None
+        return key.owner
 
     def summary(self) -> str:
         """One line for the log: the file, its digest, how many producers and gateways."""
