@@ -77,6 +77,11 @@ class CommandProducer:
             signer=publisher.signer,
         )
 
+    @property
+    def signer(self) -> Signer | None:
+        """The key commands are signed with (``None``: they go unsigned)."""
+        return self._signer
+
     def change_block_status(
         self,
         *,

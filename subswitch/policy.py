@@ -72,10 +72,13 @@ class PolicyError(ConfigurationError):
     ``str()`` is one line: the file and each problem (``line 12: producers.billing...``).
     """
 
-    def __init__(self, origin: str, problems: Sequence[PolicyProblem]) -> None:
+    def __init__(
+        self, origin: str, problems: Sequence[PolicyProblem], *, variable: str | None = None
+    ) -> None:
         listed = "; ".join(str(problem) for problem in problems)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(safe_line(f"policy {origin}: {count}: {listed}", limit=2000))
+        message = safe_line(f"policy {origin}: {count}: {listed}", limit=2000)
+        super().__init__(message, variable=variable)
         self.origin = origin
         self.problems = tuple(problems)
 
