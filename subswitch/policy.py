@@ -12,9 +12,11 @@ gateway ask :class:`Policy` and act on the :class:`Refusal` it gives.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +49,8 @@ from subswitch.signing import (
     load_public_key,
     parse_chunk_signature,
     parse_signature,
-    verify,
+    signing_input,
+    verify_bytes,
     verify_chunk,
 )
 from subswitch.text import UNSAFE_CHARACTERS, safe_line
@@ -56,6 +59,9 @@ BLOCK: Final = "ChangeBlockStatus"
 SERVICE: Final = "ChangeServiceStatus"
 _TYPE_ALIASES: Final = {"block": BLOCK, "service": SERVICE}
 _GLOB_CHARACTERS: Final = frozenset("*?[")
+#: Signatures remembered as verified, per policy (~0.5 KB each): the commands of the
+#: last few seconds at full speed, which is where retries and redeliveries come from.
+_VERIFIED_MAX: Final = 8192
 
 CommandType = Literal["ChangeBlockStatus", "ChangeServiceStatus"]
 #: A producer's or gateway's name: what a command's ``source`` says (or a glob of it).
@@ -245,6 +251,7 @@ class Policy:
     _keys: dict[str, _Key] = field(init=False, repr=False)
     _api_keys: dict[str, str] = field(init=False, repr=False)
     _speaks_for: dict[str, tuple[str, ...]] = field(init=False, repr=False)
+    _verified: OrderedDict[tuple[str, str], bytes] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         doc = self.document
@@ -263,6 +270,7 @@ class Policy:
             for digest in entry.api_keys
         }
         self._speaks_for = {name: tuple(g.speaks_for) for name, g in doc.gateways.items()}
+        self._verified = OrderedDict()
 
     def producer_of(self, source: str) -> str | None:
         """The producer entry that governs ``source``: its own name, else the first
@@ -325,13 +333,33 @@ class Policy:
             return Refusal(
                 "unknown-key", f"policy: unknown key: {signature.key_id!r} is no key of the policy"
             )
-        if not verify(key.public_key, command, signature):
+        if not self._verifies(key, command, signature):
             return Refusal(
                 "bad-signature",
                 f"policy: bad signature: it does not verify with key {signature.key_id!r} "
                 f"of {key.owner!r}",
             )
         return self.authorize(command, signer=key.owner)
+
+    def _verifies(self, key: _Key, command: AnyCommand, signature: Signature) -> bool:
+        """``verify``, remembering the signatures that verified: a command delivered
+        again (a retry, a busy target, a redelivery) costs its canonical bytes, not a
+        second Ed25519 verification. A remembered signature counts only for the very
+        bytes it was verified over."""
+        remembered = (signature.key_id, signature.value)
+        try:
+            message = signing_input(command, signature.key_id)
+        except UnicodeEncodeError:
+            return False
+        if self._verified.get(remembered) == message:
+            return True
+        if not verify_bytes(key.public_key, message, signature.value):
+            return False
+        if len(self._verified) >= _VERIFIED_MAX:
+            with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
+                self._verified.popitem(last=False)  # the oldest; atomic, unlike iterating
+        self._verified[remembered] = message
+        return True
 
     def check_message(
         self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None

@@ -55,8 +55,10 @@ def run(ctx: Context | None = None, count: int = COMMANDS) -> ScenarioResult:
     for command, signature in signed[:200]:  # warm-up
         watch.check(command, signature)
     check_ms = _cpu_ms(lambda pair: watch.check(*pair), signed)
+    again_ms = _cpu_ms(lambda pair: watch.check(*pair), signed[-1000:])
     refused = [(_lift(n), None) for n in range(count // 3)]
     parts = _parts(signers, signed, watch)
+    parts["the same command again (retry, redelivery)"] = again_ms
     parts["refusal (unsigned)"] = _cpu_ms(lambda pair: watch.check(*pair), refused)
     chunk_ms = _chunk_ms(watch, signers["batch:*"], count)
     path.unlink(missing_ok=True)
