@@ -281,7 +281,8 @@ class Policy:
 
     def producer_for_api_key(self, api_key: str) -> str | None:
         """The producer holding ``api_key`` (the file stores its SHA-256), or ``None``."""
-        return self._api_keys.get(hashlib.sha256(api_key.encode()).hexdigest())
+        digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._api_keys.get(digest)
 
     def may_speak_for(self, signer: str, source: str) -> bool:
         """Whether ``signer`` (a producer entry or a gateway) may sign as ``source``.
