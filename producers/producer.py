@@ -24,6 +24,7 @@ from subswitch.audit import EventArchive
 from subswitch.contract import AnyCommand, TimeBounds
 from subswitch.errors import ConfigurationError, StoreError
 from subswitch.settings import Settings
+from subswitch.signing import Signer
 from subswitch.status import CommandStatus, StatusReader, open_store, record_acceptance
 from subswitch.urls import BROKER_VARIABLE, STORE_VARIABLE, resolve_store_url
 
@@ -58,6 +59,9 @@ class CommandProducer:
     took it, and :meth:`status` reads it; ``archive`` answers for commands whose
     records left the store.
 
+    With a ``signer`` (``SUBSWITCH_PRODUCER_KEY_FILE`` for ``from_env``) every command
+    goes out signed, as a worker with a policy requires (contract §8).
+
     Use it as a context manager, or call ``close()``.
     """
 
@@ -70,8 +74,10 @@ class CommandProducer:
         clock: Callable[[], datetime] = _utcnow,
         store: redis.Redis | None = None,
         archive: EventArchive | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self._publisher = publisher
+        self._signer = signer
         self.default_source = default_source
         self._bounds = time_bounds or bounds_of()
         self._clock = clock
@@ -93,13 +99,20 @@ class CommandProducer:
         """A producer for already-read settings; with the store when it has one (the
         configured ``SUBSWITCH_STORE_URL``, or the embedded one when no broker URL is
         set either)."""
+        publisher = CeleryPublisher.from_settings(settings)
         return cls(
-            publisher=CeleryPublisher.from_settings(settings),
+            publisher=publisher,
             default_source=settings.source,
             time_bounds=bounds_of(settings),
             store=store_for(settings),
             archive=archive,
+            signer=publisher.signer,
         )
+
+    @property
+    def signer(self) -> Signer | None:
+        """The key commands are signed with (``None``: they go unsigned)."""
+        return self._signer
 
     def change_block_status(
         self,
@@ -148,7 +161,8 @@ class CommandProducer:
         checked = revalidate(command)
         now = self._clock()
         check_time_bounds(checked, self._bounds, now=now)
-        self._publisher.publish(checked)
+        signature = self._signer.sign(checked) if self._signer is not None else None
+        self._publisher.publish(checked, signature=signature)
         self._record_acceptance(checked, now)
         return checked.command_id
 

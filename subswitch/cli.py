@@ -23,6 +23,7 @@ from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
 from subswitch.status_cli import register as register_status_command
 from subswitch.top_cli import register as register_top_command
+from subswitch.trust_cli import register as register_trust_commands
 from worker.cli import register as register_worker_commands
 from worker.reconcile_cli import register as register_reconcile_command
 
@@ -66,6 +67,7 @@ register_simulator_commands(app)
 register_top_command(app)
 register_status_command(app)
 register_retry_command(app)
+register_trust_commands(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

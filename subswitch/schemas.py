@@ -36,6 +36,7 @@ from subswitch.contract import (
     ResultEvent,
     result_event,
 )
+from subswitch.signing import CHUNK_SIGNATURE_HEADER, SIGNATURE_FIELD, Signature
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 COMPONENTS_REF: Final = "#/components/schemas/{model}"
@@ -84,6 +85,20 @@ def json_schemas() -> dict[str, Any]:
 
 def _require_wire_fields(schema: dict[str, Any]) -> dict[str, Any]:
     schema["required"] = sorted({*schema.get("required", ()), *WIRE_REQUIRED})
+    schema["properties"][SIGNATURE_FIELD] = signature_schema()
+    return schema
+
+
+def signature_schema() -> dict[str, Any]:
+    """The optional ``signature`` member a command travels with (contract §8)."""
+    schema: dict[str, Any] = Signature.model_json_schema()
+    schema.pop("title", None)
+    schema["properties"]["value"]["contentEncoding"] = "base64"
+    schema["description"] = (
+        "Not part of the command: its producer's Ed25519 signature over the command's "
+        "canonical bytes (README, Security). Required when the workers enforce a policy "
+        "(SUBSWITCH_POLICY_FILE); ignored otherwise."
+    )
     return schema
 
 
@@ -365,6 +380,12 @@ def _celery_schemas() -> dict[str, Any]:
             "properties": {
                 "x-subswitch-reason": {"type": "string", "description": "Why it was refused."},
                 "command_id": {"type": "string", "description": "If it could be read."},
+                "x-subswitch-policy-rule": {
+                    "type": "string",
+                    "description": "The policy check that refused the command (contract §8): "
+                    "unsigned, unknown-key, bad-signature, unknown-producer, source, "
+                    "not-allowed.",
+                },
             },
             "required": ["x-subswitch-reason"],
         },
@@ -372,6 +393,21 @@ def _celery_schemas() -> dict[str, Any]:
 
 
 def _celery_headers(task: str) -> dict[str, Any]:
+    headers = _celery_protocol_headers(task)
+    if task == APPLY_BATCH_TASK:
+        headers["properties"][CHUNK_SIGNATURE_HEADER] = {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9._:-]{1,64}:[A-Za-z0-9+/]+={0,2}$",
+            "description": (
+                "Optional: `<key_id>:<base64>`, the producer's Ed25519 signature over the "
+                "whole chunk (README, Security); a worker with a policy then verifies the "
+                "chunk once instead of each command's own signature."
+            ),
+        }
+    return headers
+
+
+def _celery_protocol_headers(task: str) -> dict[str, Any]:
     return {
         "type": "object",
         "description": "Celery protocol v2 headers (only those subswitch relies on listed).",

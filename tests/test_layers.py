@@ -44,6 +44,7 @@ CLI_MODULES: Final = frozenset(
         "producers.dead_cli",
         "producers.retry_cli",
         "subswitch.status_cli",
+        "subswitch.trust_cli",
         "worker.cli",
         "worker.reconcile_cli",
     }

@@ -38,10 +38,12 @@ from pydantic import ValidationError
 from subswitch.broker import celery_config, is_amqp
 from subswitch.commandline import exit_for, one_line
 from subswitch.errors import StoreError, SubswitchError, TransientError, settings_error
+from subswitch.policy import PolicyError
 from subswitch.redact import redact_url, scrub
 from subswitch.settings import Settings
 from subswitch.urls import Endpoints, resolve_endpoints
 from worker import tasks, upstream
+from worker.authority import PolicyWatch
 from worker.consumer import bound_consumer
 from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.durability import check_durability
@@ -320,6 +322,7 @@ def build_runtime(
         StoreError: the store does not answer.
     """
     # Configuration first: a worker that cannot start says so in one line, no warnings.
+    authority = policy_watch(settings, report=report)
     client = start_or_raise(lambda: upstream.from_settings(settings))
     try:
         risks = check_store(endpoints.store_url, report=report)
@@ -352,6 +355,7 @@ def build_runtime(
         retention_s=settings.retention_seconds,
         traffic=traffic_control(settings, store, recorder=recorder),
         metrics=recorder,
+        authority=authority,
     )
     if report:
         logger.info(
@@ -363,6 +367,31 @@ def build_runtime(
     return Runtime(
         executor=executor, store=store, client=client, pid=os.getpid(), deliveries=deliveries
     )
+
+
+def policy_watch(settings: Settings, *, report: bool = True) -> PolicyWatch | None:
+    """The policy of ``SUBSWITCH_POLICY_FILE`` (reloaded on change and on SIGHUP), or
+    ``None`` without one; either way the log says so, in one line.
+
+    Raises:
+        PolicyError: the file cannot be used (a worker never runs without the policy
+            it was told to enforce).
+    """
+    if settings.policy_file is None:
+        if report:
+            logger.warning(
+                "no policy (SUBSWITCH_POLICY_FILE is unset): every well-formed command is "
+                "accepted, signed or not, from anyone who can publish to the broker"
+            )
+        return None
+    try:
+        watch = PolicyWatch.load(settings.policy_file, poll_s=settings.policy_poll_seconds)
+    except PolicyError as exc:
+        raise PolicyError(exc.origin, exc.problems, variable="SUBSWITCH_POLICY_FILE") from None
+    if report:
+        logger.info("policy in force: %s", watch.policy.summary())
+        worker_ready.connect(watch.on_worker_ready, weak=False)
+    return watch
 
 
 def check_store(store_url: str, *, report: bool = True) -> list[str]:

@@ -7,10 +7,11 @@ small interfaces, so it runs the same under Celery and in unit tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -30,6 +31,8 @@ from subswitch.contract import (
     rejected_message_event,
     result_event,
 )
+from subswitch.policy import Refusal
+from subswitch.signing import detach_signature
 from subswitch.text import safe_line
 from worker.metrics import NULL_RECORDER, Recorder
 from worker.policy import RetryPolicy
@@ -116,6 +119,21 @@ class EventSink(Protocol):
         """Publish one event body; return only once the broker has it."""
 
 
+class Authority(Protocol):
+    """Who may send what (``worker.authority.PolicyWatch``: the policy in force)."""
+
+    def check(
+        self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None
+    ) -> Refusal | None:
+        """``None`` if ``command`` (with its raw ``signature`` member) may run;
+        ``vouched_by`` is the signer of the verified chunk it came in."""
+        ...
+
+    def chunk_signer(self, commands: Sequence[AnyCommand], header: object) -> str | None:
+        """Who signed a bulk chunk of ``commands`` (its signature header), if it verifies."""
+        ...
+
+
 class DeadLetterSink(Protocol):
     """Where messages that are not valid commands are kept, with the reason."""
 
@@ -183,6 +201,7 @@ class Executor:
         max_clock_skew_s: float,
         retention_s: float,
         traffic: Traffic | None = None,
+        authority: Authority | None = None,
         clock: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Recorder = NULL_RECORDER,
@@ -199,6 +218,7 @@ class Executor:
         self._max_skew = timedelta(seconds=max_clock_skew_s)
         self._retention = timedelta(seconds=retention_s)
         self._traffic: Traffic = traffic or TrafficControl()
+        self._authority = authority
         self._clock = clock
         self._monotonic = monotonic
         self._metrics = metrics
@@ -206,14 +226,26 @@ class Executor:
         # lease: the deadline bounds the rate-limit wait, token fetches and the request.
         self._attempt_s = lease_ms / 1000 - LEASE_MARGIN_S
 
-    def handle(self, payload: Any, *, token: str, message_id: str | None = None) -> Decision:
+    def handle(
+        self,
+        payload: Any,
+        *,
+        token: str,
+        message_id: str | None = None,
+        vouched_by: str | None = None,
+    ) -> Decision:
         """Handle one delivery; ``token`` is unique to this delivery.
 
         ``message_id`` (the broker message's id, which producers set to the command
         id) names the command in the ``rejected`` event when the payload cannot.
+
+        With a policy in force (``authority``) the command is verified first, before
+        anything touches its records: a refused one never occupies its command id.
+        ``vouched_by`` is who signed the chunk the command came in (:meth:`chunk_signer`).
         """
+        fields, signature = detach_signature(payload)
         try:
-            command = parse_command(payload)
+            command = parse_command(fields)
         except InvalidCommand as exc:
             return self.reject_message(
                 _as_bytes(payload),
@@ -221,10 +253,48 @@ class Executor:
                 command_id=exc.command_id or readable_command_id(message_id),
                 token=token,
             )
+        if self._authority is not None:
+            refusal = self._authority.check(command, signature, vouched_by=vouched_by)
+            if refusal is not None:
+                return self._refuse(command, refusal, _as_bytes(payload), token)
         decision = self._handle_command(command, token)
         if isinstance(decision, RetryLater):
             self._metrics.retry(decision.cause.value)
         return decision
+
+    def chunk_signer(self, payloads: list[Any], header: object) -> str | None:
+        """Who signed this bulk chunk, when a policy is in force and the chunk's signature
+        header verifies over every one of its commands; else ``None``, and each command
+        is verified on its own."""
+        if self._authority is None or header is None:
+            return None
+        commands = []
+        for payload in payloads:
+            try:
+                commands.append(parse_command(detach_signature(payload)[0]))
+            except InvalidCommand:
+                return None
+        return self._authority.chunk_signer(commands, header)
+
+    def _refuse(self, command: AnyCommand, refusal: Refusal, raw: bytes, token: str) -> Decision:
+        """Dead-letter a command the policy refuses and report it ``rejected``, leaving
+        its command id free: the event is kept under a key of the message's own, and its
+        id comes from the message's bytes (a forged copy of a command does not share
+        the real one's event id either)."""
+        reason = safe_line(refusal.message)
+        logger.warning("rejected %s: %s", command.command_id, reason)
+        headers = {"command_id": command.command_id, "x-subswitch-policy-rule": refusal.rule}
+        self._dead_letters.dead_letter(raw, reason=reason, headers=headers)
+        event = result_event(
+            command,
+            outcome=Outcome.REJECTED,
+            attempts=0,
+            completed_at=self._clock(),
+            error=EventError(message=reason),
+            fingerprint=hashlib.sha256(b"policy\n" + raw).hexdigest(),
+        )
+        key, body = keys.rejected(event.id), event.to_json()
+        return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
 
     def reject_message(
         self, raw: bytes, *, reason: str, command_id: str | None, token: str
