@@ -54,6 +54,7 @@ from producers.publisher import BatchPublisher, CeleryPublisher
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
 from subswitch.contract import AnyCommand, Lane, ResultEvent, TimeBounds
 from subswitch.settings import Settings
+from subswitch.signing import producer_signer
 from subswitch.urls import resolve_broker_url
 
 MAX_CHUNK_SIZE: Final = 10_000
@@ -301,6 +302,7 @@ class _BatchRun:
                 queue_type=settings.rabbitmq_queue_type,
                 delivery_limit=settings.delivery_limit,
                 max_message_bytes=settings.max_message_bytes,
+                signer=producer_signer(settings),
             )
             stack.callback(publisher.close)
             self.publish(publisher, issued_at)

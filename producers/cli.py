@@ -28,6 +28,7 @@ from producers.render import EventTable, json_line, summary
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
 from subswitch.contract import AnyCommand, Lane, Outcome, ResultEvent
 from subswitch.settings import Settings
+from subswitch.signing import producer_signer
 from subswitch.urls import resolve_broker_url
 
 SUCCESSFUL_OUTCOMES: Final = frozenset({Outcome.APPLIED, Outcome.SUPERSEDED})
@@ -229,6 +230,7 @@ def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float
             queue_type=settings.rabbitmq_queue_type,
             delivery_limit=settings.delivery_limit,
             max_message_bytes=settings.max_message_bytes,
+            signer=producer_signer(settings),
         )
         producer = stack.enter_context(
             CommandProducer(

@@ -19,6 +19,7 @@ from producers.commands import time_bounds as bounds_of
 from producers.publisher import CeleryPublisher, Publisher
 from subswitch.contract import AnyCommand, TimeBounds
 from subswitch.settings import Settings
+from subswitch.signing import Signer
 
 
 def _utcnow() -> datetime:
@@ -36,6 +37,9 @@ class CommandProducer:
     ``PublishError``; re-sending the same command (same ``command_id``) is then safe,
     the worker applies a command once however often it arrives.
 
+    With a ``signer`` (``SUBSWITCH_PRODUCER_KEY_FILE`` for ``from_env``) every command
+    goes out signed, as a worker with a policy requires (contract §8).
+
     Use it as a context manager, or call ``close()``.
     """
 
@@ -46,8 +50,10 @@ class CommandProducer:
         default_source: str = DEFAULT_SOURCE,
         time_bounds: TimeBounds | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        signer: Signer | None = None,
     ) -> None:
         self._publisher = publisher
+        self._signer = signer
         self.default_source = default_source
         self._bounds = time_bounds or bounds_of()
         self._clock = clock
@@ -63,10 +69,12 @@ class CommandProducer:
     @classmethod
     def from_settings(cls, settings: Settings) -> CommandProducer:
         """A producer for already-read settings."""
+        publisher = CeleryPublisher.from_settings(settings)
         return cls(
-            publisher=CeleryPublisher.from_settings(settings),
+            publisher=publisher,
             default_source=settings.source,
             time_bounds=bounds_of(settings),
+            signer=publisher.signer,
         )
 
     def change_block_status(
@@ -115,7 +123,8 @@ class CommandProducer:
         """Enqueue a command model on its lane and return its ``command_id``."""
         checked = revalidate(command)
         check_time_bounds(checked, self._bounds, now=self._clock())
-        self._publisher.publish(checked)
+        signature = self._signer.sign(checked) if self._signer is not None else None
+        self._publisher.publish(checked, signature=signature)
         return checked.command_id
 
     def close(self) -> None:

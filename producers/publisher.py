@@ -16,6 +16,14 @@ from producers.errors import MessageTooLargeError, PublishError, redact_url, scr
 from subswitch.broker import BROKER_FAILURES, celery_config
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, AnyCommand, Lane, parse_command
 from subswitch.settings import Settings
+from subswitch.signing import (
+    SIGNATURE_FIELD,
+    Signature,
+    Signer,
+    detach_signature,
+    message_body,
+    producer_signer,
+)
 from subswitch.urls import resolve_broker_url
 
 #: The publisher's defaults are the settings' own (one source for each).
@@ -43,8 +51,11 @@ _CHUNK_ID_NAMESPACE: Final = uuid.UUID("2b0d9c64-5a1e-4f0b-8c53-0f6f4e1d7a39")
 class Publisher(Protocol):
     """Hands one validated command to a broker, or raises ``PublishError``."""
 
-    def publish(self, command: AnyCommand) -> None:
-        """Enqueue ``command`` on its lane; return once the broker has accepted it."""
+    def publish(self, command: AnyCommand, *, signature: Signature | None = None) -> None:
+        """Enqueue ``command`` on its lane; return once the broker has accepted it.
+
+        ``signature`` travels with it; without one, a publisher that has a signer signs.
+        """
 
     def close(self) -> None:
         """Release connections; the publisher is not used afterwards."""
@@ -67,8 +78,9 @@ def chunk_task_id(commands: Sequence[AnyCommand]) -> str:
     return str(uuid.uuid5(_CHUNK_ID_NAMESPACE, "\n".join(c.command_id for c in commands)))
 
 
-def _bulk_chunk(commands: Sequence[AnyCommand]) -> list[dict[str, Any]]:
-    """The task argument of a chunk: the commands as JSON dicts, in order.
+def _bulk_chunk(commands: Sequence[AnyCommand], signer: Signer | None) -> list[dict[str, Any]]:
+    """The task argument of a chunk: the commands as JSON dicts (each signed when there
+    is a ``signer``), in order.
 
     Raises:
         ValueError: the chunk is empty, or holds a command of another lane (it would
@@ -79,7 +91,15 @@ def _bulk_chunk(commands: Sequence[AnyCommand]) -> list[dict[str, Any]]:
     strays = [c.command_id for c in commands if c.lane is not Lane.BULK]
     if strays:
         raise ValueError(f"only bulk commands travel in chunks, not {', '.join(strays[:3])}")
-    return [command.model_dump(mode="json") for command in commands]
+    return [message_body(command, signer) for command in commands]
+
+
+def _single_body(
+    command: AnyCommand, signature: Signature | None, signer: Signer | None
+) -> dict[str, Any]:
+    if signature is None:
+        return message_body(command, signer)
+    return {**command.model_dump(mode="json"), SIGNATURE_FIELD: signature.model_dump()}
 
 
 def check_message_size(argument: Any, *, commands: int, limit: int, what: str) -> None:
@@ -108,6 +128,9 @@ class CeleryPublisher:
     with its memory of which queues it declared.) The lane queue is declared, once per
     connection, with the worker's own arguments, so a command sent before any worker
     ever ran is kept. On RabbitMQ ``publish`` returns once the broker confirmed it.
+
+    With a ``signer`` every command goes out signed (``subswitch.signing``), in a chunk
+    too; without one, unsigned (a worker with a policy rejects it).
     """
 
     def __init__(
@@ -118,8 +141,10 @@ class CeleryPublisher:
         queue_type: str,
         delivery_limit: int = _DEFAULTS["delivery_limit"],
         max_message_bytes: int = _DEFAULTS["max_message_bytes"],
+        signer: Signer | None = None,
     ) -> None:
         self._broker_url = broker_url
+        self._signer = signer
         self._max_message_bytes = max_message_bytes
         self._app = Celery("subswitch-producer", set_as_current=False)
         self._app.conf.update(
@@ -137,14 +162,21 @@ class CeleryPublisher:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CeleryPublisher:
-        """A publisher for the configured (or embedded) broker."""
+        """A publisher for the configured (or embedded) broker, signing with
+        ``SUBSWITCH_PRODUCER_KEY_FILE`` when it is set."""
         return cls(
             broker_url=resolve_broker_url(settings),
             visibility_timeout=settings.visibility_timeout,
             queue_type=settings.rabbitmq_queue_type,
             delivery_limit=settings.delivery_limit,
             max_message_bytes=settings.max_message_bytes,
+            signer=producer_signer(settings),
         )
+
+    @property
+    def signer(self) -> Signer | None:
+        """The key commands are signed with, if any."""
+        return self._signer
 
     @property
     def app(self) -> Celery:
@@ -156,15 +188,17 @@ class CeleryPublisher:
         """The pool of producers (and their connections) the messages go through."""
         return self._producers
 
-    def publish(self, command: AnyCommand) -> None:
+    def publish(self, command: AnyCommand, *, signature: Signature | None = None) -> None:
         """Send ``command``; the Celery task id is its ``command_id``.
+
+        ``signature`` travels with it; without one the publisher's signer (if any) signs.
 
         Raises:
             MessageTooLargeError: over ``max_message_bytes`` (nothing sent).
             PublishError: the broker did not take the message (one line, no secrets).
         """
         queue = command.lane.queue
-        body = command.model_dump(mode="json")
+        body = _single_body(command, signature, self._signer)
         what = f"command {command.command_id}"
         check_message_size(body, commands=1, limit=self._max_message_bytes, what=what)
         try:
@@ -184,7 +218,7 @@ class CeleryPublisher:
             MessageTooLargeError: over ``max_message_bytes`` (nothing sent).
             PublishError: the broker did not take the message (one line, no secrets).
         """
-        body = _bulk_chunk(commands)
+        body = _bulk_chunk(commands, self._signer)
         what = f"a chunk of {len(commands)} commands ({commands[0].command_id}...)"
         limit = self._max_message_bytes
         check_message_size(body, commands=len(commands), limit=limit, what=what)
@@ -251,10 +285,11 @@ class InMemoryPublisher:
     fail_after: int | None = None
     closed: bool = False
     max_message_bytes: int = _DEFAULTS["max_message_bytes"]
+    signer: Signer | None = None
 
-    def publish(self, command: AnyCommand) -> None:
+    def publish(self, command: AnyCommand, *, signature: Signature | None = None) -> None:
         """Record ``command`` on its lane's queue, or raise PublishError if told to fail."""
-        body = command.model_dump(mode="json")
+        body = _single_body(command, signature, self.signer)
         what = f"command {command.command_id}"
         check_message_size(body, commands=1, limit=self.max_message_bytes, what=what)
         if self.fail:
@@ -263,7 +298,7 @@ class InMemoryPublisher:
 
     def publish_batch(self, commands: Sequence[AnyCommand]) -> None:
         """Record a chunk as ``CeleryPublisher`` would send it, or raise PublishError."""
-        body = _bulk_chunk(commands)
+        body = _bulk_chunk(commands, self.signer)
         what = f"a chunk of {len(commands)} commands"
         check_message_size(body, commands=len(commands), limit=self.max_message_bytes, what=what)
         if self.fail or (self.fail_after is not None and len(self.chunks) >= self.fail_after):
@@ -277,9 +312,13 @@ class InMemoryPublisher:
     @property
     def commands(self) -> list[AnyCommand]:
         """The recorded single commands, parsed back as the worker would."""
-        return [parse_command(body) for _, body in self.sent]
+        return [parse_command(detach_signature(body)[0]) for _, body in self.sent]
 
     @property
     def chunked_commands(self) -> list[AnyCommand]:
         """The commands of every recorded chunk, in order, parsed back as the worker would."""
-        return [parse_command(body) for chunk in self.chunks for body in chunk.commands]
+        return [
+            parse_command(detach_signature(body)[0])
+            for chunk in self.chunks
+            for body in chunk.commands
+        ]

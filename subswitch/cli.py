@@ -18,6 +18,7 @@ from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
+from subswitch.trust_cli import register as register_trust_commands
 from worker.cli import register as register_worker_commands
 
 app = typer.Typer(
@@ -54,6 +55,7 @@ register_worker_commands(app)
 register_producer_commands(app)
 register_batch_command(app)
 register_simulator_commands(app)
+register_trust_commands(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     #: 350 bytes. RabbitMQ 4.0 refuses messages over 16 MiB (3.x: 128 MiB).
     max_message_bytes: PositiveInt = 1024 * 1024
     source: str = "subswitch"
+    #: Who may send what (contract §8); unset: every well-formed command is accepted.
+    policy_file: Path | None = None
+    #: How often a worker looks at the policy file's modification time (one stat).
+    policy_poll_seconds: PositiveFloat = 1.0
+    #: The Ed25519 private key (PEM) the SDK and the CLI sign commands with.
+    producer_key_file: Path | None = None
     #: The HTTP gateway (``subswitch gateway``): where it listens. Loopback by default:
     #: expose it through a TLS-terminating proxy, never in clear text.
     gateway_host: str = "127.0.0.1"

@@ -41,6 +41,7 @@ CLI_MODULES: Final = frozenset(
         "subswitch.simulator.cli",
         "producers.cli",
         "producers.batch_cli",
+        "subswitch.trust_cli",
         "worker.cli",
     }
 )
