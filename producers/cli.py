@@ -22,7 +22,7 @@ from producers.commands import (
     time_bounds,
 )
 from producers.events import EventStream
-from producers.producer import CommandProducer
+from producers.producer import CommandProducer, store_for
 from producers.publisher import CeleryPublisher
 from producers.render import EventTable, json_line, summary
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
@@ -237,6 +237,7 @@ def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float
                 publisher=publisher,
                 default_source=settings.source,
                 time_bounds=time_bounds(settings),
+                store=store_for(settings),
             )
         )
         producer.send(command)
@@ -249,7 +250,11 @@ def _send(settings: Settings, command: AnyCommand, *, wait: bool, timeout: float
 def _await_result(stream: EventStream, command_id: str, timeout: float) -> int:
     event = stream.wait_for({command_id}, timeout).get(command_id)
     if event is None:
-        fail(f"no result for {command_id} within {timeout:g} s; it is enqueued", ExitCode.TIMEOUT)
+        fail(
+            f"no result for {command_id} within {timeout:g} s; it is enqueued: "
+            f"follow it with `subswitch status {command_id}`",
+            ExitCode.TIMEOUT,
+        )
     Console(highlight=False, soft_wrap=True).print(summary(event))
     return ExitCode.OK if event.outcome in SUCCESSFUL_OUTCOMES else ExitCode.FAILED
 

@@ -19,6 +19,7 @@ from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup,
 from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
 from subswitch.trust_cli import register as register_trust_commands
+from subswitch.status_cli import register as register_status_command
 from worker.cli import register as register_worker_commands
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ register_producer_commands(app)
 register_batch_command(app)
 register_simulator_commands(app)
 register_trust_commands(app)
+register_status_command(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

@@ -38,9 +38,24 @@ PUBLISH_CLAIM_MS: Final = 30_000
 
 def command(command_id: str) -> str:
     """Hash: fp, state (sending, waiting, settling, done), attempts, token (of the
-    delivery that last began it), last_error, ambiguous, settle_until (ms), event,
-    published, claim, claim_until."""
+    delivery that last began it), last_error, ambiguous, settle_until (ms), since (ms:
+    when it entered its state), next_at (ms: when a waiting or settling command's next
+    attempt is due), event, published, claim, claim_until."""
     return f"{PREFIX}:cmd:{command_id}"
+
+
+def acceptance(command_id: str) -> str:
+    """Hash: fp and at (ms) of a command a producer handed to the broker, before any
+    worker saw it (``subswitch status`` says ``queued``; the gateway answers 409 for
+    another payload). Lives the retention (``Settings.retention_seconds``) from then."""
+    return f"{PREFIX}:accepted:{command_id}"
+
+
+def rejections(command_id: str) -> str:
+    """Set: the keys of the :func:`conflict` and :func:`rejected` records of messages
+    that carried this command id, so ``subswitch status`` finds them. Lives the
+    retention from its newest member."""
+    return f"{PREFIX}:rejections:{command_id}"
 
 
 def conflict(command_id: str, fingerprint: str) -> str:

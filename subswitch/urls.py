@@ -74,6 +74,22 @@ def resolve_broker_url(settings: Settings) -> str:
     return ensure_embedded_redis(settings.data_dir).broker_url
 
 
+def resolve_store_url(settings: Settings) -> str:
+    """The store a command that reads it (``status``, ``retry``) uses: the configured
+    one, or the embedded one when neither URL is set.
+
+    A broker URL without a store URL means a fleet whose store this command does not
+    know: a private embedded store would know none of its commands.
+
+    Raises:
+        MissingUrlError: the broker URL is set and the store URL is not.
+    """
+    if settings.store_url:
+        return settings.store_url
+    _refuse_half(settings)
+    return ensure_embedded_redis(settings.data_dir).store_url
+
+
 def _refuse_half(settings: Settings) -> None:
     if settings.broker_url and not settings.store_url:
         raise MissingUrlError(STORE_VARIABLE, BROKER_VARIABLE)

@@ -42,6 +42,8 @@ CLI_MODULES: Final = frozenset(
         "producers.cli",
         "producers.batch_cli",
         "subswitch.trust_cli",
+        "producers.retry_cli",
+        "subswitch.status_cli",
         "worker.cli",
     }
 )

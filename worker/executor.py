@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
+from subswitch import keys
 from subswitch.contract import (
     AnyCommand,
     ChangeBlockStatus,
@@ -29,7 +30,6 @@ from subswitch.contract import (
     result_event,
 )
 from subswitch.text import safe_line
-from subswitch import keys
 from worker.policy import RetryPolicy
 from worker.store import (
     AlreadyApplied,
@@ -208,7 +208,8 @@ class Executor:
             raw, reason=reason, command_id=command_id, completed_at=self._clock()
         )
         key, body = keys.rejected(event.id), event.to_json()
-        return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
+        finished = self._store.record(key, token=token, event=body, command_id=command_id)
+        return self._publish(finished, key, (event, body))
 
     def _handle_command(self, command: AnyCommand, token: str) -> Decision:
         fingerprint = command.fingerprint()
@@ -289,8 +290,11 @@ class Executor:
         deadline = self._monotonic() + self._attempt_s
         wait = self._traffic.admit(command.lane)
         if wait is not None:
-            self._store.give_back(command.command_id, command.target, token=job.token)
-            return RetryLater(min(wait, self._policy.max_delay_s), "waiting for upstream budget")
+            delay = min(wait, self._policy.max_delay_s)
+            self._store.give_back(
+                command.command_id, command.target, token=job.token, retry_ms=int(delay * 1000)
+            )
+            return RetryLater(delay, "waiting for upstream budget")
         try:
             status = self._send(command, deadline)
         except UpstreamError as exc:
@@ -330,6 +334,7 @@ class Executor:
             last_error=last_error,
             ambiguous=exc.maybe_applied,
             settle_ms=settle_ms,
+            retry_ms=int(delay * 1000),
         ):
             logger.warning("%s: lease lost during attempt %d", command.command_id, attempt)
         logger.info(
@@ -361,9 +366,8 @@ class Executor:
             fingerprint=job.fingerprint,
         )
         key, body = keys.conflict(command_id, job.fingerprint), event.to_json()
-        return self._publish(
-            self._store.record(key, token=job.token, event=body), key, (event, body)
-        )
+        finished = self._store.record(key, token=job.token, event=body, command_id=command_id)
+        return self._publish(finished, key, (event, body))
 
     def _finish(
         self,

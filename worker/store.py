@@ -104,7 +104,11 @@ for i = 1, #pending, 2 do
 end
 redis.call('HSET', KEYS[4], ARGV[7], ARGV[6])
 redis.call('EXPIRE', KEYS[4], ARGV[5])
-redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
+-- 'since': when the attempt went out, for `subswitch status` (in_flight since when).
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1, 'since', now_ms)
+redis.call('HDEL', KEYS[1], 'next_at')
 -- A delivery that dies mid-request leaves a write that may still land: its lock
 -- outlives the attempt by the settle time.
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[10]))
@@ -131,35 +135,41 @@ end
 """
 
 # KEYS: command, lock, pending. ARGV: token, last_error, retention_s, settle_ms,
-# command_id, ambiguous (0/1: the answer was lost). Only under this delivery's own
-# lock: one whose lease ran out changes nothing.
+# command_id, ambiguous (0/1: the answer was lost), retry_ms (when the next attempt is
+# due, from now). Only under this delivery's own lock: one whose lease ran out changes
+# nothing.
 _RELEASE_LUA: Final = (
     _HAND_OVER_LUA
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local settle_ms = tonumber(ARGV[4])
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'ambiguous', '1') end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if settle_ms > 0 then
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('HSET', KEYS[1], 'state', 'settling', 'settle_until', now_ms + settle_ms)
 else
   redis.call('HSET', KEYS[1], 'state', 'waiting')
 end
-redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
+redis.call('HSET', KEYS[1], 'last_error', ARGV[2], 'since', now_ms,
+  'next_at', now_ms + tonumber(ARGV[7]))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 hand_over(KEYS[1], KEYS[2], KEYS[3], ARGV[5], settle_ms, false)
 return 1
 """
 )
 
-# KEYS: command, lock, pending. ARGV: token, command_id. The attempt did not happen.
+# KEYS: command, lock, pending. ARGV: token, command_id, retry_ms. The attempt did not
+# happen.
 _YIELD_LUA: Final = (
     _HAND_OVER_LUA
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-redis.call('HSET', KEYS[1], 'state', 'waiting')
+redis.call('HSET', KEYS[1], 'state', 'waiting', 'since', now_ms,
+  'next_at', now_ms + tonumber(ARGV[3]))
 hand_over(KEYS[1], KEYS[2], KEYS[3], ARGV[2], 0, false)
 return 1
 """
@@ -203,13 +213,18 @@ redis.call('HDEL', KEYS[1], 'claim', 'claim_until')
 return 1
 """
 
-# KEYS: record. ARGV: token, event, retention_s, claim_ms.
+# KEYS: record, and optionally the index of its command id's rejections. ARGV: token,
+# event, retention_s, claim_ms.
 _RECORD_LUA: Final = (
     _CLAIM_LUA
     + """
 if redis.call('HSETNX', KEYS[1], 'event', ARGV[2]) == 1 then
   redis.call('HSET', KEYS[1], 'state', 'done', 'published', '0')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  if KEYS[2] then
+    redis.call('SADD', KEYS[2], KEYS[1])
+    redis.call('EXPIRE', KEYS[2], ARGV[3])
+  end
 end
 return {claim(KEYS[1], ARGV[1], tonumber(ARGV[4])), redis.call('HGET', KEYS[1], 'event')}
 """
@@ -402,11 +417,12 @@ class Store(Protocol):
         last_error: str,
         ambiguous: bool = False,
         settle_ms: int = 0,
+        retry_ms: int = 0,
     ) -> bool:
         """Give the target back after a failed attempt; False if the lease was lost."""
         ...
 
-    def give_back(self, command_id: str, target: Target, *, token: str) -> None:
+    def give_back(self, command_id: str, target: Target, *, token: str, retry_ms: int = 0) -> None:
         """Give the target back without having sent: the attempt is not counted."""
         ...
 
@@ -424,7 +440,9 @@ class Store(Protocol):
         """Store the terminal event, move the watermark if applied, free the target."""
         ...
 
-    def record(self, key: str, *, token: str, event: bytes) -> Finished:
+    def record(
+        self, key: str, *, token: str, event: bytes, command_id: str | None = None
+    ) -> Finished:
         """Keep a standalone terminal event (a rejected message) once, under ``key``."""
         ...
 
@@ -514,22 +532,27 @@ class RedisStore:
         last_error: str,
         ambiguous: bool = False,
         settle_ms: int = 0,
+        retry_ms: int = 0,
     ) -> bool:
         """Give the target back after a failed attempt, keeping the error.
 
         ``ambiguous`` (the answer was lost): the command keeps counting for ordering
         until it is resolved, and the target stays held ``settle_ms`` for every
-        command, this one's retry included. False (and nothing changed) when this
+        command, this one's retry included. ``retry_ms``: when the next attempt is due,
+        from now (kept for ``subswitch status``). False (and nothing changed) when this
         delivery no longer holds the target.
         """
         keys_ = [keys.command(command_id), keys.target_lock(target), keys.target_pending(target)]
-        args = [token, last_error, self._retention_s, settle_ms, command_id, int(ambiguous)]
+        args = [
+            token, last_error, self._retention_s, settle_ms, command_id, int(ambiguous), retry_ms
+        ]  # fmt: skip
         return bool(self._release(keys_, args))
 
-    def give_back(self, command_id: str, target: Target, *, token: str) -> None:
-        """Give the target back without having sent: the attempt is not counted."""
+    def give_back(self, command_id: str, target: Target, *, token: str, retry_ms: int = 0) -> None:
+        """Give the target back without having sent: the attempt is not counted; the
+        next one is due in ``retry_ms``."""
         keys_ = [keys.command(command_id), keys.target_lock(target), keys.target_pending(target)]
-        self._yield(keys_, [token, command_id])
+        self._yield(keys_, [token, command_id, retry_ms])
 
     def finish(
         self,
@@ -567,9 +590,13 @@ class RedisStore:
             return Lost()
         return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
-    def record(self, key: str, *, token: str, event: bytes) -> Finished:
-        """Keep a standalone terminal event (a rejected message) once, under ``key``."""
-        reply = self._record([key], [token, event, self._retention_s, self._claim_ms])
+    def record(
+        self, key: str, *, token: str, event: bytes, command_id: str | None = None
+    ) -> Finished:
+        """Keep a standalone terminal event (a rejected message) once, under ``key``;
+        with ``command_id``, indexed under it (``subswitch status`` finds it there)."""
+        keys_ = [key] if command_id is None else [key, keys.rejections(command_id)]
+        reply = self._record(keys_, [token, event, self._retention_s, self._claim_ms])
         return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
     def mark_published(self, key: str) -> None:

@@ -211,11 +211,14 @@ def test_wait_without_a_result_exits_4(
     monkeypatch.setenv("SUBSWITCH_BROKER_URL", clean_redis_url)
     # When a command is sent with a short --wait
     result = run(app, "block", "telco", "5", "--block-id", "1", "--wait", "--timeout", "0.2")
-    # Then it printed the id (it is enqueued), says on one line that no result came, and
-    # exits with the timeout's own status (not bad input's 2)
+    # Then it printed the id (it is enqueued), says on one line that no result came and
+    # how to follow the command up, and exits with the timeout's own status (not 2)
     assert result.exit_code == 4, result.output
     [command_id] = result.stdout.splitlines()
-    assert result.stderr == f"error: no result for {command_id} within 0.2 s; it is enqueued\n"
+    assert result.stderr == (
+        f"error: no result for {command_id} within 0.2 s; it is enqueued: "
+        f"follow it with `subswitch status {command_id}`\n"
+    )
 
 
 def _events(*outcomes: Outcome) -> list[ResultEvent]:
