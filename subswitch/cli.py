@@ -14,6 +14,7 @@ from rich.console import Console
 
 from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
+from producers.gateway_cli import register as register_gateway_command
 from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
@@ -55,6 +56,7 @@ def _root(
 register_worker_commands(app)
 register_producer_commands(app)
 register_batch_command(app)
+register_gateway_command(app)
 register_simulator_commands(app)
 register_trust_commands(app)
 register_status_command(app)

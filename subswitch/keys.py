@@ -131,3 +131,10 @@ def dead_lettered(digest: str) -> str:
     """String: this message (command id and body, SHA-256) is in ``subswitch.dead``
     already; kept for the retention, so a redelivery never adds a second copy."""
     return f"{PREFIX}:dead:{digest}"
+
+
+#: How long the gateway's acceptance record (:func:`acceptance`) lives until the broker
+#: has taken the command: longer than a publish may take (its retries included). Then
+#: it is kept for the retention; a gateway that died before publishing leaves a record
+#: that claims the command only this long.
+ACCEPTANCE_PENDING_S: Final = 60

@@ -41,6 +41,7 @@ CLI_MODULES: Final = frozenset(
         "subswitch.simulator.cli",
         "producers.cli",
         "producers.batch_cli",
+        "producers.gateway_cli",
         "subswitch.trust_cli",
         "producers.retry_cli",
         "subswitch.status_cli",

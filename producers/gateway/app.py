@@ -44,7 +44,7 @@ from producers.gateway.models import (
 )
 from subswitch import __version__
 from subswitch.contract import COMMAND_ID_PATTERN
-from subswitch.errors import SubswitchError
+from subswitch.errors import SubswitchError, UnavailableError
 from subswitch.policy import Policy
 from subswitch.status import CommandStatus
 
@@ -191,7 +191,7 @@ def _add_routes(app: FastAPI, parts: GatewayParts) -> None:
     @app.get(
         STATUS_PATH,
         response_model=CommandStatus,
-        responses=_problem_responses(401, 422),
+        responses=_problem_responses(401, 422, 503),
         summary="Where a command is (contract §7)",
     )
     async def get_command(
@@ -290,6 +290,10 @@ def _add_error_handlers(app: FastAPI, parts: GatewayParts) -> None:
             accepted=accepted or None,
         )
 
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        headers = {"Retry-After": retry_after}
+        return problem_response(503, "Service unavailable", str(exc), headers=headers)
+
     async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         return _validation_problem(exc.errors())
@@ -306,6 +310,7 @@ def _add_error_handlers(app: FastAPI, parts: GatewayParts) -> None:
 
     app.add_exception_handler(RequestRefused, refused)
     app.add_exception_handler(NotAccepted, not_accepted)
+    app.add_exception_handler(UnavailableError, unavailable)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

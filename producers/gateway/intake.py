@@ -59,11 +59,11 @@ class AcceptanceBook(Protocol):
         payload) or ``conflict`` (its id is known with another payload). Raises
         ``StoreError``."""
 
-    def withdraw(self, command: AnyCommand) -> None:
-        """Remove the record ``accept`` made (``new``) for a command never enqueued."""
+    def withdraw(self, commands: Sequence[AnyCommand]) -> None:
+        """Remove the records ``accept`` made (``new``) for commands never enqueued."""
 
-    def confirm(self, command: AnyCommand) -> None:
-        """The broker took ``command``: keep its record for the whole retention."""
+    def confirm(self, commands: Sequence[AnyCommand]) -> None:
+        """The broker took ``commands``: keep their records for the whole retention."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class Intake:
             for group in self._groups(unique):
                 self._send(group)
                 taken.extend(group)
-                self._confirm(command for _, command in group)
+                self._acceptances.confirm([command for _, command in group])
         except (PublishError, StoreError) as exc:
             taken_ids = {command.command_id for _, command in taken}
             self._withdraw([c for c in new if c.command_id not in taken_ids])
@@ -254,16 +254,11 @@ class Intake:
         else:
             self._publisher.publish(commands[0])
 
-    def _confirm(self, commands: Iterator[AnyCommand]) -> None:
-        for command in commands:
-            self._acceptances.confirm(command)
-
     def _withdraw(self, commands: Sequence[AnyCommand]) -> None:
-        # Best effort: a store that fails here fails the request anyway; a record it
-        # keeps expires after the pending time (see ``AcceptanceBook.accept``).
+        # Best effort: a store that fails here fails the request anyway, and a record
+        # left behind expires after the pending time (``keys.ACCEPTANCE_PENDING_S``).
         try:
-            for command in commands:
-                self._acceptances.withdraw(command)
+            self._acceptances.withdraw(commands)
         except StoreError:
             return
 

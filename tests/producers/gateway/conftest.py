@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from producers.gateway import GatewayParts, Intake, create_app
@@ -18,6 +19,7 @@ from producers.publisher import InMemoryPublisher
 from subswitch.contract import TimeBounds
 from subswitch.errors import BrokerError
 from subswitch.policy import Policy, load_policy
+from subswitch.signing import Signer, public_key_text
 from subswitch.status import CommandStatus
 
 FRAUD_KEY: Final = "fraud-engine-api-key-0123456789"
@@ -30,12 +32,15 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: The gateway's signing key (a fresh one per test session).
+GATEWAY_SIGNER: Final = Signer(private_key=Ed25519PrivateKey.generate())
+
 POLICY_YAML: Final = f"""
 producers:
   fraud-engine:
     api_keys: [{sha256(FRAUD_KEY)}]
     rules:
-      - {{types: [ChangeBlockStatus], block_ids: [1, 2], active: [true], lanes: [urgent, normal]}}
+      - {{types: [ChangeBlockStatus], block_ids: [1, 2], active: true, lanes: [urgent, normal]}}
   billing:
     api_keys: [{sha256(BILLING_KEY)}]
     rules:
@@ -47,6 +52,7 @@ producers:
       - {{types: [ChangeServiceStatus], lanes: [bulk]}}
 gateways:
   {GATEWAY}:
+    keys: [{{id: {GATEWAY_SIGNER.key_id}, public_key: "{public_key_text(GATEWAY_SIGNER.public_key)}"}}]
     speaks_for: [fraud-engine, billing, "batch:*"]
 """
 
@@ -96,7 +102,8 @@ def write_policy(folder: Path) -> Policy:
 
 def build_gateway(policy: Policy, *, max_body_bytes: int = 64 * 1024) -> Gateway:
     """An app on in-memory parts, with a client that raises no server exception."""
-    publisher, acceptances, status = InMemoryPublisher(), InMemoryAcceptances(), FakeStatus()
+    publisher = InMemoryPublisher(signer=GATEWAY_SIGNER)
+    acceptances, status = InMemoryAcceptances(), FakeStatus()
     broker = Probe("broker")
     intake = Intake(
         publisher=publisher,
