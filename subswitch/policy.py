@@ -440,7 +440,8 @@ def _line_of(node: yaml.Node, path: Sequence[Any]) -> int:
 
 def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
+        # The last of duplicate keys: the one the loader keeps.
+        for key, value in reversed(node.value):
             if isinstance(key, yaml.ScalarNode) and key.value == str(part):
                 # An unknown key is reported at the key; anything else at its value.
                 return value if not isinstance(value, yaml.ScalarNode) else key

@@ -23,7 +23,12 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import redis
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from celery.signals import worker_shutdown as worker_shutdown_signal
 from pydantic import ValidationError
 
@@ -34,6 +39,7 @@ from subswitch.redact import redact_url, scrub
 from subswitch.settings import Settings
 from subswitch.urls import Endpoints, resolve_endpoints
 from worker import tasks, upstream
+from worker.authority import PolicyWatch
 from worker.consumer import bound_consumer
 from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.durability import check_durability
@@ -255,6 +261,7 @@ def build_runtime(
         retention_s=settings.retention_seconds,
         max_clock_skew_s=settings.max_clock_skew_seconds,
     )
+    authority = policy_watch(settings, report=report)
     executor = Executor(
         store=store,
         upstream=client,
@@ -272,6 +279,7 @@ def build_runtime(
         max_clock_skew_s=settings.max_clock_skew_seconds,
         retention_s=settings.retention_seconds,
         traffic=traffic_control(settings, store),
+        authority=authority,
     )
     if report:
         logger.info(
@@ -283,6 +291,28 @@ def build_runtime(
     return Runtime(
         executor=executor, store=store, client=client, pid=os.getpid(), deliveries=deliveries
     )
+
+
+def policy_watch(settings: Settings, *, report: bool = True) -> PolicyWatch | None:
+    """The policy of ``SUBSWITCH_POLICY_FILE`` (reloaded on change and on SIGHUP), or
+    ``None`` without one; either way the log says so, in one line.
+
+    Raises:
+        PolicyError: the file cannot be used (a worker never runs without the policy
+            it was told to enforce).
+    """
+    if settings.policy_file is None:
+        if report:
+            logger.warning(
+                "no policy (SUBSWITCH_POLICY_FILE is unset): every well-formed command is "
+                "accepted, signed or not, from anyone who can publish to the broker"
+            )
+        return None
+    watch = PolicyWatch.load(settings.policy_file, poll_s=settings.policy_poll_seconds)
+    if report:
+        logger.info("policy in force: %s", watch.policy.summary())
+        worker_ready.connect(watch.on_worker_ready, weak=False)
+    return watch
 
 
 def check_store(store_url: str, *, report: bool = True) -> None:

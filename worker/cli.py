@@ -190,7 +190,8 @@ def _supervise(plans: list[ConsumerPlan], *, loglevel: str, hostname: str | None
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+    # SIGHUP: each worker re-reads its policy file (SUBSWITCH_POLICY_FILE).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(signum, forward)
     # When one worker ends, so does the whole: a supervisor restarts both as one unit.
     _, status = os.wait()

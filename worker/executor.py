@@ -7,6 +7,7 @@ small interfaces, so it runs the same under Celery and in unit tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -29,6 +30,8 @@ from subswitch.contract import (
     rejected_message_event,
     result_event,
 )
+from subswitch.policy import Refusal
+from subswitch.signing import detach_signature
 from subswitch.text import safe_line
 from worker.policy import RetryPolicy
 from worker.store import (
@@ -109,6 +112,14 @@ class EventSink(Protocol):
         """Publish one event body; return only once the broker has it."""
 
 
+class Authority(Protocol):
+    """Who may send what (``worker.authority.PolicyWatch``: the policy in force)."""
+
+    def check(self, command: AnyCommand, signature: object | None) -> Refusal | None:
+        """``None`` if ``command`` (with its raw ``signature`` member) may run."""
+        ...
+
+
 class DeadLetterSink(Protocol):
     """Where messages that are not valid commands are kept, with the reason."""
 
@@ -159,6 +170,7 @@ class Executor:
         max_clock_skew_s: float,
         retention_s: float,
         traffic: Traffic | None = None,
+        authority: Authority | None = None,
         clock: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -174,6 +186,7 @@ class Executor:
         self._max_skew = timedelta(seconds=max_clock_skew_s)
         self._retention = timedelta(seconds=retention_s)
         self._traffic: Traffic = traffic or TrafficControl()
+        self._authority = authority
         self._clock = clock
         self._monotonic = monotonic
         # Every attempt is over this long after its lock was taken, safely inside the
@@ -185,9 +198,13 @@ class Executor:
 
         ``message_id`` (the broker message's id, which producers set to the command
         id) names the command in the ``rejected`` event when the payload cannot.
+
+        With a policy in force (``authority``) the command is verified first, before
+        anything touches its records: a refused one never occupies its command id.
         """
+        fields, signature = detach_signature(payload)
         try:
-            command = parse_command(payload)
+            command = parse_command(fields)
         except InvalidCommand as exc:
             return self.reject_message(
                 _as_bytes(payload),
@@ -195,7 +212,31 @@ class Executor:
                 command_id=exc.command_id or readable_command_id(message_id),
                 token=token,
             )
+        if self._authority is not None:
+            refusal = self._authority.check(command, signature)
+            if refusal is not None:
+                return self._refuse(command, refusal, _as_bytes(payload), token)
         return self._handle_command(command, token)
+
+    def _refuse(self, command: AnyCommand, refusal: Refusal, raw: bytes, token: str) -> Decision:
+        """Dead-letter a command the policy refuses and report it ``rejected``, leaving
+        its command id free: the event is kept under a key of the message's own, and its
+        id comes from the message's bytes (a forged copy of a command does not share
+        the real one's event id either)."""
+        reason = safe_line(refusal.message)
+        logger.warning("rejected %s: %s", command.command_id, reason)
+        headers = {"command_id": command.command_id, "x-subswitch-policy-rule": refusal.rule}
+        self._dead_letters.dead_letter(raw, reason=reason, headers=headers)
+        event = result_event(
+            command,
+            outcome=Outcome.REJECTED,
+            attempts=0,
+            completed_at=self._clock(),
+            error=EventError(message=reason),
+            fingerprint=hashlib.sha256(b"policy\n" + raw).hexdigest(),
+        )
+        key, body = keys.rejected(event.id), event.to_json()
+        return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
 
     def reject_message(
         self, raw: bytes, *, reason: str, command_id: str | None, token: str

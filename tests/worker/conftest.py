@@ -13,7 +13,7 @@ import redis
 
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, ResultEvent
 from subswitch.settings import Settings
-from worker.executor import Executor
+from worker.executor import Authority, Executor
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink
 from worker.store import RedisStore
@@ -119,7 +119,9 @@ HarnessFactory = Callable[..., Harness]
 def harness_factory(redis_client: fakeredis.FakeRedis) -> HarnessFactory:
     """Harnesses on one fakeredis; ``settle_s`` is the settle time (0: no settling)."""
 
-    def make(*, settle_s: float = 0.0, lease_ms: int = 30_000) -> Harness:
+    def make(
+        *, settle_s: float = 0.0, lease_ms: int = 30_000, authority: Authority | None = None
+    ) -> Harness:
         clock = Clock()
         store = new_store(redis_client)
         upstream = ScriptedUpstream()
@@ -135,6 +137,7 @@ def harness_factory(redis_client: fakeredis.FakeRedis) -> HarnessFactory:
             settle_s=settle_s,
             max_clock_skew_s=DEFAULTS.max_clock_skew_seconds,
             retention_s=DEFAULTS.retention_seconds,
+            authority=authority,
             clock=clock,
         )
         return Harness(executor, store, upstream, events, dead, clock)

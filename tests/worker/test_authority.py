@@ -1,0 +1,274 @@
+"""The worker under a policy: verification before the store, refusals that leave the
+command id free, and the policy reloaded on change or SIGHUP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import yaml
+
+from subswitch import keys
+from subswitch.contract import AnyCommand, ChangeBlockStatus, Lane, Outcome
+from subswitch.policy import parse_policy
+from subswitch.signing import message_body
+from tests.policies import example_document, example_text, signer
+from tests.worker.conftest import Harness, HarnessFactory
+from worker.authority import PolicyWatch
+from worker.executor import Ack
+from worker.tasks import apply_chunk
+
+BlockFactory = Callable[..., ChangeBlockStatus]
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(example_text())
+    return path
+
+
+@pytest.fixture
+def guarded(harness_factory: HarnessFactory, policy_file: Path) -> Harness:
+    watch = PolicyWatch.load(policy_file, poll_s=1.0)
+    return harness_factory(authority=watch)
+
+
+def signed(command: AnyCommand, by: str) -> dict[str, Any]:
+    return message_body(command, signer(by))
+
+
+def fraud_block(block: BlockFactory, **overrides: Any) -> ChangeBlockStatus:
+    fields = {"command_id": "fraud-case-1", "source": "fraud-engine", "priority": Lane.URGENT}
+    return block(**{**fields, **overrides})
+
+
+def test_a_billing_key_lifting_block_1_is_rejected_dead_lettered_and_never_sent(
+    guarded: Harness, block: BlockFactory, redis_client: fakeredis.FakeRedis
+) -> None:
+    # Given billing's key on a command lifting the theft block
+    command = block(command_id="bill-1", source="billing", active=False)
+    # When the worker handles it
+    decision = guarded.executor.handle(signed(command, "billing"), token="t1")
+    # Then it is rejected naming the rule, dead-lettered with that reason, never sent
+    assert decision == Ack(Outcome.REJECTED)
+    assert guarded.upstream.writes == []
+    [event] = guarded.events_of("bill-1")
+    assert event.data.error is not None
+    assert event.data.error.message.startswith("policy: not allowed: no rule of producer 'billing'")
+    [(_, reason)] = guarded.dead_letters.letters
+    assert reason == event.data.error.message
+    # and nothing about the command id was recorded
+    assert not redis_client.exists(keys.command("bill-1"))
+
+
+def test_the_same_block_from_fraud_engine_is_applied(guarded: Harness, block: BlockFactory) -> None:
+    # When fraud-engine's key puts block 1 on, urgent
+    decision = guarded.executor.handle(signed(fraud_block(block), "fraud-engine"), token="t1")
+    # Then it is applied
+    assert decision == Ack(Outcome.APPLIED)
+    assert [w["key"] for w in guarded.upstream.writes] == ["fraud-case-1"]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "rule"),
+    [
+        (lambda body: body.pop("signature"), "unsigned"),
+        (lambda body: body.update(source="billing"), "bad-signature"),
+        (lambda body: body["signature"].update(key_id="nobody"), "unknown-key"),
+        (lambda body: body.update(signature="zz"), "bad-signature"),
+    ],
+)
+def test_unsigned_tampered_and_unknown_key_commands_are_rejected(
+    guarded: Harness, block: BlockFactory, tamper: Callable[[dict[str, Any]], Any], rule: str
+) -> None:
+    # Given a fraud block whose message was tampered with
+    body = signed(fraud_block(block), "fraud-engine")
+    tamper(body)
+    # When it is handled
+    decision = guarded.executor.handle(body, token="t1")
+    # Then it is rejected by the named check and never sent
+    assert decision == Ack(Outcome.REJECTED)
+    assert guarded.upstream.writes == []
+    [event] = guarded.events_of("fraud-case-1")
+    assert event.data.error is not None and event.data.error.message.startswith(
+        f"policy: {rule.replace('-', ' ')}"
+    )
+
+
+def test_a_forged_source_is_rejected(guarded: Harness, block: BlockFactory) -> None:
+    # Given billing's key on a command that claims fraud-engine sent it
+    forged = signed(fraud_block(block), "billing")
+    # When it is handled
+    decision = guarded.executor.handle(forged, token="t1")
+    # Then the source check rejects it
+    assert decision == Ack(Outcome.REJECTED)
+    [event] = guarded.events_of("fraud-case-1")
+    assert event.data.error is not None and event.data.error.message.startswith("policy: source")
+
+
+def test_a_forged_command_does_not_pre_empt_the_real_ones_id(
+    guarded: Harness, block: BlockFactory
+) -> None:
+    # Given a forged unblock under the fraud block's predictable id, delivered twice
+    forged = fraud_block(block, active=False, source="billing", priority=Lane.NORMAL)
+    assert guarded.executor.handle(signed(forged, "billing"), token="t1") == Ack(Outcome.REJECTED)
+    assert guarded.executor.handle(signed(forged, "billing"), token="t2") == Ack(Outcome.REJECTED)
+    # When the real fraud block arrives under that id
+    real = fraud_block(block)
+    decision = guarded.executor.handle(signed(real, "fraud-engine"), token="t3")
+    # Then it is applied, and its event's id is not the forged one's
+    assert decision == Ack(Outcome.APPLIED)
+    assert [w["active"] for w in guarded.upstream.writes] == [True]
+    rejected, applied = guarded.events_of("fraud-case-1")  # one rejected event, not two
+    assert (rejected.data.outcome, applied.data.outcome) == (Outcome.REJECTED, Outcome.APPLIED)
+    assert rejected.id != applied.id
+    # even when the forgery copies the real command field for field, unsigned
+    copy = real.model_dump(mode="json")
+    assert guarded.executor.handle(copy, token="t4") == Ack(Outcome.REJECTED)
+    assert guarded.events_of("fraud-case-1")[-1].id != applied.id
+
+
+def test_the_commands_of_a_chunk_are_verified_one_by_one(
+    guarded: Harness, service: Callable[..., Any]
+) -> None:
+    # Given a bulk chunk of batch commands, one of them a block the batch may not send
+    good = [service(command_id=f"b-{n}", source="batch:7", priority=Lane.BULK) for n in range(3)]
+    chunk = [signed(c, "batch:*") for c in good]
+    bad = signed(
+        ChangeBlockStatus(
+            command_id="b-x",
+            org_id="telco",
+            subscription_id=7,
+            block_id=2,
+            active=True,
+            source="batch:7",
+            priority=Lane.BULK,
+            issued_at=good[0].issued_at,
+        ),
+        "batch:*",
+    )
+    chunk.insert(1, bad)
+    # When the chunk runs
+    finished = apply_chunk(guarded.executor, chunk, budget_s=60.0, bulk=_NoBulk())
+    # Then the three services are applied and the block rejected
+    assert finished == 4
+    assert [w["key"] for w in guarded.upstream.writes] == ["b-0", "b-1", "b-2"]
+    assert guarded.events_of("b-x")[0].data.outcome == Outcome.REJECTED
+
+
+def test_without_a_policy_signed_and_unsigned_commands_are_accepted(
+    harness: Harness, block: BlockFactory
+) -> None:
+    # When a signed and an unsigned command arrive at a worker with no policy
+    first = harness.executor.handle(signed(block(command_id="a"), "tests"), token="t1")
+    second = harness.executor.handle(block(command_id="b").model_dump(mode="json"), token="t2")
+    # Then both are applied
+    assert (first, second) == (Ack(Outcome.APPLIED), Ack(Outcome.APPLIED))
+
+
+class _NoBulk:
+    def send_alone(self, command: Any, delay_s: float) -> None:
+        raise AssertionError("nothing leaves the chunk")
+
+    def send_rest(self, commands: list[Any]) -> None:
+        raise AssertionError("nothing leaves the chunk")
+
+
+# --- reloading ------------------------------------------------------------------------
+
+
+def billing_lifts_block_1() -> ChangeBlockStatus:
+    return ChangeBlockStatus(
+        org_id="telco", subscription_id=7, block_id=1, active=False, source="billing"
+    )
+
+
+def allow_billing_block_1(path: Path) -> None:
+    document = example_document()
+    document["producers"]["billing"]["rules"].append({"types": ["block"], "block_ids": [1]})
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    stamp = path.stat().st_mtime_ns + 1_000_000_000  # a later second, whatever the fs
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_a_changed_file_is_in_force_after_the_poll_interval(policy_file: Path) -> None:
+    # Given a watch on the example policy, and a command it refuses
+    clock = Clock()
+    watch = PolicyWatch(
+        path=policy_file, policy=parse_policy(policy_file.read_bytes()), poll_s=1.0, monotonic=clock
+    )
+    command = billing_lifts_block_1()
+    signature = signer("billing").sign(command)
+    assert watch.check(command, signature.model_dump()) is not None
+    # When the file changes to allow it
+    allow_billing_block_1(policy_file)
+    # Then the old policy holds until the poll interval passed, the new one after
+    assert watch.check(command, signature.model_dump()) is not None
+    clock.now = 1.0
+    assert watch.check(command, signature.model_dump()) is None
+
+
+def test_a_file_that_does_not_validate_keeps_the_old_policy_and_says_why(
+    policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a watch on the example policy
+    clock = Clock()
+    watch = PolicyWatch(
+        path=policy_file, policy=parse_policy(policy_file.read_bytes()), poll_s=1.0, monotonic=clock
+    )
+    before = watch.policy
+    # When the file is broken, then looked at
+    policy_file.write_text("producers:\n  billing:\n    rulez: []\n")
+    clock.now = 5.0
+    with caplog.at_level(logging.ERROR, logger="worker.authority"):
+        command = billing_lifts_block_1()
+        watch.check(command, None)
+    # Then the old policy stays in force, and one line says why
+    assert watch.policy is before
+    [record] = caplog.records
+    assert "policy not reloaded" in record.getMessage()
+    assert "line 3" in record.getMessage() and "\n" not in record.getMessage()
+
+
+def test_sighup_reloads_at_once(policy_file: Path) -> None:
+    # Given a watch that looks at its file only once a day, taking SIGHUP
+    watch = PolicyWatch.load(policy_file, poll_s=86_400.0)
+    previous = signal.getsignal(signal.SIGHUP)
+    watch.install_sighup()
+    try:
+        command = billing_lifts_block_1()
+        signature = signer("billing").sign(command).model_dump()
+        assert watch.check(command, signature) is not None
+        # When the file changes and the process gets SIGHUP
+        allow_billing_block_1(policy_file)
+        os.kill(os.getpid(), signal.SIGHUP)
+        # Then the next check goes by the new policy
+        assert watch.check(command, signature) is None
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_watch_does_not_start_on_a_broken_file(tmp_path: Path) -> None:
+    # Given a policy file with a problem
+    path = tmp_path / "policy.yaml"
+    path.write_text("producers: {}\ngateways: []\n")
+    # Then loading it for a worker raises (the worker refuses to start)
+    with pytest.raises(Exception, match="line 2"):
+        PolicyWatch.load(path, poll_s=1.0)
