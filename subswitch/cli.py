@@ -19,8 +19,8 @@ from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
-from subswitch.trust_cli import register as register_trust_commands
 from subswitch.status_cli import register as register_status_command
+from subswitch.trust_cli import register as register_trust_commands
 from worker.cli import register as register_worker_commands
 
 app = typer.Typer(

@@ -8,7 +8,6 @@ FastAPI's validation errors, unknown routes and methods, and the unexpected.
 which name local dependencies, at run time.)
 """
 
-
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass

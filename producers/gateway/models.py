@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Source
 
 #: Most commands one request may carry (contract §9).
 MAX_COMMANDS: Final = 1000
 
-_BLOCK_EXAMPLE: Final = {
+_BLOCK_EXAMPLE: Final[dict[str, JsonValue]] = {
     "type": "ChangeBlockStatus",
     "command_id": "fraud-case-8812-block",
     "org_id": "telco",
@@ -23,7 +23,7 @@ _BLOCK_EXAMPLE: Final = {
     "priority": "urgent",
     "correlation_id": "case-8812",
 }
-_SERVICE_EXAMPLE: Final = {
+_SERVICE_EXAMPLE: Final[dict[str, JsonValue]] = {
     "type": "ChangeServiceStatus",
     "org_id": "telco",
     "subscription_id": 214748364,

@@ -35,6 +35,8 @@ def sha256(text: str) -> str:
 #: The gateway's signing key (a fresh one per test session).
 GATEWAY_SIGNER: Final = Signer(private_key=Ed25519PrivateKey.generate())
 
+GATEWAY_PUBLIC_KEY: Final = public_key_text(GATEWAY_SIGNER.public_key)
+
 POLICY_YAML: Final = f"""
 producers:
   fraud-engine:
@@ -52,7 +54,7 @@ producers:
       - {{types: [ChangeServiceStatus], lanes: [bulk]}}
 gateways:
   {GATEWAY}:
-    keys: [{{id: {GATEWAY_SIGNER.key_id}, public_key: "{public_key_text(GATEWAY_SIGNER.public_key)}"}}]
+    keys: [{{id: {GATEWAY_SIGNER.key_id}, public_key: "{GATEWAY_PUBLIC_KEY}"}}]
     speaks_for: [fraud-engine, billing, "batch:*"]
 """
 

@@ -240,7 +240,9 @@ def test_status_of_a_command(gateway: Gateway) -> None:
 def test_another_producers_command_is_unknown_to_a_key(gateway: Gateway) -> None:
     # Given an applied command of fraud-engine
     event = _applied_event("fraud-1", source="fraud-engine")
-    gateway.status.known["fraud-1"] = CommandStatus(command_id="fraud-1", state="applied", event=event)
+    gateway.status.known["fraud-1"] = CommandStatus(
+        command_id="fraud-1", state="applied", event=event
+    )
     # When billing's key and fraud-engine's ask for it
     as_billing = gateway.client.get("/v1/commands/fraud-1", headers=_auth(BILLING_KEY))
     as_fraud = gateway.client.get("/v1/commands/fraud-1", headers=_auth(FRAUD_KEY))
@@ -308,4 +310,6 @@ def _auth(key: str) -> dict[str, str]:
 
 def _applied_event(command_id: str, *, source: str) -> ResultEvent:
     command = ChangeBlockStatus.model_validate(block(command_id=command_id, source=source))
-    return result_event(command, outcome=Outcome.APPLIED, attempts=1, completed_at=datetime.now(UTC))
+    return result_event(
+        command, outcome=Outcome.APPLIED, attempts=1, completed_at=datetime.now(UTC)
+    )
