@@ -20,7 +20,7 @@ import redis
 from subswitch import keys
 from subswitch.contract import AnyCommand
 from subswitch.errors import StoreError
-from subswitch.status import Acceptance, record_acceptance
+from subswitch.status import Acceptance, record_acceptances
 
 # KEYS: acceptance. ARGV: fingerprint. Only the record this command wrote goes.
 _WITHDRAW_LUA: Final = """
@@ -48,14 +48,15 @@ class RedisAcceptances:
         self._clock = clock
         self._withdraw = client.register_script(_WITHDRAW_LUA)
 
-    def accept(self, command: AnyCommand) -> Acceptance:
-        """Record ``command`` (for the pending time): ``new``, ``same`` or ``conflict``.
+    def accept(self, commands: Sequence[AnyCommand]) -> list[Acceptance]:
+        """Record ``commands`` (distinct ids; for the pending time), in one round trip:
+        each ``new``, ``same`` or ``conflict``.
 
         Raises:
             StoreError: the store could not be reached.
         """
-        return record_acceptance(
-            self._client, command, now=self._clock(), retention_s=keys.ACCEPTANCE_PENDING_S
+        return record_acceptances(
+            self._client, commands, now=self._clock(), retention_s=keys.ACCEPTANCE_PENDING_S
         )
 
     def confirm(self, commands: Sequence[AnyCommand]) -> None:
@@ -103,9 +104,12 @@ class InMemoryAcceptances:
     confirmed: set[str] = field(default_factory=set)
     fail: bool = False
 
-    def accept(self, command: AnyCommand) -> Acceptance:
-        """Record ``command``: ``new``, ``same`` or ``conflict``."""
+    def accept(self, commands: Sequence[AnyCommand]) -> list[Acceptance]:
+        """Record ``commands``: each ``new``, ``same`` or ``conflict``."""
         self._maybe_fail()
+        return [self._accept(command) for command in commands]
+
+    def _accept(self, command: AnyCommand) -> Acceptance:
         fingerprint = command.fingerprint()
         known = self.fingerprints.get(command.command_id)
         if known is None:

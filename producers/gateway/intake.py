@@ -54,10 +54,10 @@ class CommandPublisher(Protocol):
 class AcceptanceBook(Protocol):
     """Where the gateway records which commands it accepted (the store)."""
 
-    def accept(self, command: AnyCommand) -> Acceptance:
-        """Record ``command`` as accepted: ``new``, ``same`` (already, with this
-        payload) or ``conflict`` (its id is known with another payload). Raises
-        ``StoreError``."""
+    def accept(self, commands: Sequence[AnyCommand]) -> list[Acceptance]:
+        """Record ``commands`` (distinct ids) as accepted, each ``new``, ``same``
+        (already, with this payload) or ``conflict`` (its id is known with another
+        payload). Raises ``StoreError``."""
 
     def withdraw(self, commands: Sequence[AnyCommand]) -> None:
         """Remove the records ``accept`` made (``new``) for commands never enqueued."""
@@ -199,19 +199,20 @@ class Intake:
                 records are withdrawn).
             NotAccepted: the store failed (likewise).
         """
+        try:
+            answers = self._acceptances.accept([command for _, command in unique])
+        except StoreError as exc:
+            # Some records may be written: those of this request go (only its own).
+            self._withdraw([command for _, command in unique])
+            raise NotAccepted(f"the store did not answer: {exc}") from exc
         new: list[AnyCommand] = []
         conflicts: list[Item] = []
-        try:
-            for index, command in unique:
-                answer = self._acceptances.accept(command)
-                if answer is Acceptance.NEW:
-                    new.append(command)
-                elif answer is Acceptance.CONFLICT:
-                    message = "this command_id is already used for another command"
-                    conflicts.append(Item(index, "command_id", message, command.command_id))
-        except StoreError as exc:
-            self._withdraw(new)
-            raise NotAccepted(f"the store did not answer: {exc}") from exc
+        for (index, command), answer in zip(unique, answers, strict=True):
+            if answer is Acceptance.NEW:
+                new.append(command)
+            elif answer is Acceptance.CONFLICT:
+                message = "this command_id is already used for another command"
+                conflicts.append(Item(index, "command_id", message, command.command_id))
         if conflicts:
             self._withdraw(new)
             raise CommandConflict(_summary(conflicts, "conflicting"), conflicts)
