@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import httpx
 import redis
@@ -107,26 +107,28 @@ def free_port() -> int:
 def gateway_process(env: dict[str, str], port: int) -> Iterator[str]:
     """``subswitch gateway`` on ``port`` until the block ends; yields its URL."""
     argv = [sys.executable, "-m", "subswitch", "gateway", "--port", str(port)]
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"the gateway did not get ready: {log.read()[-2000:]!r}")
-            time.sleep(0.1)  # polling the start-up, bounded by the deadline
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=log)
+        try:
+            yield _await_ready(process, log, f"http://127.0.0.1:{port}")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _await_ready(process: subprocess.Popen[bytes], log: IO[bytes], url: str) -> str:
+    """``url`` once the gateway answers ``/readyz``; its output if it never does."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"the gateway did not get ready: {log.read()[-2000:]!r}")
+        time.sleep(0.1)  # polling the start-up, bounded by the deadline
 
 
 def service(n: int, *, lane: str) -> dict[str, Any]:

@@ -22,8 +22,8 @@ repeat of one (``same``) and from a reuse of its id with another payload (``conf
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
 
