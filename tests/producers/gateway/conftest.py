@@ -33,7 +33,8 @@ def sha256(text: str) -> str:
 
 
 #: The gateway's signing key (a fresh one per test session).
-GATEWAY_SIGNER: Final = Signer(private_key=Ed25519PrivateKey.generate())
+GATEWAY_PRIVATE: Final = Ed25519PrivateKey.generate()
+GATEWAY_SIGNER: Final = Signer(private_key=GATEWAY_PRIVATE)
 
 GATEWAY_PUBLIC_KEY: Final = public_key_text(GATEWAY_SIGNER.public_key)
 

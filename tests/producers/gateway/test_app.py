@@ -7,12 +7,22 @@ from typing import Any
 
 from httpx import Response
 
-from subswitch.contract import ChangeBlockStatus, Lane, Outcome, ResultEvent, result_event
+from subswitch.contract import (
+    ChangeBlockStatus,
+    Lane,
+    Outcome,
+    ResultEvent,
+    parse_command,
+    result_event,
+)
+from subswitch.policy import Policy
+from subswitch.signing import detach_signature
 from subswitch.status import CommandStatus
 from tests.producers.gateway.conftest import (
     BATCH_KEY,
     BILLING_KEY,
     FRAUD_KEY,
+    GATEWAY_SIGNER,
     Gateway,
 )
 
@@ -65,6 +75,23 @@ def test_one_command_is_accepted_with_its_location_and_the_sdk_defaults(
     assert command.source == "billing"
     assert abs(command.issued_at - datetime.now(UTC)) < timedelta(seconds=5)
     assert gateway.publisher.sent[0][0] == Lane.NORMAL.queue
+
+
+def test_what_it_enqueues_is_signed_by_the_gateway_and_verifies(
+    gateway: Gateway, policy: Policy
+) -> None:
+    # When fraud-engine's key posts a block and billing's key a batch of bulk commands
+    post(gateway, block(), key=FRAUD_KEY)
+    post(gateway, {"commands": [service(priority="bulk")]}, key=BILLING_KEY)
+    # Then every message carries the gateway's signature, which the workers' policy
+    # accepts for the command's source
+    bodies = [body for _, body in gateway.publisher.sent]
+    bodies += [body for chunk in gateway.publisher.chunks for body in chunk.commands]
+    assert len(bodies) == 2
+    for body in bodies:
+        fields, signature = detach_signature(body)
+        assert policy.check_message(parse_command(fields), signature) is None
+        assert isinstance(signature, dict) and signature["key_id"] == GATEWAY_SIGNER.key_id
 
 
 def test_the_same_command_again_gets_the_same_answer(gateway: Gateway) -> None:
