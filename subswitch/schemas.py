@@ -36,6 +36,7 @@ from subswitch.contract import (
     ResultEvent,
     result_event,
 )
+from subswitch.signing import SIGNATURE_FIELD, Signature
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 COMPONENTS_REF: Final = "#/components/schemas/{model}"
@@ -84,6 +85,20 @@ def json_schemas() -> dict[str, Any]:
 
 def _require_wire_fields(schema: dict[str, Any]) -> dict[str, Any]:
     schema["required"] = sorted({*schema.get("required", ()), *WIRE_REQUIRED})
+    schema["properties"][SIGNATURE_FIELD] = signature_schema()
+    return schema
+
+
+def signature_schema() -> dict[str, Any]:
+    """The optional ``signature`` member a command travels with (contract §8)."""
+    schema: dict[str, Any] = Signature.model_json_schema()
+    schema.pop("title", None)
+    schema["properties"]["value"]["contentEncoding"] = "base64"
+    schema["description"] = (
+        "Not part of the command: its producer's Ed25519 signature over the command's "
+        "canonical bytes (README, Security). Required when the workers enforce a policy "
+        "(SUBSWITCH_POLICY_FILE); ignored otherwise."
+    )
     return schema
 
 
@@ -365,6 +380,12 @@ def _celery_schemas() -> dict[str, Any]:
             "properties": {
                 "x-subswitch-reason": {"type": "string", "description": "Why it was refused."},
                 "command_id": {"type": "string", "description": "If it could be read."},
+                "x-subswitch-policy-rule": {
+                    "type": "string",
+                    "description": "The policy check that refused the command (contract §8): "
+                    "unsigned, unknown-key, bad-signature, unknown-producer, source, "
+                    "not-allowed.",
+                },
             },
             "required": ["x-subswitch-reason"],
         },

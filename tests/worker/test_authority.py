@@ -17,10 +17,12 @@ import yaml
 from subswitch import keys
 from subswitch.contract import AnyCommand, ChangeBlockStatus, Lane, Outcome
 from subswitch.policy import parse_policy
+from subswitch.settings import Settings
 from subswitch.signing import message_body
 from tests.policies import example_document, example_text, signer
 from tests.worker.conftest import Harness, HarnessFactory
 from worker.authority import PolicyWatch
+from worker.bootstrap import policy_watch
 from worker.executor import Ack
 from worker.tasks import apply_chunk
 
@@ -272,3 +274,17 @@ def test_a_watch_does_not_start_on_a_broken_file(tmp_path: Path) -> None:
     # Then loading it for a worker raises (the worker refuses to start)
     with pytest.raises(Exception, match="line 2"):
         PolicyWatch.load(path, poll_s=1.0)
+
+
+def test_without_a_policy_file_the_worker_says_every_command_is_accepted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # When a worker's runtime is built without SUBSWITCH_POLICY_FILE
+    with caplog.at_level(logging.INFO, logger="worker.bootstrap"):
+        watch = policy_watch(Settings(policy_file=None))
+    # Then there is no policy, and one line says what that means
+    assert watch is None
+    [record] = caplog.records
+    assert record.getMessage().startswith(
+        "no policy (SUBSWITCH_POLICY_FILE is unset): every well-formed command is accepted"
+    )
