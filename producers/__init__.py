@@ -20,6 +20,7 @@ from producers.events import EventStream
 from producers.producer import CommandProducer
 from producers.publisher import CeleryPublisher, InMemoryPublisher, Publisher
 from subswitch.contract import AnyCommand
+from subswitch.status import CommandState, CommandStatus
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -27,6 +28,8 @@ __all__ = [
     "BrokerError",
     "CeleryPublisher",
     "CommandProducer",
+    "CommandState",
+    "CommandStatus",
     "Envelope",
     "EventStream",
     "InMemoryPublisher",

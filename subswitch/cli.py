@@ -15,6 +15,7 @@ from rich.console import Console
 from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
 from producers.gateway_cli import register as register_gateway_command
+from producers.retry_cli import register as register_retry_command
 from subswitch import __version__
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
@@ -60,6 +61,7 @@ register_gateway_command(app)
 register_simulator_commands(app)
 register_trust_commands(app)
 register_status_command(app)
+register_retry_command(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

@@ -331,7 +331,9 @@ def describe_error(error: EventError | None, upstream_status: int | None = None)
     if error.detail_msg:
         parts.append(f"({error.detail_msg})")
     text = " ".join(parts)
-    return f"upstream {upstream_status}: {text}" if upstream_status is not None else text
+    if upstream_status is None or str(upstream_status) in text:
+        return text
+    return f"upstream {upstream_status}: {text}"
 
 
 def _stored_error(raw: bytes | None) -> str | None:

@@ -44,7 +44,7 @@ STATE_STYLES: Final = {
     CommandState.EXPIRED: "yellow",
 }
 _MEANING: Final = {
-    CommandState.UNKNOWN: "nobody has seen this id (no record in the store or the archive)",
+    CommandState.UNKNOWN: "nobody has seen this id: no record in the store or the archive",
     CommandState.QUEUED: "accepted by the broker, not yet taken by a worker",
     CommandState.WAITING: "an attempt failed; it is tried again",
     CommandState.SETTLING: "an answer was lost: the target is held until the write settles",

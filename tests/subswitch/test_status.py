@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from subswitch import keys
-from subswitch.contract import ChangeBlockStatus, Outcome, result_event
+from subswitch.contract import Outcome, result_event
 from subswitch.errors import StoreError
 from subswitch.status import (
     Acceptance,
@@ -24,15 +24,17 @@ from subswitch.status import (
     open_store,
     record_acceptance,
 )
-from tests.subswitch.archives import MemoryArchive
-from tests.worker.conftest import DEFAULTS, Clock, ScriptedUpstream, new_store
+from tests.subswitch.records import (
+    ISSUED,
+    SETTLE_S,
+    MemoryArchive,
+    block,
+    deliver,
+    worker_executor,
+)
+from tests.worker.conftest import Clock, ScriptedUpstream
 from worker.executor import Executor, RetryLater
-from worker.policy import RetryPolicy
-from worker.sinks import InMemoryDeadLetters, InMemoryEventSink
 from worker.upstream.errors import InvalidRequestError, UpstreamTimeout, UpstreamUnavailable
-
-ISSUED = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-SETTLE_S = 30.0
 
 
 @pytest.fixture
@@ -49,18 +51,7 @@ def upstream() -> ScriptedUpstream:
 
 @pytest.fixture
 def executor(client: redis.Redis, upstream: ScriptedUpstream) -> Executor:
-    return Executor(
-        store=new_store(client),
-        upstream=upstream,
-        events=InMemoryEventSink(),
-        dead_letters=InMemoryDeadLetters(),
-        policy=RetryPolicy(max_attempts=3, base_delay_s=0.5, max_delay_s=10.0),
-        lease_ms=30_000,
-        settle_s=SETTLE_S,
-        max_clock_skew_s=DEFAULTS.max_clock_skew_seconds,
-        retention_s=DEFAULTS.retention_seconds,
-        clock=Clock(),
-    )
+    return worker_executor(client, upstream, Clock())
 
 
 @pytest.fixture
@@ -71,24 +62,6 @@ def archive() -> MemoryArchive:
 @pytest.fixture
 def reader(client: redis.Redis, archive: MemoryArchive) -> StatusReader:
     return StatusReader(client=client, archive=archive)
-
-
-def block(**overrides: Any) -> ChangeBlockStatus:
-    fields: dict[str, Any] = {
-        "command_id": "case-1",
-        "org_id": "telco",
-        "subscription_id": 7,
-        "block_id": 1,
-        "active": True,
-        "reason": "stolen",
-        "source": "fraud-engine",
-        "issued_at": ISSUED,
-    }
-    return ChangeBlockStatus(**{**fields, **overrides})
-
-
-def deliver(executor: Executor, command: ChangeBlockStatus, token: str = "t1") -> Any:
-    return executor.handle(command.model_dump(mode="json"), token=token)
 
 
 def close_to_now(moment: datetime | None) -> bool:
@@ -280,3 +253,29 @@ def test_an_unreachable_store_is_a_store_error() -> None:
         StatusReader(client=client, archive=None).status("case-1")
     with pytest.raises(StoreError, match="store unavailable"):
         record_acceptance(client, block(), now=datetime.now(UTC), retention_s=60)
+
+
+class _NoBudget:
+    """Traffic control with no upstream budget for the next 2.5 s."""
+
+    def admit(self, lane: object) -> float | None:
+        return 2.5
+
+    def after_request(self, *, failed: bool) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
+def test_a_command_sent_back_for_budget_is_waiting_without_an_attempt_used(
+    client: redis.Redis, upstream: ScriptedUpstream
+) -> None:
+    # Given a worker whose rate limit has no slot now
+    executor = worker_executor(client, upstream, Clock(), traffic=_NoBudget())
+    # When a command is delivered (and sent back to the broker for 2.5 s)
+    decision = deliver(executor, block())
+    found = StatusReader(client=client, archive=None).status("case-1")
+    # Then it is waiting, no attempt counted, the next one due when the worker said
+    assert isinstance(decision, RetryLater) and decision.delay_s == 2.5
+    assert (found.state, found.attempts, upstream.writes) == (CommandState.WAITING, 0, [])
+    assert found.since is not None and found.next_attempt_at is not None
+    assert (found.next_attempt_at - found.since).total_seconds() == pytest.approx(2.5, abs=0.002)
