@@ -35,4 +35,8 @@ def gateway(
     settings = read_settings()
     built = build_gateway(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    serve(built, host=host or settings.gateway_host, port=port or settings.gateway_port)
+    serve(
+        built,
+        host=host or settings.gateway_host,
+        port=settings.gateway_port if port is None else port,
+    )

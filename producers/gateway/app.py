@@ -93,9 +93,10 @@ _REASONS: Final = {
     403: "The key's producer (or the gateway) may not send a command; the rule is named.",
     404: "No such route.",
     409: "A command_id is already used for another command.",
-    413: "The body is too large, or holds more than 1,000 commands.",
+    413: "The body is larger than SUBSWITCH_GATEWAY_MAX_BODY_BYTES.",
     415: "The body is not application/json.",
-    422: "A command is invalid; each problem names its index and field.",
+    422: "A command is invalid, or a batch holds more than 1,000: each problem names its "
+    "index and field.",
     503: "The broker or the store is not reachable: nothing was accepted (see accepted).",
 }
 

@@ -46,10 +46,6 @@ class RequestRefused(PermanentError):
         self.items = tuple(items)
 
 
-class MalformedRequest(RequestRefused, InvalidInput):
-    """The body is not JSON."""
-
-
 class InvalidCommands(RequestRefused, InvalidInput):
     """At least one command is invalid; ``items`` names each field."""
 
@@ -76,21 +72,6 @@ class CommandConflict(RequestRefused):
 
     status = 409
     title = "Command id already used for another command"
-
-
-class PayloadTooLarge(RequestRefused):
-    """The body is larger than ``SUBSWITCH_GATEWAY_MAX_BODY_BYTES``, or holds too many
-    commands."""
-
-    status = 413
-    title = "Request too large"
-
-
-class UnsupportedMediaType(RequestRefused):
-    """The body is not ``application/json``."""
-
-    status = 415
-    title = "Unsupported media type"
 
 
 class NotAccepted(UnavailableError):
