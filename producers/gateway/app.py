@@ -73,7 +73,6 @@ class GatewayParts:
 
     intake: Intake
     status: StatusSource
-    policy: Policy
     probes: Mapping[str, Callable[[], None]]
     metrics: GatewayMetrics
     max_body_bytes: int
@@ -152,13 +151,13 @@ def create_app(parts: GatewayParts) -> FastAPI:
     return app
 
 
-def _authenticator(policy: Policy) -> Callable[..., Caller]:
+def _authenticator(intake: Intake) -> Callable[..., Caller]:
     def authenticate(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
         if credentials is None:
             raise Unauthenticated("an API key is required: Authorization: Bearer <API key>")
-        producer = policy.producer_for_api_key(credentials.credentials)
+        producer = intake.policy.producer_for_api_key(credentials.credentials)
         if producer is None:
             raise Unauthenticated("this API key is not known")
         return Caller(producer)
@@ -167,7 +166,7 @@ def _authenticator(policy: Policy) -> Callable[..., Caller]:
 
 
 def _add_routes(app: FastAPI, parts: GatewayParts) -> None:
-    authenticate = _authenticator(parts.policy)
+    authenticate = _authenticator(parts.intake)
 
     @app.post(
         COMMANDS_PATH,
@@ -202,7 +201,7 @@ def _add_routes(app: FastAPI, parts: GatewayParts) -> None:
         event, or ``unknown`` (never an error). A command another producer sent is
         ``unknown`` to this key."""
         status = await run_in_threadpool(parts.status.status, command_id)
-        return _visible(status, caller, parts.policy)
+        return _visible(status, caller, parts.intake.policy)
 
     @app.get("/healthz", response_model=Health, summary="The process is alive")
     async def healthz() -> Health:

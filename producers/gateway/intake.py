@@ -101,7 +101,9 @@ class Intake:
     ) -> None:
         self._publisher = publisher
         self._acceptances = acceptances
-        self._policy = policy
+        #: The policy in force; the gateway replaces it on SIGHUP (each request reads
+        #: it once, so a request is judged by one policy).
+        self.policy = policy
         self._gateway = gateway
         self._bounds = time_bounds
         self._chunk_size = chunk_size
@@ -133,7 +135,7 @@ class Intake:
             InvalidCommands: with every invalid command's field.
             Forbidden: with every refused command's rule.
         """
-        now = self._clock()
+        now, policy = self._clock(), self.policy
         invalid: list[Item] = []
         refused: list[Item] = []
         commands: list[tuple[int | None, AnyCommand]] = []
@@ -144,7 +146,7 @@ class Intake:
                 invalid.append(problem)
                 continue
             assert command is not None
-            refusal = self._refusal(caller, command, index)
+            refusal = self._refusal(policy, caller, command, index)
             if refusal is not None:
                 refused.append(refusal)
             commands.append((index, command))
@@ -180,15 +182,17 @@ class Intake:
             return None, Item(index, field, message, command_id)
         return command, None
 
-    def _refusal(self, caller: Caller, command: AnyCommand, index: int | None) -> Item | None:
+    def _refusal(
+        self, policy: Policy, caller: Caller, command: AnyCommand, index: int | None
+    ) -> Item | None:
         cid = command.command_id
-        if not self._policy.may_speak_for(caller.producer, command.source):
+        if not policy.may_speak_for(caller.producer, command.source):
             message = f"this API key's producer {caller.producer!r} may not speak for it"
             return Item(index, "source", message, cid)
-        if not self._policy.may_speak_for(self._gateway, command.source):
+        if not policy.may_speak_for(self._gateway, command.source):
             message = f"the gateway {self._gateway!r} may not speak for {command.source!r}"
             return Item(index, "source", message, cid)
-        refusal = self._policy.authorize(command, signer=self._gateway)
+        refusal = policy.authorize(command, signer=self._gateway)
         return None if refusal is None else Item(index, None, refusal.message, cid)
 
     def _record(self, unique: Sequence[tuple[int | None, AnyCommand]]) -> list[AnyCommand]:

@@ -10,8 +10,10 @@ answer does not stop it: ``/readyz`` says so and commands get ``503``.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 import uvicorn
@@ -44,11 +46,31 @@ class Gateway:
     """A built gateway: the app, what it signs as, and what to close afterwards."""
 
     app: FastAPI
+    intake: Intake
     name: str
     signer: Signer
-    policy: Policy
+    policy_file: Path
     publisher: CeleryPublisher
     store: redis.Redis
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force."""
+        return self.intake.policy
+
+    def reload_policy(self) -> bool:
+        """Read the policy file again and put it in force, unless it does not validate
+        or no longer holds the gateway's key (then the policy in force stays, and the
+        log says why). Whether the new one is in force."""
+        try:
+            policy = load_policy(self.policy_file)
+            gateway_name(policy, self.signer)
+        except ConfigurationError as exc:
+            log.error("gateway: policy not reloaded; the previous one stays in force: %s", exc)
+            return False
+        self.intake.policy = policy
+        log.warning("gateway: policy reloaded (SIGHUP): %s", policy.summary())
+        return True
 
     def close(self) -> None:
         """Close the broker and store connections."""
@@ -95,12 +117,13 @@ def build_gateway(settings: Settings) -> Gateway:
     Raises:
         ConfigurationError: no policy, an invalid one, no usable key, one URL of two.
     """
-    if settings.policy_file is None:
+    policy_file = settings.policy_file
+    if policy_file is None:
         raise ConfigurationError(
             "the gateway needs a policy: its API keys and rules (contract §8)",
             variable=POLICY_VARIABLE,
         )
-    policy = load_policy(settings.policy_file)
+    policy = load_policy(policy_file)
     signer = gateway_signer(settings)
     name = gateway_name(policy, signer)
     endpoints = resolve_endpoints(settings)
@@ -124,13 +147,12 @@ def build_gateway(settings: Settings) -> Gateway:
     parts = GatewayParts(
         intake=intake,
         status=StatusReader(client=store, archive=configured_archive(settings)),
-        policy=policy,
         probes={"broker": broker_probe(endpoints.broker_url), "store": store_probe(store)},
         metrics=GatewayMetrics(),
         max_body_bytes=settings.gateway_max_body_bytes,
         retry_after_s=settings.gateway_retry_after_seconds,
     )
-    return Gateway(create_app(parts), name, signer, policy, publisher, store)
+    return Gateway(create_app(parts), intake, name, signer, policy_file, publisher, store)
 
 
 def broker_probe(broker_url: str) -> Callable[[], None]:
@@ -160,7 +182,9 @@ def store_probe(client: redis.Redis) -> Callable[[], None]:
 
 
 def serve(gateway: Gateway, *, host: str, port: int) -> None:
-    """Serve the gateway until interrupted (SIGINT/SIGTERM), then close it."""
+    """Serve the gateway until interrupted (SIGINT/SIGTERM), then close it; SIGHUP
+    reloads the policy (a new API key, a changed rule) without a restart."""
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: gateway.reload_policy())
     log.info(
         "gateway: %s; signing as gateway %r (key %s)",
         gateway.policy.summary(),

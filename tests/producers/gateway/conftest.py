@@ -119,7 +119,6 @@ def build_gateway(policy: Policy, *, max_body_bytes: int = 64 * 1024) -> Gateway
     parts = GatewayParts(
         intake=intake,
         status=status,
-        policy=policy,
         probes={"broker": broker, "store": Probe("store")},
         metrics=GatewayMetrics(),
         max_body_bytes=max_body_bytes,

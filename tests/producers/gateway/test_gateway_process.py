@@ -5,6 +5,7 @@ tests. Every check goes through HTTP, the simulator's journal or the store."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -295,3 +296,23 @@ def test_a_broker_that_is_down_answers_503_and_accepts_nothing(stack: Stack) -> 
     assert ready.status_code == 503
     assert ready.json()["checks"]["store"] == "ok"
     assert ready.json()["checks"]["broker"].startswith("unavailable")
+
+
+def test_sighup_reloads_the_policy_with_a_new_api_key(stack: Stack) -> None:
+    # Given a new API key for billing, added to the policy file in force
+    policy = Path(stack.env["SUBSWITCH_POLICY_FILE"])
+    document = yaml.safe_load(policy.read_text())
+    document["producers"]["billing"]["api_keys"].append(sha256("sskey_billing_next"))
+    policy.write_text(yaml.safe_dump(document, sort_keys=False))
+    headers = {"Authorization": "Bearer sskey_billing_next"}
+    url = f"{stack.gateway.url}/v1/commands/anything"
+    assert httpx.get(url, headers=headers, timeout=10).status_code == 401
+    # When the gateway gets SIGHUP
+    stack.gateway.process.send_signal(signal.SIGHUP)
+    # Then the new key is accepted, without a restart
+    wait_until(
+        lambda: httpx.get(url, headers=headers, timeout=10).status_code == 200,
+        timeout=10,
+        what="the reloaded policy to know the new key",
+    )
+    assert stack.gateway.process.poll() is None

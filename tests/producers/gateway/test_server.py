@@ -15,7 +15,7 @@ from producers.gateway.server import build_gateway
 from subswitch.cli import app
 from subswitch.commandline import ExitCode
 from subswitch.settings import Settings
-from tests.producers.gateway.conftest import GATEWAY_PRIVATE, POLICY_YAML
+from tests.producers.gateway.conftest import GATEWAY_PRIVATE, POLICY_YAML, sha256
 
 
 @pytest.fixture(autouse=True)
@@ -75,11 +75,9 @@ def test_a_broken_policy_is_refused_with_its_line(tmp_path: Path) -> None:
     assert_refused(run({"SUBSWITCH_POLICY_FILE": str(policy)}), "line 3")
 
 
-def test_with_its_key_in_the_policy_it_builds_without_contacting_anything(
-    tmp_path: Path,
-) -> None:
-    # Given the test policy and its gateway's key on disk, URLs of servers that do not run
-    key = tmp_path / "gateway.key"
+def _settings(folder: Path) -> Settings:
+    """The test policy and its gateway's key on disk, URLs of servers that do not run."""
+    key = folder / "gateway.key"
     key.write_bytes(
         GATEWAY_PRIVATE.private_bytes(
             serialization.Encoding.PEM,
@@ -87,16 +85,42 @@ def test_with_its_key_in_the_policy_it_builds_without_contacting_anything(
             serialization.NoEncryption(),
         )
     )
-    policy = tmp_path / "policy.yaml"
+    policy = folder / "policy.yaml"
     policy.write_text(POLICY_YAML)
-    settings = Settings(
+    return Settings(
         policy_file=policy,
         gateway_key_file=key,
         broker_url="redis://127.0.0.1:1/0",
         store_url="redis://127.0.0.1:1/0",
     )
-    # When it is built
-    gateway = build_gateway(settings)
+
+
+def test_with_its_key_in_the_policy_it_builds_without_contacting_anything(
+    tmp_path: Path,
+) -> None:
+    # When the gateway is built with the test policy and its key, and no server running
+    gateway = build_gateway(_settings(tmp_path))
     # Then it signs as the policy's gateway
     assert gateway.name == "gateway"
+    gateway.close()
+
+
+def test_a_reload_puts_a_valid_policy_in_force_and_keeps_the_old_one_otherwise(
+    tmp_path: Path,
+) -> None:
+    # Given a built gateway whose policy knows no API key for a new producer key
+    gateway = build_gateway(_settings(tmp_path))
+    new_key = "sskey_new_billing"
+    assert gateway.policy.producer_for_api_key(new_key) is None
+    # When the file gets the new key's hash and the policy is reloaded
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY_YAML.replace("api_keys: [", f"api_keys: [{sha256(new_key)}, ", 1))
+    reloaded = gateway.reload_policy()
+    # Then the new key is known at once
+    assert reloaded is True
+    assert gateway.policy.producer_for_api_key(new_key) == "fraud-engine"
+    # And a broken file leaves the policy in force as it was
+    policy.write_text("producers: [")
+    assert gateway.reload_policy() is False
+    assert gateway.policy.producer_for_api_key(new_key) == "fraud-engine"
     gateway.close()
