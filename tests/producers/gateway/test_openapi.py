@@ -4,6 +4,7 @@ document describes, and none a server error."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from schemathesis.config import SchemathesisConfig
 
 from tests.producers.gateway.conftest import BILLING_KEY, Gateway, build_gateway, write_policy
 
-#: Examples per operation: bounded, so it stays a few seconds in ``make test``.
-MAX_EXAMPLES = 25
+#: Examples per operation: bounded, so it stays a few seconds in ``make test``
+#: (``GATEWAY_SCHEMATHESIS_EXAMPLES=300`` for a longer hunt).
+MAX_EXAMPLES = int(os.environ.get("GATEWAY_SCHEMATHESIS_EXAMPLES", "25"))
 
 with tempfile.TemporaryDirectory() as _folder:
     # A body of more than 1,000 commands fits: its answer is 422 (schema), not 413 (size).
