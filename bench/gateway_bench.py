@@ -10,7 +10,8 @@ request at a time (keep-alive).
 
 - batch: ``--batches`` requests of 1,000 bulk-lane service commands each (so 10
   ``subswitch.apply_batch`` messages of 100 per request); commands/s = commands / wall
-  time from the first request to the last answer (202).
+  time from the first request to the last answer (202), and the gateway process's CPU
+  per command over that time.
 - single: ``--singles`` requests of one normal-lane command each; latency per request
   as the client saw it. The same commands sent by the SDK's own path in this process
   (sign, publish, record the acceptance: ``CommandProducer.send`` with a store) are the
@@ -42,6 +43,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.procs import cpu_seconds
 from producers.producer import CommandProducer
 from producers.publisher import CeleryPublisher
 from subswitch.contract import ChangeServiceStatus, Lane
@@ -104,13 +106,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway_process(env: dict[str, str], port: int) -> Iterator[str]:
-    """``subswitch gateway`` on ``port`` until the block ends; yields its URL."""
+def gateway_process(env: dict[str, str], port: int) -> Iterator[tuple[str, int]]:
+    """``subswitch gateway`` on ``port`` until the block ends; yields its URL and pid."""
     argv = [sys.executable, "-m", "subswitch", "gateway", "--port", str(port)]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=log)
         try:
-            yield _await_ready(process, log, f"http://127.0.0.1:{port}")
+            yield _await_ready(process, log, f"http://127.0.0.1:{port}"), process.pid
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -144,13 +146,15 @@ def service(n: int, *, lane: str) -> dict[str, Any]:
     }
 
 
-def batches(client: httpx.Client, count: int) -> dict[str, Any]:
-    """``count`` batches of 1,000 bulk commands, one after the other."""
+def batches(client: httpx.Client, count: int, pid: int) -> dict[str, Any]:
+    """``count`` batches of 1,000 bulk commands, one after the other; the CPU the
+    gateway process (``pid``) spent on them."""
     bodies = [
         {"commands": [service(i * BATCH_SIZE + n, lane="bulk") for n in range(BATCH_SIZE)]}
         for i in range(count)
     ]
     latencies = []
+    cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
     for body in bodies:
         sent = time.perf_counter()
@@ -159,8 +163,10 @@ def batches(client: httpx.Client, count: int) -> dict[str, Any]:
         if answer.status_code != 202:
             raise RuntimeError(f"batch answered {answer.status_code}: {answer.text[:300]}")
     wall = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before
     return {
         "commands": count * BATCH_SIZE,
+        "gateway_cpu_ms_per_command": cpu * 1000 / (count * BATCH_SIZE),
         "wall_s": wall,
         "commands_per_s": count * BATCH_SIZE / wall,
         "request_p50_ms": percentile(latencies, 0.5) * 1000,
@@ -215,6 +221,8 @@ def table(batch: dict[str, Any], gateway: list[float], sdk: list[float]) -> str:
             f"| batch endpoint, commands/s ({batch['commands']:,} bulk commands in "
             f"batches of 1,000) | {batch['commands_per_s']:,.0f} |",
             f"| one batch of 1,000, request p50 (ms) | {batch['request_p50_ms']:.0f} |",
+            "| gateway process CPU per command in batches (ms) | "
+            f"{batch['gateway_cpu_ms_per_command']:.3f} |",
             f"| single command through the gateway, p50 / p99 (ms) | {g50:.2f} / {g99:.2f} |",
             f"| the same through the SDK in process, p50 / p99 (ms) | {s50:.2f} / {s99:.2f} |",
             f"| **added latency of the gateway, p50 (ms)** | {g50 - s50:.2f} |",
@@ -238,19 +246,21 @@ def main(argv: list[str] | None = None) -> int:
         }
         headers = {"Authorization": f"Bearer {API_KEY}"}
         with (
-            gateway_process(env, free_port()) as url,
+            gateway_process(env, free_port()) as (url, pid),
             httpx.Client(base_url=url, headers=headers, timeout=60) as client,
         ):
             singles(client, 20)  # warm-up: connections, pools
-            batch = batches(client, args.batches)
+            batch = batches(client, args.batches, pid)
             gateway = singles(client, args.singles)
         sdk = sdk_singles(args.redis_url, signer, args.singles)
     store.flushdb()
     text = table(batch, gateway, sdk)
+    load = os.getloadavg()[0]
     header = (
         f"Gateway intake, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
-        f"{os.cpu_count()} cores ({platform.machine()}), Redis broker and store, no worker; "
-        f"`python -m bench.gateway_bench` (see its docstring).\n\n"
+        f"{os.cpu_count()} cores ({platform.machine()}, load average {load:.1f} at the end), "
+        "Redis broker and store, no worker; `python -m bench.gateway_bench` "
+        "(see its docstring).\n\n"
     )
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(header + text + "\n")
