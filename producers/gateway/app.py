@@ -166,6 +166,11 @@ def _authenticator(intake: Intake) -> Callable[..., Caller]:
 
 
 def _add_routes(app: FastAPI, parts: GatewayParts) -> None:
+    _add_command_routes(app, parts)
+    _add_probe_routes(app, parts)
+
+
+def _add_command_routes(app: FastAPI, parts: GatewayParts) -> None:
     authenticate = _authenticator(parts.intake)
 
     @app.post(
@@ -203,6 +208,8 @@ def _add_routes(app: FastAPI, parts: GatewayParts) -> None:
         status = await run_in_threadpool(parts.status.status, command_id)
         return _visible(status, caller, parts.intake.policy)
 
+
+def _add_probe_routes(app: FastAPI, parts: GatewayParts) -> None:
     @app.get("/healthz", response_model=Health, summary="The process is alive")
     async def healthz() -> Health:
         """Always ``ok`` while the process serves requests."""
