@@ -65,8 +65,12 @@ class FakeStatus:
     """Statuses by id; every other id is ``unknown``."""
 
     known: dict[str, CommandStatus] = field(default_factory=dict)
+    #: Raised by every read, when set.
+    fail: Exception | None = None
 
     def status(self, command_id: str) -> CommandStatus:
+        if self.fail is not None:
+            raise self.fail
         return self.known.get(command_id) or CommandStatus(command_id=command_id, state="unknown")
 
 

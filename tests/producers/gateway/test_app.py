@@ -15,6 +15,7 @@ from subswitch.contract import (
     parse_command,
     result_event,
 )
+from subswitch.errors import StoreError
 from subswitch.policy import Policy
 from subswitch.signing import detach_signature
 from subswitch.status import CommandStatus
@@ -262,6 +263,23 @@ def test_status_of_a_command(gateway: Gateway) -> None:
     # Then the first is queued, the second unknown (not an error)
     assert (known.status_code, known.json()["state"]) == (200, "queued")
     assert (unseen.status_code, unseen.json()["state"]) == (200, "unknown")
+
+
+def test_a_store_that_fails_a_status_read_is_503_and_a_bug_is_a_500_problem(
+    gateway: Gateway,
+) -> None:
+    # Given a store that does not answer
+    gateway.status.fail = StoreError("store unavailable: connection refused")
+    away = gateway.client.get("/v1/commands/c-1", headers=_auth(BILLING_KEY))
+    # And then a status reader with a bug
+    gateway.status.fail = RuntimeError("a bug with a secret in it")
+    broken = gateway.client.get("/v1/commands/c-1", headers=_auth(BILLING_KEY))
+    # Then the first is 503 with Retry-After, the second a 500 that shows nothing of it
+    assert (away.status_code, away.headers["retry-after"]) == (503, "5")
+    assert away.headers["content-type"] == PROBLEM
+    assert broken.status_code == 500
+    assert broken.headers["content-type"] == PROBLEM
+    assert "secret" not in broken.text
 
 
 def test_another_producers_command_is_unknown_to_a_key(gateway: Gateway) -> None:
