@@ -109,6 +109,11 @@ class CommandProducer:
             archive=archive,
         )
 
+    @property
+    def signer(self) -> Signer | None:
+        """The key commands are signed with (``None``: they go unsigned)."""
+        return self._signer
+
     def change_block_status(
         self,
         *,

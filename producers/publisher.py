@@ -17,6 +17,7 @@ from subswitch.broker import BROKER_FAILURES, celery_config
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, AnyCommand, Lane, parse_command
 from subswitch.settings import Settings
 from subswitch.signing import (
+    CHUNK_SIGNATURE_HEADER,
     SIGNATURE_FIELD,
     Signature,
     Signer,
@@ -228,8 +229,13 @@ class CeleryPublisher:
         # of the message.
         first, last = commands[0].command_id, commands[-1].command_id
         summary = f"[<{len(body)} commands: {first} .. {last}>]"
+        # One signature over the chunk spares the worker verifying each command's own.
+        headers = (
+            {CHUNK_SIGNATURE_HEADER: self._signer.sign_chunk(commands)} if self._signer else None
+        )
+        task_id = chunk_task_id(commands)
         try:
-            self._send(APPLY_BATCH_TASK, body, chunk_task_id(commands), queue, argsrepr=summary)
+            self._send(APPLY_BATCH_TASK, body, task_id, queue, argsrepr=summary, headers=headers)
         except BROKER_FAILURES as exc:
             raise PublishError(self._describe_failure(what, queue, exc)) from exc
 
@@ -242,7 +248,14 @@ class CeleryPublisher:
         return f"CeleryPublisher(broker_url={redact_url(self._broker_url)!r})"
 
     def _send(
-        self, task: str, argument: Any, task_id: str, queue: str, argsrepr: str | None = None
+        self,
+        task: str,
+        argument: Any,
+        task_id: str,
+        queue: str,
+        *,
+        argsrepr: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         # The queue name resolves to the app's task_queues entry, which is the worker's
         # own declaration (subswitch.broker.lane_queue); Celery declares it once per
@@ -257,6 +270,7 @@ class CeleryPublisher:
                 retry=True,
                 retry_policy=RETRY_POLICY,
                 argsrepr=argsrepr,
+                headers=headers,
             )
 
     def _describe_failure(self, what: str, queue: str, exc: BaseException) -> str:
@@ -266,11 +280,13 @@ class CeleryPublisher:
 
 @dataclass(frozen=True)
 class SentChunk:
-    """A chunk ``InMemoryPublisher`` recorded: queue, task id, commands as JSON dicts."""
+    """A chunk ``InMemoryPublisher`` recorded: queue, task id, commands as JSON dicts,
+    and the chunk's signature header (with a signer)."""
 
     queue: str
     task_id: str
     commands: list[dict[str, Any]]
+    signature: str | None = None
 
 
 @dataclass
@@ -303,7 +319,8 @@ class InMemoryPublisher:
         check_message_size(body, commands=len(commands), limit=self.max_message_bytes, what=what)
         if self.fail or (self.fail_after is not None and len(self.chunks) >= self.fail_after):
             raise PublishError(f"could not enqueue {len(commands)} commands: told to fail")
-        self.chunks.append(SentChunk(Lane.BULK.queue, chunk_task_id(commands), body))
+        header = self.signer.sign_chunk(commands) if self.signer else None
+        self.chunks.append(SentChunk(Lane.BULK.queue, chunk_task_id(commands), body, header))
 
     def close(self) -> None:
         """Mark the publisher closed."""

@@ -12,9 +12,11 @@ gateway ask :class:`Policy` and act on the :class:`Refusal` it gives.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +47,11 @@ from subswitch.signing import (
     KeyId,
     Signature,
     load_public_key,
+    parse_chunk_signature,
     parse_signature,
-    verify,
+    signing_input,
+    verify_bytes,
+    verify_chunk,
 )
 from subswitch.text import UNSAFE_CHARACTERS, safe_line
 
@@ -54,6 +59,9 @@ BLOCK: Final = "ChangeBlockStatus"
 SERVICE: Final = "ChangeServiceStatus"
 _TYPE_ALIASES: Final = {"block": BLOCK, "service": SERVICE}
 _GLOB_CHARACTERS: Final = frozenset("*?[")
+#: Signatures remembered as verified, per policy (~0.5 KB each): the commands of the
+#: last few seconds at full speed, which is where retries and redeliveries come from.
+_VERIFIED_MAX: Final = 8192
 
 CommandType = Literal["ChangeBlockStatus", "ChangeServiceStatus"]
 #: A producer's or gateway's name: what a command's ``source`` says (or a glob of it).
@@ -70,10 +78,13 @@ class PolicyError(ConfigurationError):
     ``str()`` is one line: the file and each problem (``line 12: producers.billing...``).
     """
 
-    def __init__(self, origin: str, problems: Sequence[PolicyProblem]) -> None:
+    def __init__(
+        self, origin: str, problems: Sequence[PolicyProblem], *, variable: str | None = None
+    ) -> None:
         listed = "; ".join(str(problem) for problem in problems)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(safe_line(f"policy {origin}: {count}: {listed}", limit=2000))
+        message = safe_line(f"policy {origin}: {count}: {listed}", limit=2000)
+        super().__init__(message, variable=variable)
         self.origin = origin
         self.problems = tuple(problems)
 
@@ -240,6 +251,7 @@ class Policy:
     _keys: dict[str, _Key] = field(init=False, repr=False)
     _api_keys: dict[str, str] = field(init=False, repr=False)
     _speaks_for: dict[str, tuple[str, ...]] = field(init=False, repr=False)
+    _verified: OrderedDict[tuple[str, str], bytes] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         doc = self.document
@@ -258,6 +270,7 @@ class Policy:
             for digest in entry.api_keys
         }
         self._speaks_for = {name: tuple(g.speaks_for) for name, g in doc.gateways.items()}
+        self._verified = OrderedDict()
 
     def producer_of(self, source: str) -> str | None:
         """The producer entry that governs ``source``: its own name, else the first
@@ -268,7 +281,8 @@ class Policy:
 
     def producer_for_api_key(self, api_key: str) -> str | None:
         """The producer holding ``api_key`` (the file stores its SHA-256), or ``None``."""
-        return self._api_keys.get(hashlib.sha256(api_key.encode()).hexdigest())
+        digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._api_keys.get(digest)
 
     def may_speak_for(self, signer: str, source: str) -> bool:
         """Whether ``signer`` (a producer entry or a gateway) may sign as ``source``.
@@ -320,7 +334,7 @@ class Policy:
             return Refusal(
                 "unknown-key", f"policy: unknown key: {signature.key_id!r} is no key of the policy"
             )
-        if not verify(key.public_key, command, signature):
+        if not self._verifies(key, command, signature):
             return Refusal(
                 "bad-signature",
                 f"policy: bad signature: it does not verify with key {signature.key_id!r} "
@@ -328,8 +342,36 @@ class Policy:
             )
         return self.authorize(command, signer=key.owner)
 
-    def check_message(self, command: AnyCommand, signature: object | None) -> Refusal | None:
-        """:meth:`verify` for the raw ``signature`` member of a received message."""
+    def _verifies(self, key: _Key, command: AnyCommand, signature: Signature) -> bool:
+        """``verify``, remembering the signatures that verified: a command delivered
+        again (a retry, a busy target, a redelivery) costs its canonical bytes, not a
+        second Ed25519 verification. A remembered signature counts only for the very
+        bytes it was verified over."""
+        remembered = (signature.key_id, signature.value)
+        try:
+            message = signing_input(command, signature.key_id)
+        except UnicodeEncodeError:
+            return False
+        if self._verified.get(remembered) == message:
+            return True
+        if not verify_bytes(key.public_key, message, signature.value):
+            return False
+        if len(self._verified) >= _VERIFIED_MAX:
+            with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
+                self._verified.popitem(last=False)  # the oldest; atomic, unlike iterating
+        self._verified[remembered] = message
+        return True
+
+    def check_message(
+        self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None
+    ) -> Refusal | None:
+        """:meth:`verify` for the raw ``signature`` member of a received message.
+
+        ``vouched_by``: the signer of the verified chunk the command came in
+        (:meth:`chunk_signer`); its own signature is then not verified again.
+        """
+        if vouched_by is not None:
+            return self.authorize(command, signer=vouched_by)
         if signature is None:
             return self.verify(command, None)
         parsed = parse_signature(signature)
@@ -338,6 +380,17 @@ class Policy:
                 "bad-signature", "policy: bad signature: the signature member is malformed"
             )
         return self.verify(command, parsed)
+
+    def chunk_signer(self, commands: Sequence[AnyCommand], header: object) -> str | None:
+        """Who signed a bulk chunk of ``commands``, when its signature header verifies
+        with a key of the policy; else ``None`` (then each command is verified alone)."""
+        signature = parse_chunk_signature(header)
+        if signature is None:
+            return None
+        key = self._keys.get(signature.key_id)
+        if key is None or not verify_chunk(key.public_key, commands, signature):
+            return None
+        return key.owner
 
     def summary(self) -> str:
         """One line for the log: the file, its digest, how many producers and gateways."""

@@ -36,7 +36,7 @@ from subswitch.contract import (
     ResultEvent,
     result_event,
 )
-from subswitch.signing import SIGNATURE_FIELD, Signature
+from subswitch.signing import CHUNK_SIGNATURE_HEADER, SIGNATURE_FIELD, Signature
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 COMPONENTS_REF: Final = "#/components/schemas/{model}"
@@ -393,6 +393,21 @@ def _celery_schemas() -> dict[str, Any]:
 
 
 def _celery_headers(task: str) -> dict[str, Any]:
+    headers = _celery_protocol_headers(task)
+    if task == APPLY_BATCH_TASK:
+        headers["properties"][CHUNK_SIGNATURE_HEADER] = {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9._:-]{1,64}:[A-Za-z0-9+/]+={0,2}$",
+            "description": (
+                "Optional: `<key_id>:<base64>`, the producer's Ed25519 signature over the "
+                "whole chunk (README, Security); a worker with a policy then verifies the "
+                "chunk once instead of each command's own signature."
+            ),
+        }
+    return headers
+
+
+def _celery_protocol_headers(task: str) -> dict[str, Any]:
     return {
         "type": "object",
         "description": "Celery protocol v2 headers (only those subswitch relies on listed).",

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -68,11 +68,18 @@ class PolicyWatch:
         """The policy in force now."""
         return self._policy
 
-    def check(self, command: AnyCommand, signature: object | None) -> Refusal | None:
-        """The policy's verdict on ``command`` and its raw ``signature`` member."""
+    def check(
+        self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None
+    ) -> Refusal | None:
+        """The policy's verdict on ``command`` and its raw ``signature`` member
+        (``vouched_by``: the signer of the verified chunk it came in)."""
         if self._reload_requested or self._monotonic() >= self._next_look:
             self._look()
-        return self._policy.check_message(command, signature)
+        return self._policy.check_message(command, signature, vouched_by=vouched_by)
+
+    def chunk_signer(self, commands: Sequence[AnyCommand], header: object) -> str | None:
+        """Who signed this bulk chunk, if its signature verifies (see ``Policy``)."""
+        return self._policy.chunk_signer(commands, header)
 
     def request_reload(self) -> None:
         """Re-read the file before the next check (safe in a signal handler)."""

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from subswitch.broker import celery_config, is_amqp
 from subswitch.commandline import exit_for, one_line
 from subswitch.errors import StoreError, SubswitchError, TransientError, settings_error
+from subswitch.policy import PolicyError
 from subswitch.redact import redact_url, scrub
 from subswitch.settings import Settings
 from subswitch.urls import Endpoints, resolve_endpoints
@@ -250,6 +251,7 @@ def build_runtime(
         StoreError: the store does not answer.
     """
     # Configuration first: a worker that cannot start says so in one line, no warnings.
+    authority = policy_watch(settings, report=report)
     client = start_or_raise(lambda: upstream.from_settings(settings))
     try:
         check_store(endpoints.store_url, report=report)
@@ -261,7 +263,6 @@ def build_runtime(
         retention_s=settings.retention_seconds,
         max_clock_skew_s=settings.max_clock_skew_seconds,
     )
-    authority = policy_watch(settings, report=report)
     executor = Executor(
         store=store,
         upstream=client,
@@ -308,7 +309,10 @@ def policy_watch(settings: Settings, *, report: bool = True) -> PolicyWatch | No
                 "accepted, signed or not, from anyone who can publish to the broker"
             )
         return None
-    watch = PolicyWatch.load(settings.policy_file, poll_s=settings.policy_poll_seconds)
+    try:
+        watch = PolicyWatch.load(settings.policy_file, poll_s=settings.policy_poll_seconds)
+    except PolicyError as exc:
+        raise PolicyError(exc.origin, exc.problems, variable="SUBSWITCH_POLICY_FILE") from None
     if report:
         logger.info("policy in force: %s", watch.policy.summary())
         worker_ready.connect(watch.on_worker_ready, weak=False)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
@@ -115,8 +115,15 @@ class EventSink(Protocol):
 class Authority(Protocol):
     """Who may send what (``worker.authority.PolicyWatch``: the policy in force)."""
 
-    def check(self, command: AnyCommand, signature: object | None) -> Refusal | None:
-        """``None`` if ``command`` (with its raw ``signature`` member) may run."""
+    def check(
+        self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None
+    ) -> Refusal | None:
+        """``None`` if ``command`` (with its raw ``signature`` member) may run;
+        ``vouched_by`` is the signer of the verified chunk it came in."""
+        ...
+
+    def chunk_signer(self, commands: Sequence[AnyCommand], header: object) -> str | None:
+        """Who signed a bulk chunk of ``commands`` (its signature header), if it verifies."""
         ...
 
 
@@ -193,7 +200,14 @@ class Executor:
         # lease: the deadline bounds the rate-limit wait, token fetches and the request.
         self._attempt_s = lease_ms / 1000 - LEASE_MARGIN_S
 
-    def handle(self, payload: Any, *, token: str, message_id: str | None = None) -> Decision:
+    def handle(
+        self,
+        payload: Any,
+        *,
+        token: str,
+        message_id: str | None = None,
+        vouched_by: str | None = None,
+    ) -> Decision:
         """Handle one delivery; ``token`` is unique to this delivery.
 
         ``message_id`` (the broker message's id, which producers set to the command
@@ -201,6 +215,7 @@ class Executor:
 
         With a policy in force (``authority``) the command is verified first, before
         anything touches its records: a refused one never occupies its command id.
+        ``vouched_by`` is who signed the chunk the command came in (:meth:`chunk_signer`).
         """
         fields, signature = detach_signature(payload)
         try:
@@ -213,10 +228,24 @@ class Executor:
                 token=token,
             )
         if self._authority is not None:
-            refusal = self._authority.check(command, signature)
+            refusal = self._authority.check(command, signature, vouched_by=vouched_by)
             if refusal is not None:
                 return self._refuse(command, refusal, _as_bytes(payload), token)
         return self._handle_command(command, token)
+
+    def chunk_signer(self, payloads: list[Any], header: object) -> str | None:
+        """Who signed this bulk chunk, when a policy is in force and the chunk's signature
+        header verifies over every one of its commands; else ``None``, and each command
+        is verified on its own."""
+        if self._authority is None or header is None:
+            return None
+        commands = []
+        for payload in payloads:
+            try:
+                commands.append(parse_command(detach_signature(payload)[0]))
+            except InvalidCommand:
+                return None
+        return self._authority.chunk_signer(commands, header)
 
     def _refuse(self, command: AnyCommand, refusal: Refusal, raw: bytes, token: str) -> Decision:
         """Dead-letter a command the policy refuses and report it ``rejected``, leaving

@@ -20,6 +20,7 @@ from celery.exceptions import Reject
 
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, Outcome, readable_command_id
 from subswitch.errors import TransientError, UnavailableError
+from subswitch.signing import CHUNK_SIGNATURE_HEADER
 from worker.deliveries import Delivery, DeliveryCounter
 from worker.executor import Executor, RetryLater
 
@@ -153,7 +154,10 @@ def run_apply_batch(
         # The redelivery window the app was configured with (SUBSWITCH_VISIBILITY_TIMEOUT).
         window_s = task.app.conf.broker_transport_options["visibility_timeout"]
         bulk = CeleryBulkLane(task)
-        finished = apply_chunk(executor(), args[0], budget_s=chunk_budget_s(window_s), bulk=bulk)
+        header = vars(task.request).get(CHUNK_SIGNATURE_HEADER)
+        signer = executor().chunk_signer(args[0], header)
+        budget_s = chunk_budget_s(window_s)
+        finished = apply_chunk(executor(), args[0], budget_s=budget_s, bulk=bulk, vouched_by=signer)
     except TransientError as exc:
         _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
@@ -195,6 +199,7 @@ def apply_chunk(
     budget_s: float,
     bulk: BulkLane,
     clock: Callable[[], float] = time.monotonic,
+    vouched_by: str | None = None,
 ) -> int:
     """Run ``commands`` in order within ``budget_s``; returns how many were finished.
 
@@ -202,6 +207,7 @@ def apply_chunk(
     message (a raising one after a backoff, then retried like any ``subswitch.apply``);
     the others go on. Once the budget is spent, what is left leaves as one chunk. An
     :class:`UnavailableError` (store or broker away) is raised: no command's own fault.
+    ``vouched_by``: who signed the chunk (its signature verified), under a policy.
     """
     deadline = clock() + budget_s
     finished = 0
@@ -213,7 +219,7 @@ def apply_chunk(
             bulk.send_rest(commands[index:])
             break
         try:
-            decision = executor.handle(command, token=uuid.uuid4().hex)
+            decision = executor.handle(command, token=uuid.uuid4().hex, vouched_by=vouched_by)
         except UnavailableError:
             raise  # the store or broker is every command's: retry the chunk whole, later
         except Exception:

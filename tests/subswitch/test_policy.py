@@ -129,6 +129,25 @@ def test_unsigned_unknown_key_bad_signature_and_unknown_producer_are_refused(
     assert rule_of(policy, stray, signer_name="billing") == "unknown-producer"
 
 
+def test_a_remembered_signature_counts_only_for_the_bytes_it_was_verified_over(
+    policy: Policy,
+) -> None:
+    # Given a command whose signature verified (and is remembered)
+    command = service(True, "billing")
+    signature = signer("billing").sign(command)
+    assert policy.verify(command, signature) is None
+    assert policy.verify(command, signature) is None  # again: from memory
+    # When the same signature comes with another command
+    other = service(False, "billing")
+    # Then it does not verify
+    assert rule_of_signed(policy, other, signature) == "bad-signature"
+
+
+def rule_of_signed(policy: Policy, command: AnyCommand, signature: Any) -> str | None:
+    refusal = policy.verify(command, signature)
+    return refusal.rule if refusal is not None else None
+
+
 def test_during_a_rotation_both_keys_verify_and_a_removed_key_no_longer_does() -> None:
     # Given billing with its current and its next key
     command = service(True, "billing")

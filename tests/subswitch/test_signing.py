@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,15 +17,19 @@ from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Lane, par
 from subswitch.errors import ConfigurationError
 from subswitch.settings import Settings
 from subswitch.signing import (
+    CHUNK_SIGNING_CONTEXT,
     SIGNING_CONTEXT,
     Signature,
     Signer,
     canonical_bytes,
+    chunk_signing_input,
     detach_signature,
     key_id_of,
     message_body,
+    parse_chunk_signature,
     producer_signer,
     verify,
+    verify_chunk,
 )
 from tests.policies import signer
 
@@ -172,3 +177,25 @@ def test_a_missing_or_wrong_key_file_is_one_line_naming_the_variable(tmp_path: P
             Signer.from_key_file(path)
         assert str(caught.value).startswith("SUBSWITCH_PRODUCER_KEY_FILE: ")
         assert "secret" not in str(caught.value)
+
+
+def test_a_chunk_signature_covers_every_command_in_order() -> None:
+    # Given three commands signed as one chunk
+    key = signer("batch:*")
+    commands = [block(command_id=f"c-{n}") for n in range(3)]
+    header = key.sign_chunk(commands)
+    signature = parse_chunk_signature(header)
+    # Then the header names the key and verifies over the same commands, in that order
+    assert signature is not None and signature.key_id == key.key_id
+    assert verify_chunk(key.public_key, commands, signature)
+    # and not over others, fewer, reordered, or with another key
+    assert not verify_chunk(key.public_key, commands[::-1], signature)
+    assert not verify_chunk(key.public_key, commands[:2], signature)
+    assert not verify_chunk(key.public_key, [*commands[:2], block(command_id="c-9")], signature)
+    assert not verify_chunk(signer("billing").public_key, commands, signature)
+    # and the documented bytes are what is signed
+    digests = b"".join(hashlib.sha256(canonical_bytes(c)).digest() for c in commands)
+    expected = CHUNK_SIGNING_CONTEXT + key.key_id.encode() + b"\n" + digests
+    assert chunk_signing_input(commands, key.key_id) == expected
+    assert parse_chunk_signature("no separator") is None
+    assert parse_chunk_signature(None) is None

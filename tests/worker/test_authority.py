@@ -175,6 +175,45 @@ def test_the_commands_of_a_chunk_are_verified_one_by_one(
     assert guarded.events_of("b-x")[0].data.outcome == Outcome.REJECTED
 
 
+def test_a_chunk_whose_signature_verifies_is_not_verified_command_by_command(
+    guarded: Harness, service: Callable[..., Any]
+) -> None:
+    # Given a batch chunk signed as a whole, its commands' own signatures garbage
+    commands = [
+        service(command_id=f"b-{n}", source="batch:7", priority=Lane.BULK) for n in range(3)
+    ]
+    bodies = [{**c.model_dump(mode="json"), "signature": "garbage"} for c in commands]
+    header = signer("batch:*").sign_chunk(commands)
+    # When the worker asks who signed it, and runs it so
+    chunk_signer = guarded.executor.chunk_signer(bodies, header)
+    finished = apply_chunk(
+        guarded.executor, bodies, budget_s=60.0, bulk=_NoBulk(), vouched_by=chunk_signer
+    )
+    # Then the chunk's signer is the batch producer, and its rules still apply
+    assert chunk_signer == "batch:*"
+    assert finished == 3
+    assert len(guarded.upstream.writes) == 3
+    # while a chunk header over other commands, or from a key nobody holds, vouches for none
+    assert guarded.executor.chunk_signer(bodies, signer("batch:*").sign_chunk(commands[:2])) is None
+    assert guarded.executor.chunk_signer(bodies, signer("stranger").sign_chunk(commands)) is None
+    assert guarded.executor.chunk_signer([*bodies, "junk"], header) is None
+
+
+def test_a_chunk_signer_is_held_to_the_rules_of_each_command(
+    guarded: Harness, service: Callable[..., Any]
+) -> None:
+    # Given billing's key signing a chunk of commands claiming a batch source
+    commands = [service(command_id="b-1", source="batch:7", priority=Lane.BULK)]
+    bodies = [c.model_dump(mode="json") for c in commands]
+    chunk_signer = guarded.executor.chunk_signer(bodies, signer("billing").sign_chunk(commands))
+    # When it runs
+    apply_chunk(guarded.executor, bodies, budget_s=60.0, bulk=_NoBulk(), vouched_by=chunk_signer)
+    # Then the source check refuses it
+    [event] = guarded.events_of("b-1")
+    assert event.data.outcome == Outcome.REJECTED
+    assert event.data.error is not None and event.data.error.message.startswith("policy: source")
+
+
 def test_without_a_policy_signed_and_unsigned_commands_are_accepted(
     harness: Harness, block: BlockFactory
 ) -> None:

@@ -17,7 +17,16 @@ import yaml
 from producers.events import EventStream
 from producers.publisher import CeleryPublisher
 from subswitch.broker import dead_letter_queue
-from subswitch.contract import AnyCommand, ChangeBlockStatus, Lane, Outcome, ResultEvent
+from subswitch.contract import (
+    APPLY_BATCH_TASK,
+    AnyCommand,
+    ChangeBlockStatus,
+    ChangeServiceStatus,
+    Lane,
+    Outcome,
+    ResultEvent,
+)
+from subswitch.signing import CHUNK_SIGNATURE_HEADER
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.conftest import purge_subswitch_queues
 from tests.policies import example_document, example_text, signer
@@ -43,6 +52,19 @@ def theft_block(command_id: str, *, active: bool, source: str, lane: Lane) -> An
         active=active,
         source=source,
         priority=lane,
+        issued_at=T0,
+    )
+
+
+def service(command_id: str, *, source: str) -> AnyCommand:
+    return ChangeServiceStatus(
+        command_id=command_id,
+        org_id="acme",
+        subscription_id=9,
+        service_id=3,
+        active=True,
+        source=source,
+        priority=Lane.BULK,
         issued_at=T0,
     )
 
@@ -115,6 +137,23 @@ def test_a_producer_can_only_do_what_its_policy_allows(
         # and only it reached the upstream
         writes = simulator.admin.writes()["writes"]
         assert [w["idempotency_key"] for w in writes] == ["fraud-42"]
+        simulator.admin.reset()
+
+        # When a batch job's chunk arrives whose commands' own signatures are garbage but
+        # whose chunk signature is good, and one of its commands is a block
+        chunk = [service(f"batch-{n}", source="batch:nightly") for n in range(3)]
+        chunk.append(theft_block("batch-x", active=True, source="batch:nightly", lane=Lane.BULK))
+        bodies = [{**c.model_dump(mode="json"), "signature": "garbage"} for c in chunk]
+        header = {CHUNK_SIGNATURE_HEADER: signer("batch:*").sign_chunk(chunk)}
+        publisher._send(APPLY_BATCH_TASK, bodies, "chunk-1", Lane.BULK.queue, headers=header)
+        outcomes = first_events(stream, {c.command_id for c in chunk})
+        # Then the chunk was verified once, by its header, and each command by its rules
+        assert {cid: found[0].outcome for cid, found in outcomes.items()} == {
+            "batch-0": Outcome.APPLIED,
+            "batch-1": Outcome.APPLIED,
+            "batch-2": Outcome.APPLIED,
+            "batch-x": Outcome.REJECTED,
+        }
 
         # When the policy is changed to let billing lift block 1, and the worker gets SIGHUP
         document = example_document()
