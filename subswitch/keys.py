@@ -47,7 +47,8 @@ def command(command_id: str) -> str:
 def acceptance(command_id: str) -> str:
     """Hash: fp and at (ms) of a command a producer handed to the broker, before any
     worker saw it (``subswitch status`` says ``queued``; the gateway answers 409 for
-    another payload). Lives the retention (``Settings.retention_seconds``) from then."""
+    another payload). Deleted when a worker writes the command's record; else lives the
+    retention (``Settings.retention_seconds``)."""
     return f"{PREFIX}:accepted:{command_id}"
 
 

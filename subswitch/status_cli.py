@@ -135,10 +135,17 @@ def _event_rows(found: CommandStatus) -> list[tuple[str, Text | str]]:
 
 
 def moment(when: datetime, now: datetime) -> str:
-    """``2026-12-01T10:00:02.120Z (in 1.6 s)`` or ``(3.0 s ago)``."""
+    """``2026-12-01T10:00:02.120Z (in 1.6 s)``, ``(3.0 s ago)``, ``(5 min ago)``..."""
     delta = (when - now).total_seconds()
-    relative = f"in {delta:.1f} s" if delta >= 0 else f"{-delta:.1f} s ago"
-    return f"{_iso(when)} ({relative})"
+    span = _span(abs(delta))
+    return f"{_iso(when)} ({f'in {span}' if delta >= 0 else f'{span} ago'})"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{seconds:.1f} s"
 
 
 def _iso(when: datetime) -> str:

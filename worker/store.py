@@ -61,7 +61,7 @@ local function claim(key, token, claim_ms)
 end
 """
 
-# KEYS: command, lock, target, pending. ARGV: fp, token, lease_ms, max_attempts,
+# KEYS: command, lock, target, pending, acceptance. ARGV: fp, token, lease_ms, max_attempts,
 # retention_s, issued_us, command_id, expired (0/1), claim_ms, settle_ms,
 # out_of_bounds (0/1: issued_at outside the acceptance window; refused unless sent before).
 # A held lock means busy, whatever else is true: only the delivery holding the target
@@ -85,6 +85,8 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 local attempts = tonumber(rec[3] or '0')
 redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+-- The record now says where the command is: its producer's acceptance has served.
+redis.call('DEL', KEYS[5])
 local w = redis.call('HMGET', KEYS[3], 'us', 'id', 'status')
 if w[2] == ARGV[7] then return {'applied', attempts, w[3] or ''} end
 if ARGV[11] == '1' and attempts == 0 then return {'out_of_bounds'} end
@@ -618,6 +620,7 @@ def _keys(command_id: str, target: Target) -> list[str]:
         keys.target_lock(target),
         keys.target(target),
         keys.target_pending(target),
+        keys.acceptance(command_id),
     ]
 
 

@@ -104,6 +104,20 @@ def test_acceptance_tells_a_repeat_from_a_conflicting_reuse(client: redis.Redis)
     assert fingerprint == block().fingerprint().encode()
 
 
+def test_a_worker_taking_the_command_replaces_its_acceptance(
+    client: redis.Redis, executor: Executor, reader: StatusReader
+) -> None:
+    # Given an accepted command
+    record_acceptance(client, block(), now=datetime.now(UTC), retention_s=60)
+    # When a worker applies it
+    deliver(executor, block())
+    # Then the acceptance is gone (the record answers), and the id is still taken
+    assert not client.exists(keys.acceptance("case-1"))
+    assert reader.status("case-1").state is CommandState.APPLIED
+    again = record_acceptance(client, block(active=False), now=datetime.now(UTC), retention_s=60)
+    assert again is Acceptance.CONFLICT
+
+
 def test_acceptance_sees_the_workers_record(client: redis.Redis, executor: Executor) -> None:
     # Given a command a worker applied before its producer recorded the acceptance
     deliver(executor, block())

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from subswitch.contract import Outcome, result_event
 from subswitch.status import CommandState, CommandStatus
-from subswitch.status_cli import register, status_table
+from subswitch.status_cli import moment, register, status_table
 from tests.subswitch.records import ISSUED, block
 
 
@@ -117,3 +117,13 @@ def test_the_table_shows_an_outcome_with_its_event() -> None:
         "case-8812",
     )
     assert (rows["event id"], rows["from"]) == (event.id, "the archive")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(1.5, "in 1.5 s"), (-119.0, "119.0 s ago"), (-600, "10 min ago"), (-3 * 86_400, "3 d ago")],
+)
+def test_times_say_how_far_from_now(seconds: float, shown: str) -> None:
+    # Given a moment some seconds from now / When shown / Then in the largest fitting unit
+    now = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    assert moment(now + timedelta(seconds=seconds), now).endswith(f"({shown})")
