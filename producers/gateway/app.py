@@ -287,18 +287,27 @@ def _add_error_handlers(app: FastAPI, parts: GatewayParts) -> None:
             {"index": a.index, "command_id": a.command_id, "location": a.location}
             for a in exc.accepted
         ]
+        # The reason names internal hosts: it goes to the log, not to the client.
         log.warning("gateway: request not accepted: %s", exc.detail)
+        detail = (
+            "the broker or the store did not answer: not accepted"
+            + (" (but the commands under accepted were)" if accepted else "")
+            + f"; retry in {retry_after} s"
+        )
         return problem_response(
             503,
             "Service unavailable",
-            exc.detail,
+            detail,
             headers={"Retry-After": retry_after},
             accepted=accepted or None,
         )
 
     async def unavailable(request: Request, exc: Exception) -> Response:
-        headers = {"Retry-After": retry_after}
-        return problem_response(503, "Service unavailable", str(exc), headers=headers)
+        log.warning("gateway: %s", exc)
+        detail = f"the store did not answer; retry in {retry_after} s"
+        return problem_response(
+            503, "Service unavailable", detail, headers={"Retry-After": retry_after}
+        )
 
     async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
