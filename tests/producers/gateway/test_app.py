@@ -330,7 +330,7 @@ def test_readiness_names_what_is_away(gateway: Gateway) -> None:
     # Then readiness follows, and liveness does not
     assert ready.status_code == 200
     assert not_ready.status_code == 503
-    assert not_ready.json()["checks"]["broker"].startswith("unavailable")
+    assert not_ready.json()["checks"]["broker"] == "unavailable"
     assert gateway.client.get("/healthz").status_code == 200
 
 

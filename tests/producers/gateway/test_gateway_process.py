@@ -295,7 +295,7 @@ def test_a_broker_that_is_down_answers_503_and_accepts_nothing(stack: Stack) -> 
     # And the gateway says it is not ready, naming the broker
     assert ready.status_code == 503
     assert ready.json()["checks"]["store"] == "ok"
-    assert ready.json()["checks"]["broker"].startswith("unavailable")
+    assert ready.json()["checks"]["broker"] == "unavailable"
 
 
 def test_sighup_reloads_the_policy_with_a_new_api_key(stack: Stack) -> None:
