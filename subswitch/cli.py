@@ -15,6 +15,7 @@ from rich.console import Console
 from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
 from producers.dead_cli import register as register_dead_commands
+from producers.gateway_cli import register as register_gateway_command
 from producers.publisher import CeleryPublisher
 from producers.retry_cli import register as register_retry_command
 from subswitch import __version__
@@ -61,6 +62,7 @@ register_worker_commands(app)
 register_producer_commands(app)
 register_batch_command(app)
 register_dead_commands(app)
+register_gateway_command(app)
 # Repairs are enqueued through the producers' publisher, so they take every guarantee.
 register_reconcile_command(app, open_enqueuer=CeleryPublisher.from_settings)
 register_simulator_commands(app)

@@ -163,3 +163,10 @@ def process_stats(node: str, pid: int) -> str:
     """String (JSON, expires after :data:`STATS_TTL_S`): one worker process's running
     totals (outcomes by lane, writes, in flight, settling)."""
     return f"{PREFIX}:stats:{node}:{pid}"
+
+
+#: How long the gateway's acceptance record (:func:`acceptance`) lives until the broker
+#: has taken the command: longer than a publish may take (its retries included). Then
+#: it is kept for the retention; a gateway that died before publishing leaves a record
+#: that claims the command only this long.
+ACCEPTANCE_PENDING_S: Final = 60

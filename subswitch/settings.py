@@ -75,6 +75,20 @@ class Settings(BaseSettings):
     policy_poll_seconds: PositiveFloat = 1.0
     #: The Ed25519 private key (PEM) the SDK and the CLI sign commands with.
     producer_key_file: Path | None = None
+    #: The HTTP gateway (``subswitch gateway``): where it listens. Loopback by default:
+    #: expose it through a TLS-terminating proxy, never in clear text.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    #: The gateway's own signing key: it signs every command it enqueues. Unset: the
+    #: producer key (``producer_key_file``).
+    gateway_key_file: Path | None = None
+    #: Largest request body the gateway reads: 1,000 commands of the largest kind are
+    #: about 3.8 MB.
+    gateway_max_body_bytes: PositiveInt = 5 * 1024 * 1024
+    #: Bulk-lane commands of one request per ``subswitch.apply_batch`` message.
+    gateway_chunk_size: PositiveInt = Field(100, le=250)
+    #: ``Retry-After`` (s) of a ``503`` (broker or store unreachable).
+    gateway_retry_after_seconds: PositiveInt = 5
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True
     #: Port of ``/metrics``, ``/healthz`` and ``/readyz`` (one per ``subswitch worker``);

@@ -22,6 +22,7 @@ repeat of one (``same``) and from a reuse of its id with another payload (``conf
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
@@ -172,6 +173,30 @@ def record_acceptance(
     except redis.RedisError as exc:
         raise StoreError(f"store unavailable: {exc}") from exc
     return Acceptance(_text(reply))
+
+
+def record_acceptances(
+    client: redis.Redis, commands: Sequence[AnyCommand], *, now: datetime, retention_s: int
+) -> list[Acceptance]:
+    """:func:`record_acceptance` for many commands (distinct ids) in one round trip: a
+    pipeline, not a transaction; each command's record is atomic on its own.
+
+    Raises:
+        StoreError: the store could not be reached (some records may be written).
+    """
+    accepted_ms = int(now.timestamp() * 1000)
+    script = client.register_script(_ACCEPT_LUA)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                keys_ = [keys.acceptance(command.command_id), keys.command(command.command_id)]
+                script(
+                    keys=keys_, args=[command.fingerprint(), accepted_ms, retention_s], client=pipe
+                )
+            replies = pipe.execute()
+    except redis.RedisError as exc:
+        raise StoreError(f"store unavailable: {exc}") from exc
+    return [Acceptance(_text(reply)) for reply in replies]
 
 
 class StatusReader:

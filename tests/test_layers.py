@@ -45,6 +45,7 @@ CLI_MODULES: Final = frozenset(
         "producers.retry_cli",
         "subswitch.status_cli",
         "subswitch.trust_cli",
+        "producers.gateway_cli",
         "worker.cli",
         "worker.reconcile_cli",
     }

@@ -85,7 +85,7 @@ def test_from_settings_signs_with_the_producer_key_file(tmp_path: Path) -> None:
     )
     # When a producer is configured from the settings (no broker is contacted yet)
     producer = CommandProducer.from_settings(
-        Settings(broker_url="memory://", store_url="memory://", producer_key_file=path)
+        Settings(broker_url="memory://", producer_key_file=path)
     )
     # Then its publisher signs with that key
     try:
