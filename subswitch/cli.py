@@ -15,9 +15,17 @@ from rich.console import Console
 from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
 from subswitch import __version__
-from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
+from subswitch.commandline import (
+    EXIT_STATUS_HELP,
+    OneLineErrors,
+    OneLineGroup,
+    read_process_settings,
+    read_settings,
+)
 from subswitch.demo import run_demo
+from subswitch.logs import configure_logging
 from subswitch.simulator.cli import register as register_simulator_commands
+from subswitch.tracing import configure_tracing
 from worker.cli import register as register_worker_commands
 
 app = typer.Typer(
@@ -48,6 +56,11 @@ def _root(
     ] = False,
 ) -> None:
     """Switch telecom subscriptions' barrings and services on and off, reliably."""
+    # Every process is configured here, once: its log format (the worker's level
+    # follows once Celery knows it) and, when OTEL_* asks for it, tracing.
+    process = read_process_settings()
+    configure_logging(process.log_format)
+    configure_tracing(process)
 
 
 register_worker_commands(app)

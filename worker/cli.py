@@ -28,6 +28,7 @@ from celery.bin.celery import celery as celery_command
 from subswitch.broker import check_broker_url
 from subswitch.commandline import OneLineErrors, read_settings
 from subswitch.contract import Lane
+from subswitch.logs import LogFormat
 from subswitch.settings import Settings
 from worker.bootstrap import DEFAULT_CONCURRENCY, check_runtime, create_app, start_or_refuse
 
@@ -94,6 +95,7 @@ def plan_consumers(
 
 
 def worker(
+    *,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Threads for the normal/bulk lanes.")
     ] = DEFAULT_CONCURRENCY,
@@ -113,6 +115,14 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h.")
     ] = None,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events",
+            "-E",
+            help="Send Celery task events (Flower sees the tasks); as SUBSWITCH_TASK_EVENTS=true.",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker (Celery, threads pool) that applies commands upstream."""
     plans = plan_consumers(
@@ -120,6 +130,8 @@ def worker(
     )
     # Checked here, once, before any child process could report the same mistake twice.
     settings = read_settings()
+    if events:
+        settings = settings.model_copy(update={"task_events": True})
     if settings.broker_url:
         check_broker_url(settings.broker_url)
     if len(plans) == 1:
@@ -128,7 +140,9 @@ def worker(
     # Check once here, so a worker that cannot start says so in one line, not one per
     # child; each child still builds (and checks) its own runtime.
     start_or_refuse(lambda: check_runtime(settings))
-    raise typer.Exit(_supervise(plans, loglevel=loglevel, hostname=hostname))
+    raise typer.Exit(
+        _supervise(plans, loglevel=loglevel, hostname=hostname, events=settings.task_events)
+    )
 
 
 def _run_celery(
@@ -142,7 +156,9 @@ def _run_celery(
             logging.getLogger(name).setLevel(logging.WARNING)
     app = start_or_refuse(lambda: create_app(settings))
     queues = ",".join(lane.queue for lane in plan.lanes)
-    argv = [
+    # Celery's banner is not a log line: JSON logs stay one object per line without it.
+    argv = ["--quiet"] if settings.log_format is LogFormat.JSON else []
+    argv += [
         "worker",
         "--pool",
         "threads",
@@ -157,6 +173,8 @@ def _run_celery(
     ]
     if hostname:
         argv += ["--hostname", hostname]
+    if settings.task_events:
+        argv.append("--task-events")
     status = _start_celery(app, argv)
     if status:
         raise typer.Exit(status)
@@ -182,8 +200,10 @@ def child_hostname(hostname: str | None, suffix: str) -> str:
     return f"{name}-{suffix}@{host or '%h'}"
 
 
-def _supervise(plans: list[ConsumerPlan], *, loglevel: str, hostname: str | None) -> int:
-    children = [_spawn(plan, loglevel=loglevel, hostname=hostname) for plan in plans]
+def _supervise(
+    plans: list[ConsumerPlan], *, loglevel: str, hostname: str | None, events: bool
+) -> int:
+    children = [_spawn(plan, loglevel=loglevel, hostname=hostname, events=events) for plan in plans]
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         for child in children:
@@ -200,7 +220,9 @@ def _supervise(plans: list[ConsumerPlan], *, loglevel: str, hostname: str | None
     return os.waitstatus_to_exitcode(status) or max(child.returncode or 0 for child in children)
 
 
-def _spawn(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    plan: ConsumerPlan, *, loglevel: str, hostname: str | None, events: bool
+) -> subprocess.Popen[bytes]:
     lanes = ",".join(lane.value for lane in plan.lanes)
     argv = [
         sys.executable,
@@ -216,6 +238,8 @@ def _spawn(plan: ConsumerPlan, *, loglevel: str, hostname: str | None) -> subpro
         "--hostname",
         child_hostname(hostname, plan.suffix or "worker"),
     ]
+    if events:
+        argv.append("--events")
     niceness = 0 if Lane.URGENT in plan.lanes else _MAIN_NICENESS
     return subprocess.Popen(argv, preexec_fn=lambda: _prepare_child(niceness))  # noqa: S603, PLW1509
 
