@@ -18,10 +18,10 @@ from celery import Celery
 from producers import CommandProducer
 from producers.publisher import CeleryPublisher
 from subswitch.broker import celery_config
+from subswitch.settings import Settings
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.worker.processes import running_worker, wait_until
-
-pytestmark = pytest.mark.integration
+from worker.bootstrap import worker_config
 
 PASSWORD = "dev-token"
 
@@ -66,6 +66,7 @@ class TaskEvents:
         return {e["type"] for e in list(self.seen) if e.get("uuid") == task_id}
 
 
+@pytest.mark.integration
 def test_json_logs_and_task_events(
     clean_redis_url: str, simulator: SimulatorHandle, tmp_path: Path
 ) -> None:
@@ -128,3 +129,12 @@ def test_json_logs_and_task_events(
     for text in output:
         assert isinstance(json.loads(text), dict), text
         assert PASSWORD not in text
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_task_events_follow_the_setting(events: bool) -> None:
+    # Given the setting (subswitch worker --events sets it) / When the worker's Celery
+    # settings are made / Then workers send task events and sent-events for retries
+    config = worker_config(Settings(task_events=events), "redis://127.0.0.1:6379/0")
+    assert config["worker_send_task_events"] is events
+    assert config["task_send_sent_event"] is events
