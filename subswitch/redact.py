@@ -51,6 +51,10 @@ _SECRETS_IN_TEXT: Final = re.compile(
 )
 
 
+#: What every match of ``_SECRETS_IN_TEXT`` contains (any case of "bearer").
+_SECRET_HINTS: Final = ("://", "?", "&", "earer", "EARER")
+
+
 def _mask(match: re.Match[str]) -> str:
     if match["url"]:
         return f"{match['url']}{MASK}@"
@@ -63,4 +67,7 @@ def redact_text(text: str) -> str:
     The last line of defence of log output: a line should not carry a secret in the
     first place (messages use :func:`redact_url`), this catches one that slipped in.
     """
+    # A substring test is ~100x cheaper than the pattern: most lines have none of these.
+    if not any(hint in text for hint in _SECRET_HINTS):
+        return text
     return _SECRETS_IN_TEXT.sub(_mask, text)

@@ -82,7 +82,7 @@ def test_json_logs_and_task_events(
         "SUBSWITCH_TASK_EVENTS": "true",
     }
     publisher = CeleryPublisher(
-        broker_url=clean_redis_url, visibility_timeout=8, queue_type="quorum"
+        broker_url=clean_redis_url, visibility_timeout=8, queue_type="quorum", task_events=True
     )
     with (
         TaskEvents(clean_redis_url) as events,
@@ -113,9 +113,9 @@ def test_json_logs_and_task_events(
         assert (line["command_id"], line["correlation_id"]) == (command_id, "case-5")
         assert (line["lane"], line["attempt"], line["outcome"]) == ("normal", 1, "applied")
         assert line["target"] == "orgs/telco/subscriptions/5/blocks/1"
-        # ...and Flower's events show the task received and done
+        # ...and Flower's events show the task sent (by the producer), received and done
         wait_until(
-            lambda: {"task-received", "task-succeeded"} <= events.types(command_id),
+            lambda: {"task-sent", "task-received", "task-succeeded"} <= events.types(command_id),
             timeout=30,
             what="the task's events",
         )

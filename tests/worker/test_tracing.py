@@ -26,7 +26,7 @@ from subswitch.contract import ChangeBlockStatus
 from subswitch.logs import HANDLER_NAME
 from subswitch.settings import Settings
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
-from subswitch.tracing import Tracing, configure_tracing, exporter_names
+from subswitch.tracing import Tracing, configure_tracing
 from tests.worker.processes import wait_until
 from worker.bootstrap import create_app
 
@@ -104,22 +104,3 @@ def test_send_run_and_upstream_call_are_one_trace(
     assert (
         run.attributes is not None and run.attributes.get("celery.task_name") == "subswitch.apply"
     )
-
-
-def test_tracing_is_off_unless_otel_variables_say_otherwise(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Given no OTEL_* variables / Then no exporter, and configure_tracing does nothing
-    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED"):
-        monkeypatch.delenv(name, raising=False)
-    assert exporter_names(Settings()) == []
-    assert configure_tracing(Settings()) is None
-    # Given an OTLP endpoint / Then OTLP
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
-    assert exporter_names(Settings()) == ["otlp"]
-    # Given the SDK disabled, or exporter none / Then off
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    assert exporter_names(Settings()) == []
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console,otlp")
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    assert exporter_names(Settings()) == []
