@@ -455,6 +455,11 @@ def test_compose_mounts_files_that_exist_or_are_provisioned_with_the_metrics() -
     assert sources == {"./prometheus/prometheus.yml", "./prometheus/alerts.yml"}
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert scrape["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    # ...and it scrapes services compose runs, on the metrics port they are given
+    [job] = scrape["scrape_configs"]
+    [sd] = job["dns_sd_configs"]
+    assert set(sd["names"]) <= set(compose()["services"])
+    assert str(sd["port"]) == compose()["x-subswitch"]["environment"]["SUBSWITCH_METRICS_PORT"]
 
 
 # --- the Dockerfile -------------------------------------------------------------------
