@@ -145,9 +145,10 @@ def formatter(fmt: LogFormat) -> logging.Formatter:
 
 
 def configure_logging(
-    fmt: LogFormat, *, level: int | str = logging.WARNING, logfile: Path | str | None = None
+    fmt: LogFormat, *, level: int | str | None = None, logfile: Path | str | None = None
 ) -> logging.Handler:
-    """Send the root logger's lines, in ``fmt``, to stderr (or ``logfile``) at ``level``.
+    """Send the root logger's lines, in ``fmt``, to stderr (or ``logfile``) at ``level``
+    (``None`` keeps the root logger's level: WARNING unless something set another).
 
     Replaces the handler an earlier call installed (and no other), so calling it again,
     as the worker does once Celery knows the level, is harmless.
@@ -163,7 +164,8 @@ def configure_logging(
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
-    root.setLevel(level)
+    if level is not None:
+        root.setLevel(level)
     # Warnings (Celery's SecurityWarning, deprecations) become log lines too.
     logging.captureWarnings(True)
     return handler

@@ -18,9 +18,12 @@ from celery import Celery
 from producers import CommandProducer
 from producers.publisher import CeleryPublisher
 from subswitch.broker import celery_config
+from subswitch.contract import Lane
+from subswitch.logs import LogFormat
 from subswitch.settings import Settings
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.worker.processes import running_worker, wait_until
+from worker import cli as worker_cli
 from worker.bootstrap import worker_config
 
 PASSWORD = "dev-token"
@@ -138,3 +141,34 @@ def test_task_events_follow_the_setting(events: bool) -> None:
     config = worker_config(Settings(task_events=events), "redis://127.0.0.1:6379/0")
     assert config["worker_send_task_events"] is events
     assert config["task_send_sent_event"] is events
+
+
+def test_the_worker_command_passes_events_and_quiet_on_to_celery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a worker with JSON logs and task events, and Celery's start recorded
+    started: list[list[str]] = []
+    monkeypatch.setattr(worker_cli, "_start_celery", lambda _app, argv: started.append(argv) or 0)
+    settings = Settings(
+        broker_url="redis://127.0.0.1:6379/0",
+        store_url="redis://127.0.0.1:6379/0",
+        log_format=LogFormat.JSON,
+        task_events=True,
+    )
+    plan = worker_cli.ConsumerPlan(None, (Lane.NORMAL,), 4)
+    # When one Celery worker is started
+    worker_cli._run_celery(plan, settings, loglevel="INFO", hostname=None)
+    # Then Celery prints no banner (logs stay JSON lines) and sends task events
+    [argv] = started
+    assert argv[:2] == ["--quiet", "worker"]
+    assert "--task-events" in argv
+
+
+def test_the_supervisor_starts_its_workers_with_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the supervisor's child processes recorded instead of started
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(worker_cli.subprocess, "Popen", lambda argv, **_: spawned.append(argv))
+    plan = worker_cli.ConsumerPlan("urgent", (Lane.URGENT,), 8)
+    # When a child is spawned with events on / Then its command line asks for them
+    worker_cli._spawn(plan, loglevel="INFO", hostname=None, events=True)
+    assert spawned[0][-1] == "--events"
