@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-BROKER_URL: Final = "redis://127.0.0.1:6379/11"  # broker and store; flushed per scenario
+#: Broker and store of every scenario, flushed before each; BENCH_REDIS_URL picks
+#: another database (a machine shared with other runs).
+BROKER_URL: Final = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 TOKEN: Final = "dev-token"
 LATENCY_MS: Final = 20.0
 SUBSCRIPTIONS: Final = 2_000_000

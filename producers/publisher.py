@@ -143,6 +143,7 @@ class CeleryPublisher:
         delivery_limit: int = _DEFAULTS["delivery_limit"],
         max_message_bytes: int = _DEFAULTS["max_message_bytes"],
         signer: Signer | None = None,
+        task_events: bool = _DEFAULTS["task_events"],
     ) -> None:
         self._broker_url = broker_url
         self._signer = signer
@@ -156,6 +157,8 @@ class CeleryPublisher:
                 delivery_limit=delivery_limit,
             )
         )
+        # A "task-sent" event per send, for Flower (it needs write on celeryev).
+        self._app.conf.task_send_sent_event = task_events
         self._connections = self._app.connection_for_write().Pool(
             limit=self._app.conf.broker_pool_limit
         )
@@ -172,6 +175,7 @@ class CeleryPublisher:
             delivery_limit=settings.delivery_limit,
             max_message_bytes=settings.max_message_bytes,
             signer=producer_signer(settings),
+            task_events=settings.task_events,
         )
 
     @property

@@ -19,11 +19,19 @@ from producers.gateway_cli import register as register_gateway_command
 from producers.publisher import CeleryPublisher
 from producers.retry_cli import register as register_retry_command
 from subswitch import __version__
-from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
+from subswitch.commandline import (
+    EXIT_STATUS_HELP,
+    OneLineErrors,
+    OneLineGroup,
+    read_process_settings,
+    read_settings,
+)
 from subswitch.demo import run_demo
+from subswitch.logs import configure_logging
 from subswitch.simulator.cli import register as register_simulator_commands
 from subswitch.status_cli import register as register_status_command
 from subswitch.top_cli import register as register_top_command
+from subswitch.tracing import configure_tracing
 from subswitch.trust_cli import register as register_trust_commands
 from worker.cli import register as register_worker_commands
 from worker.reconcile_cli import register as register_reconcile_command
@@ -56,6 +64,11 @@ def _root(
     ] = False,
 ) -> None:
     """Switch telecom subscriptions' barrings and services on and off, reliably."""
+    # Every process is configured here, once: its log format (the worker's level
+    # follows once Celery knows it) and, when OTEL_* asks for it, tracing.
+    process = read_process_settings()
+    configure_logging(process.log_format)
+    configure_tracing(process)
 
 
 register_worker_commands(app)

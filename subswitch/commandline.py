@@ -30,7 +30,7 @@ from subswitch.errors import (
     UnavailableError,
     settings_error,
 )
-from subswitch.settings import Settings
+from subswitch.settings import ProcessSettings, Settings
 
 if TYPE_CHECKING:
     # typer >= 0.2x vendors click: its commands take and make typer's own Context.
@@ -76,6 +76,14 @@ def fail(message: str, code: int) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code``."""
     typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
+
+
+def read_process_settings() -> ProcessSettings:
+    """How this process logs and traces; a bad variable raises :class:`ConfigurationError`."""
+    try:
+        return ProcessSettings()
+    except ValidationError as exc:
+        raise settings_error(exc) from None
 
 
 def read_settings() -> Settings:

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from subswitch.logs import LogFormat
 from subswitch.redact import redact_url
 
 DEFAULT_UPSTREAM_URL = "http://127.0.0.1:8080/v2"
@@ -18,7 +19,30 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "subswitch"
 
 
-class Settings(BaseSettings):
+class ProcessSettings(BaseSettings):
+    """What every process reads first, before its command's own settings: how it logs
+    and whether it traces.
+
+    Apart, so a bad unrelated variable does not stop ``--help`` from working.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SUBSWITCH_", extra="ignore", frozen=True)
+
+    log_format: LogFormat = LogFormat.TEXT
+
+    # OpenTelemetry's own variables (no SUBSWITCH_ prefix; the SDK reads the rest of
+    # them itself): tracing is off unless they name an exporter or an endpoint.
+    otel_sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str | None = Field(None, validation_alias="OTEL_TRACES_EXPORTER")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+    )
+
+
+class Settings(ProcessSettings):
     """Every knob of subswitch; see the README's configuration table.
 
     Unset ``broker_url`` / ``store_url`` mean the embedded Redis under ``data_dir``.
@@ -97,10 +121,15 @@ class Settings(BaseSettings):
     #: Address those endpoints listen on: every interface, so probes and scrapers
     #: from outside the container or pod reach them.
     metrics_host: str = "0.0.0.0"  # noqa: S104
+    #: Celery task events (``-E``) on the workers and ``task-sent`` events from
+    #: producers, so Flower sees each task; ``subswitch worker --events`` turns it on.
+    task_events: bool = False
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Every URL may carry a password (broker, store, upstream, token endpoint):
         # masked wherever Settings is shown (logs, errors, `celery report`).
         for name, value in super().__repr_args__():
-            masked = name is not None and name.endswith("_url") and isinstance(value, str)
+            masked = (
+                name is not None and name.endswith(("_url", "_endpoint")) and isinstance(value, str)
+            )
             yield name, redact_url(value) if masked else value

@@ -9,6 +9,9 @@ is the friendlier way in.
 from __future__ import annotations
 
 from subswitch.settings import Settings
+from subswitch.tracing import configure_tracing
 from worker.bootstrap import create_app, start_or_refuse
 
-app = start_or_refuse(lambda: create_app(Settings()))
+_settings = start_or_refuse(Settings)
+start_or_refuse(lambda: configure_tracing(_settings))
+app = start_or_refuse(lambda: create_app(_settings))

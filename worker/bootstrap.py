@@ -26,6 +26,7 @@ import redis
 from celery import Celery
 from celery.signals import (
     celeryd_after_setup,
+    setup_logging,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -38,6 +39,7 @@ from pydantic import ValidationError
 from subswitch.broker import celery_config, is_amqp
 from subswitch.commandline import exit_for, one_line
 from subswitch.errors import StoreError, SubswitchError, TransientError, settings_error
+from subswitch.logs import LogFormat, configure_logging
 from subswitch.policy import PolicyError
 from subswitch.redact import redact_url, scrub
 from subswitch.settings import Settings
@@ -237,6 +239,9 @@ def worker_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         worker_hijack_root_logger=False,
         # Remote control lets any broker client inspect, revoke or shut down workers.
         worker_enable_remote_control=settings.remote_control,
+        # Task events (Flower's view of tasks); a retry the worker sends is a task sent.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
     )
     if is_amqp(broker_url):
         config.update(task_default_queue_type=settings.rabbitmq_queue_type)
@@ -255,6 +260,7 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> Celery
         UnavailableError: the embedded Redis would not start.
     """
     endpoints = start_or_raise(lambda: resolve_endpoints(settings))
+    log_through_subswitch(settings.log_format)
     app = Celery("subswitch", set_as_current=False, amqp=ReliableAMQP.PATH)
     registry = CollectorRegistry()
     recorder = PrometheusRecorder(
@@ -289,6 +295,24 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> Celery
     tasks.register(app, executor=holder.executor, deliveries=holder.deliveries)
     holder.attach(app)
     return app
+
+
+_LOGGING_RECEIVER: Final = "subswitch-logging"
+
+
+def log_through_subswitch(fmt: LogFormat) -> None:
+    """Let Celery's worker log through :func:`~subswitch.logs.configure_logging`.
+
+    A receiver of Celery's ``setup_logging`` signal replaces Celery's own set-up (its
+    root handlers, its task logger, its redirected stdout): every line, Celery's own
+    included, comes out in ``fmt`` at the level the worker was started with.
+    """
+
+    def setup(loglevel: int | str | None = None, logfile: str | None = None, **_: Any) -> None:
+        configure_logging(fmt, level=loglevel or logging.INFO, logfile=logfile)
+
+    setup_logging.disconnect(dispatch_uid=_LOGGING_RECEIVER)
+    setup_logging.connect(setup, weak=False, dispatch_uid=_LOGGING_RECEIVER)
 
 
 def check_runtime(settings: Settings) -> None:

@@ -31,6 +31,7 @@ from celery.bin.celery import celery as celery_command
 from subswitch.broker import check_broker_url
 from subswitch.commandline import OneLineErrors, read_settings
 from subswitch.contract import Lane
+from subswitch.logs import LogFormat
 from subswitch.settings import Settings
 from subswitch.urls import resolve_endpoints
 from worker.bootstrap import DEFAULT_CONCURRENCY, check_runtime, create_app, start_or_refuse
@@ -98,7 +99,8 @@ def plan_consumers(
     ]
 
 
-def worker(  # noqa: PLR0917 (typer maps each parameter to an option)
+def worker(
+    *,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Threads for the normal/bulk lanes.")
     ] = DEFAULT_CONCURRENCY,
@@ -124,6 +126,14 @@ def worker(  # noqa: PLR0917 (typer maps each parameter to an option)
             "--metrics-dir", hidden=True, help="(Supervised child) where metrics are written."
         ),
     ] = None,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events",
+            "-E",
+            help="Send Celery task events (Flower sees the tasks); as SUBSWITCH_TASK_EVENTS=true.",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker (Celery, threads pool) that applies commands upstream."""
     plans = plan_consumers(
@@ -131,6 +141,8 @@ def worker(  # noqa: PLR0917 (typer maps each parameter to an option)
     )
     # Checked here, once, before any child process could report the same mistake twice.
     settings = read_settings()
+    if events:
+        settings = settings.model_copy(update={"task_events": True})
     if settings.broker_url:
         check_broker_url(settings.broker_url)
     if len(plans) == 1:
@@ -160,7 +172,9 @@ def _run_celery(
             logging.getLogger(name).setLevel(logging.WARNING)
     app = start_or_refuse(lambda: create_app(settings, metrics_dir=metrics_dir))
     queues = ",".join(lane.queue for lane in plan.lanes)
-    argv = [
+    # Celery's banner is not a log line: JSON logs stay one object per line without it.
+    argv = ["--quiet"] if settings.log_format is LogFormat.JSON else []
+    argv += [
         "worker",
         "--pool",
         "threads",
@@ -175,6 +189,8 @@ def _run_celery(
     ]
     if hostname:
         argv += ["--hostname", hostname]
+    if settings.task_events:
+        argv.append("--task-events")
     status = _start_celery(app, argv)
     if status:
         raise typer.Exit(status)
@@ -204,8 +220,11 @@ def _supervise(
     plans: list[ConsumerPlan], settings: Settings, *, loglevel: str, hostname: str | None
 ) -> int:
     """Run one child per plan until one ends; with a metrics port, serve for both."""
+    events = settings.task_events
     if settings.metrics_port is None:
-        return _watch([_spawn(plan, loglevel=loglevel, hostname=hostname) for plan in plans])
+        return _watch(
+            [_spawn(plan, loglevel=loglevel, hostname=hostname, events=events) for plan in plans]
+        )
     # The children's metrics (prometheus_client's multiprocess mode) and readiness go
     # to a directory of this invocation's own, removed when it ends.
     metrics_dir = Path(tempfile.mkdtemp(prefix="subswitch-metrics-"))
@@ -221,7 +240,13 @@ def _supervise(
         )
         try:
             children.extend(
-                _spawn(plan, loglevel=loglevel, hostname=hostname, metrics_dir=metrics_dir)
+                _spawn(
+                    plan,
+                    loglevel=loglevel,
+                    hostname=hostname,
+                    events=events,
+                    metrics_dir=metrics_dir,
+                )
                 for plan in plans
             )
             return _watch(children)
@@ -264,7 +289,12 @@ def _watch(children: list[subprocess.Popen[bytes]]) -> int:
 
 
 def _spawn(
-    plan: ConsumerPlan, *, loglevel: str, hostname: str | None, metrics_dir: Path | None = None
+    plan: ConsumerPlan,
+    *,
+    loglevel: str,
+    hostname: str | None,
+    events: bool,
+    metrics_dir: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     lanes = ",".join(lane.value for lane in plan.lanes)
     argv = [
@@ -286,6 +316,8 @@ def _spawn(
         argv += ["--metrics-dir", str(metrics_dir)]
         # prometheus_client reads it at import: each child writes its own files there.
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    if events:
+        argv.append("--events")
     niceness = 0 if Lane.URGENT in plan.lanes else _MAIN_NICENESS
     return subprocess.Popen(argv, env=env, preexec_fn=lambda: _prepare_child(niceness))  # noqa: S603, PLW1509
 

@@ -31,6 +31,7 @@ from subswitch.contract import (
     rejected_message_event,
     result_event,
 )
+from subswitch.logs import add_log_context, log_context
 from subswitch.policy import Refusal
 from subswitch.signing import detach_signature
 from subswitch.text import safe_line
@@ -181,6 +182,15 @@ Decision = Ack | RetryLater
 LEASE_MARGIN_S: Final = 2.0
 
 
+def _log_decision(decision: Decision) -> None:
+    """The one INFO line per delivered command: its outcome, or when it comes back."""
+    if isinstance(decision, Ack):
+        outcome = decision.outcome.value
+        logger.info("command %s", outcome, extra={"outcome": outcome})
+    else:
+        logger.info("command back in %.2fs: %s", decision.delay_s, decision.reason)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -311,6 +321,18 @@ class Executor:
         return self._publish(finished, key, (event, body))
 
     def _handle_command(self, command: AnyCommand, token: str) -> Decision:
+        # Every line logged while this command is handled carries its fields.
+        with log_context(
+            command_id=command.command_id,
+            correlation_id=command.correlation_id,
+            lane=command.lane.value,
+            target=command.target.subject,
+        ):
+            decision = self._decide(command, token)
+            _log_decision(decision)
+        return decision
+
+    def _decide(self, command: AnyCommand, token: str) -> Decision:
         fingerprint = command.fingerprint()
         now = self._clock()
         expired = command.not_after is not None and now > command.not_after
@@ -390,6 +412,7 @@ class Executor:
 
     def _attempt(self, job: _Job, attempt: int) -> Decision:
         command = job.command
+        add_log_context(attempt=attempt)
         deadline = self._monotonic() + self._attempt_s
         wait = self._traffic.admit(command.lane)
         if wait is not None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from bench.harness import Context
 from bench.report import Row, ScenarioResult, fmt
-from bench.scenarios import bulk, cpu, intake, policy, ratelimit, throughput, urgent
+from bench.scenarios import bulk, cpu, intake, logs, policy, ratelimit, throughput, urgent
 
 Scenario = Callable[[Context], ScenarioResult]
 
@@ -20,6 +20,7 @@ SCENARIOS: dict[str, Scenario] = {
     "urgent": urgent.run,
     "ratelimit": ratelimit.run,
     "intake": intake.run,
+    "logs": logs.run,
     "policy": policy.run,
 }
 
