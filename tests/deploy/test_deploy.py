@@ -16,7 +16,7 @@ import copy
 import re
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
@@ -454,12 +454,19 @@ def test_compose_mounts_files_that_exist_or_are_provisioned_with_the_metrics() -
     sources = {m.split(":")[0] for m in mounts}
     assert sources == {"./prometheus/prometheus.yml", "./prometheus/alerts.yml"}
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    assert scrape["rule_files"] == ["/etc/prometheus/alerts.yml"]
-    # ...and it scrapes services compose runs, on the metrics port they are given
-    [job] = scrape["scrape_configs"]
-    [sd] = job["dns_sd_configs"]
-    assert set(sd["names"]) <= set(compose()["services"])
-    assert str(sd["port"]) == compose()["x-subswitch"]["environment"]["SUBSWITCH_METRICS_PORT"]
+    config_dir = PurePosixPath("/etc/prometheus")  # where compose mounts both files
+    assert [str(config_dir / rule) for rule in scrape["rule_files"]] == [
+        "/etc/prometheus/alerts.yml"
+    ]
+    # ...and it scrapes services compose runs, on the ports they serve metrics on: the
+    # metrics port, or the gateway's own HTTP port
+    services = compose()["services"]
+    metrics_port = compose()["x-subswitch"]["environment"]["SUBSWITCH_METRICS_PORT"]
+    for job in scrape["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            assert set(sd["names"]) <= set(services), job["job_name"]
+            expected = "8000" if sd["names"] == ["gateway"] else metrics_port
+            assert str(sd["port"]) == expected, job["job_name"]
 
 
 # --- the Dockerfile -------------------------------------------------------------------
