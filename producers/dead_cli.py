@@ -25,10 +25,11 @@ from rich.text import Text
 from producers.commands import time_bounds
 from producers.publisher import CeleryPublisher
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
-from subswitch.contract import AnyCommand, Lane
+from subswitch.contract import Lane
 from subswitch.dead_operations import DeadLetterOperator, RedisReplayMarks, Replay
 from subswitch.deadletters import (
     DeadLetter,
+    SignedCommand,
     counts_by_reason,
     describe_body,
     open_dead_letter_queue,
@@ -184,21 +185,24 @@ def _confirm(operator: DeadLetterOperator, chosen: list[str] | None) -> None:
         fail("nothing purged", ExitCode.FAILED)
 
 
-def _publisher_of(publisher: CeleryPublisher) -> Callable[[Sequence[AnyCommand]], None]:
-    def publish(commands: Sequence[AnyCommand]) -> None:
-        if len(commands) > 1 and all(command.lane is Lane.BULK for command in commands):
-            publisher.publish_batch(commands)
+def _publisher_of(publisher: CeleryPublisher) -> Callable[[Sequence[SignedCommand]], None]:
+    def publish(commands: Sequence[SignedCommand]) -> None:
+        # A chunk nobody signed goes back as a chunk; signed commands keep their own
+        # signatures (a chunk's signature would be this operator's, not the producer's).
+        unsigned = all(signed.signature is None for signed in commands)
+        if unsigned and len(commands) > 1 and all(c.command.lane is Lane.BULK for c in commands):
+            publisher.publish_batch([signed.command for signed in commands])
             return
-        for command in commands:
-            publisher.publish(command)
+        for command, signature in commands:
+            publisher.publish(command, signature=signature)
 
     return publish
 
 
 def _counted(
-    publish: Callable[[Sequence[AnyCommand]], None], tick: Callable[[], None]
-) -> Callable[[Sequence[AnyCommand]], None]:
-    def counted(commands: Sequence[AnyCommand]) -> None:
+    publish: Callable[[Sequence[SignedCommand]], None], tick: Callable[[], None]
+) -> Callable[[Sequence[SignedCommand]], None]:
+    def counted(commands: Sequence[SignedCommand]) -> None:
         publish(commands)
         tick()
 

@@ -19,8 +19,14 @@ from typing import Protocol
 import redis
 
 from subswitch import keys
-from subswitch.contract import AnyCommand, InvalidCommand, TimeBounds
-from subswitch.deadletters import COMMAND_ID_HEADER, DeadLetter, DeadLetterQueue, commands_of
+from subswitch.contract import InvalidCommand, TimeBounds
+from subswitch.deadletters import (
+    COMMAND_ID_HEADER,
+    DeadLetter,
+    DeadLetterQueue,
+    SignedCommand,
+    signed_commands_of,
+)
 from subswitch.errors import InvalidInput, StoreError
 
 
@@ -65,7 +71,7 @@ class InMemoryReplayMarks:
 
 #: Sends the commands of one letter (one command, or a bulk chunk) and returns once the
 #: broker accepted them; raises ``PublishError`` otherwise.
-Publish = Callable[[Sequence[AnyCommand]], None]
+Publish = Callable[[Sequence[SignedCommand]], None]
 
 
 @dataclass(frozen=True)
@@ -176,13 +182,13 @@ class DeadLetterOperator:
         # The mark first: should the replay be dead-lettered again, it is kept again.
         marks.forget(letter)
         publish(commands)
-        return Replay(letter, tuple(command.command_id for command in commands))
+        return Replay(letter, tuple(signed.command.command_id for signed in commands))
 
-    def _checked(self, letter: DeadLetter) -> list[AnyCommand]:
-        commands = commands_of(letter)
+    def _checked(self, letter: DeadLetter) -> list[SignedCommand]:
+        commands = signed_commands_of(letter)
         if self._bounds is not None:
             now = self._clock()
-            for command in commands:
+            for command, _ in commands:
                 violation = self._bounds.violation(command.issued_at, now=now)
                 if violation is not None:
                     raise InvalidCommand(violation, command_id=command.command_id)

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from amqp.exceptions import NotFound
 from kombu import Connection
+from pydantic import ValidationError
 
 from subswitch.broker import BROKER_FAILURES, is_amqp
 from subswitch.contract import (
@@ -37,6 +38,7 @@ from subswitch.contract import (
     readable_command_id,
 )
 from subswitch.errors import BrokerError
+from subswitch.signing import SIGNATURE_FIELD, Signature, detach_signature
 from subswitch.text import safe_line
 
 #: Headers the worker sets on what it dead-letters (``worker/sinks.py``).
@@ -178,21 +180,51 @@ def command_payloads(letter: DeadLetter) -> list[dict[str, Any]]:
     raise InvalidCommand("holds no command: its task argument is not a command or a list")
 
 
+class SignedCommand(NamedTuple):
+    """A command a letter carries, with the signature it travelled with (if any)."""
+
+    command: AnyCommand
+    signature: Signature | None
+
+
 def commands_of(letter: DeadLetter) -> list[AnyCommand]:
     """The valid commands a letter carries, as the worker would parse them.
 
     Raises:
         InvalidCommand: it carries none, or one of them is invalid (the reason says which).
     """
+    return [signed.command for signed in signed_commands_of(letter)]
+
+
+def signed_commands_of(letter: DeadLetter) -> list[SignedCommand]:
+    """:func:`commands_of` with each command's own signature, so a replay goes out
+    signed by its producer, as it first came (a policy in force still verifies it).
+
+    Raises:
+        InvalidCommand: it carries none, or one of them (or its signature) is invalid.
+    """
     payloads = command_payloads(letter)
-    commands: list[AnyCommand] = []
+    found: list[SignedCommand] = []
     for index, payload in enumerate(payloads):
         try:
-            commands.append(parse_command(payload))
+            found.append(_signed_command(payload))
         except InvalidCommand as exc:
             where = f"command {index + 1} of {len(payloads)}: " if len(payloads) > 1 else ""
             raise InvalidCommand(f"{where}{exc}", command_id=exc.command_id) from None
-    return commands
+    return found
+
+
+def _signed_command(payload: dict[str, Any]) -> SignedCommand:
+    fields, raw_signature = detach_signature(payload)
+    command = parse_command(fields)
+    if raw_signature is None:
+        return SignedCommand(command, None)
+    try:
+        return SignedCommand(command, Signature.model_validate(raw_signature))
+    except ValidationError:
+        raise InvalidCommand(
+            f"its {SIGNATURE_FIELD!r} member is not a signature", command_id=command.command_id
+        ) from None
 
 
 class DeadLetterQueue(Protocol):

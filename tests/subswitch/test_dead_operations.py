@@ -8,17 +8,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from subswitch.contract import AnyCommand, ChangeBlockStatus, Lane, TimeBounds
 from subswitch.dead_operations import DeadLetterOperator, InMemoryReplayMarks
 from subswitch.deadletters import (
     DeadLetter,
     InMemoryDeadLetterQueue,
+    SignedCommand,
     commands_of,
     counts_by_reason,
     describe_body,
 )
 from subswitch.errors import InvalidInput, PublishError
+from subswitch.signing import SIGNATURE_FIELD, Signature, Signer
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BOUNDS = TimeBounds(max_skew_s=300, retention_s=86_400)
@@ -45,12 +48,14 @@ def letter(body: bytes, reason: str = "unknown task 'x'", **headers: Any) -> Dea
 class Sent:
     def __init__(self, *, fail: bool = False) -> None:
         self.batches: list[list[AnyCommand]] = []
+        self.signatures: list[list[Signature | None]] = []
         self.fail = fail
 
-    def __call__(self, commands: Sequence[AnyCommand]) -> None:
+    def __call__(self, commands: Sequence[SignedCommand]) -> None:
         if self.fail:
             raise PublishError("could not enqueue: told to fail")
-        self.batches.append(list(commands))
+        self.batches.append([signed.command for signed in commands])
+        self.signatures.append([signed.signature for signed in commands])
 
 
 def operator(*letters: DeadLetter) -> tuple[DeadLetterOperator, InMemoryDeadLetterQueue]:
@@ -226,3 +231,33 @@ def test_a_body_shows_indented_when_json_and_escaped_when_not() -> None:
     assert describe_body(letter(b'{"a": 1}')) == '{\n  "a": 1\n}'
     assert describe_body(letter(b"line\nnext\x00")) == "line\\nnext\\x00"
     assert describe_body(letter('{"r": "a\u202eb"}'.encode())) == '{\n  "r": "a\\u202eb"\n}'
+
+
+def test_a_signed_letter_is_replayed_with_its_producers_own_signature() -> None:
+    # Given a dead letter of a command its producer signed
+    signer = Signer(private_key=Ed25519PrivateKey.generate())
+    fields = command("signed-1")
+    signature = signer.sign(ChangeBlockStatus.model_validate(fields))
+    signed = {**fields, SIGNATURE_FIELD: signature.model_dump()}
+    dead = letter(task_body(signed))
+    ops, _ = operator(dead)
+    sent = Sent()
+    # When it is replayed
+    [result] = ops.replay([dead.id], publish=sent, marks=InMemoryReplayMarks())
+    # Then it goes out with the signature it came with, not re-signed by the operator
+    assert result.refused is None
+    assert [c.command_id for c in sent.batches[0]] == ["signed-1"]
+    assert sent.signatures == [[signature]]
+
+
+def test_a_letter_whose_signature_member_is_malformed_is_refused() -> None:
+    # Given a dead letter whose signature member is not a signature
+    dead = letter(task_body({**command("bad-sig"), SIGNATURE_FIELD: "forged"}))
+    ops, queue = operator(dead)
+    sent = Sent()
+    # When it is replayed
+    [result] = ops.replay([dead.id], publish=sent, marks=InMemoryReplayMarks())
+    # Then it is refused with the reason, nothing is sent and the letter stays
+    assert result.refused is not None and "signature" in result.refused
+    assert sent.batches == []
+    assert [kept.id for kept in queue.letters()] == [dead.id]
