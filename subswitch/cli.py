@@ -15,6 +15,7 @@ from rich.console import Console
 from producers.batch_cli import register as register_batch_command
 from producers.cli import register as register_producer_commands
 from subswitch import __version__
+from subswitch.archive.cli import register as register_archive_commands
 from subswitch.commandline import EXIT_STATUS_HELP, OneLineErrors, OneLineGroup, read_settings
 from subswitch.demo import run_demo
 from subswitch.simulator.cli import register as register_simulator_commands
@@ -54,6 +55,7 @@ register_worker_commands(app)
 register_producer_commands(app)
 register_batch_command(app)
 register_simulator_commands(app)
+register_archive_commands(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     #: 350 bytes. RabbitMQ 4.0 refuses messages over 16 MiB (3.x: 128 MiB).
     max_message_bytes: PositiveInt = 1024 * 1024
     source: str = "subswitch"
+    #: The audit archive (``postgresql://...``, ``sqlite:///...``); unset: a SQLite
+    #: file in ``data_dir`` (``subswitch.archive.url``).
+    archive_url: str | None = None
+    #: How long the archive keeps an event (by its ``completed_at``), in days.
+    archive_retention_days: PositiveInt = 400
+    #: Events the archive inserts in one transaction, at most...
+    archive_batch_size: PositiveInt = 500
+    #: ...and how long (seconds) an event waits for its batch to fill before it is written.
+    archive_flush_seconds: PositiveFloat = 0.5
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True
 

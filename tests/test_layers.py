@@ -42,6 +42,7 @@ CLI_MODULES: Final = frozenset(
         "producers.cli",
         "producers.batch_cli",
         "worker.cli",
+        "subswitch.archive.cli",
     }
 )
 #: Who may import a CLI module: the ``subswitch`` CLI that assembles them, ``__main__``s.
