@@ -36,7 +36,7 @@ READY_MARK: Final = "archive ready"
 RETENTION_INTERVAL_S: Final = 3600.0
 RETENTION_BATCH: Final = 5000
 #: How long one wait for messages lasts when nothing is pending (stop is seen by then).
-_IDLE_WAIT_S: Final = 1.0
+_IDLE_WAIT_S: Final = 0.25
 _RETRY_FIRST_S: Final = 0.5
 _RETRY_MAX_S: Final = 30.0
 _CONNECT_TIMEOUT_S: Final = 4.0
@@ -93,11 +93,14 @@ class ArchiveConsumer:
         self._batch = _Batch()
         self._newest: datetime | None = None
         self._next_sweep = 0.0
+        self._on_ready: Callable[[], None] = lambda: None
         self.stored = 0
         metrics.LAG.set_function(self._lag)
 
     def run(self, stop: threading.Event, *, on_ready: Callable[[], None] = lambda: None) -> None:
         """Consume until ``stop`` is set; what is pending then is written and acked.
+        ``on_ready`` is called once the queue is bound and consumed (again after a
+        reconnection).
 
         A broker that cannot be reached at first raises :class:`BrokerError`; a
         connection lost later is re-established with a growing delay.
@@ -108,7 +111,7 @@ class ArchiveConsumer:
         """
         self._newest = self._sink.newest_completed_at()
         connection = self._connect()
-        on_ready()
+        self._on_ready = on_ready
         delay = _RETRY_FIRST_S
         while not stop.is_set():
             try:
@@ -160,6 +163,7 @@ class ArchiveConsumer:
         consumer.qos(prefetch_count=2 * self._batch_size)
         consumer.consume()
         log.info("%s: %s into the database", READY_MARK, queue.name)
+        self._on_ready()  # bound and consuming: nothing published from now on is missed
         while not stop.is_set():
             self._wait(connection)
             if self._batch_due():
@@ -170,7 +174,9 @@ class ArchiveConsumer:
 
     def _wait(self, connection: Connection) -> None:
         timeout = _IDLE_WAIT_S
-        if self._batch.messages:
+        if self._monotonic() >= self._next_sweep:
+            timeout = 0.0  # expired events left to delete: only take what is there
+        elif self._batch.messages:
             left = self._batch.started + self._flush_seconds - self._monotonic()
             timeout = max(0.0, min(timeout, left))
         try:

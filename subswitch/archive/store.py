@@ -180,6 +180,11 @@ class SqlArchive:
         return cls(engine=make_engine(url), clock=clock)
 
     @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for instrumentation and tests)."""
+        return self._engine
+
+    @property
     def url(self) -> str:
         """The database's URL, its password masked."""
         return shown(self._engine.url)
