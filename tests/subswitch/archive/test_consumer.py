@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
@@ -61,12 +61,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _empty_queue() -> Iterator[None]:
+def _empty_queue() -> None:
     with Connection(BROKER) as connection:
         channel = connection.default_channel
         EVENTS(channel).declare()
         channel.queue_delete(ARCHIVE_QUEUE)
-    yield
 
 
 def publish(events: list[ResultEvent], *extra: bytes, broker: str = BROKER) -> None:

@@ -99,10 +99,13 @@ def test_a_subscription_history_is_oldest_first_within_its_window(archive: SqlAr
 
 def test_audit_exports_by_correlation_id_and_by_source(archive: SqlArchive) -> None:
     # Given commands of two sources, some sharing a correlation id
+    plan = [(1, "billing", "job-1"), (2, "fraud-engine", "case-1"), (3, "billing", "case-1")]
     commands = [
-        block(subscription_id=n, issued_at=T0 + timedelta(minutes=n), source=source, correlation_id=case)
-        for n, source, case in [(1, "billing", "job-1"), (2, "fraud-engine", "case-1"), (3, "billing", "case-1")]
-    ]  # fmt: skip
+        block(
+            subscription_id=n, issued_at=T0 + timedelta(minutes=n), source=who, correlation_id=case
+        )
+        for n, who, case in plan
+    ]
     archive.store([event_of(command) for command in commands])
     # When exported by correlation id, and by source since a time
     by_case = list(archive.correlation_history("case-1"))
