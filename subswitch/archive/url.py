@@ -1,7 +1,8 @@
 """``SUBSWITCH_ARCHIVE_URL`` as people write it, made into an engine URL on psycopg 3.
 
 Accepted: ``postgresql://user@host/db``, ``postgres://...``, any ``postgresql+<driver>``
-spelling, libpq parameters in the query (``?options=-csearch_path%3Dsubswitch``,
+spelling, a libpq key/value string (``host=db dbname=subswitch user=app``), libpq
+parameters in the query (``?options=-csearch_path%3Dsubswitch``,
 ``?sslmode=require``, ``?host=/var/run/postgresql``), and ``sqlite:///path`` (a file;
 ``sqlite:////abs/path`` or ``sqlite:///relative/path``). Unset, the archive is
 ``archive.sqlite3`` in the data directory. Errors name the variable and show the URL
@@ -13,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -45,8 +48,11 @@ def normalise_archive_url(text: str) -> URL:
     Raises:
         ConfigurationError: naming ``SUBSWITCH_ARCHIVE_URL``, never its password.
     """
+    text = text.strip()
+    if "://" not in text:
+        return _conninfo(text)
     try:
-        url = make_url(text.strip())
+        url = make_url(text)
     except (ArgumentError, ValueError):
         raise _bad(text, "not a database URL") from None
     backend = url.drivername.partition("+")[0]
@@ -70,6 +76,26 @@ def shown(url: URL) -> str:
     return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
 
+def _conninfo(text: str) -> URL:
+    """A libpq key/value string (``host=db dbname=subswitch user=app``) as a URL."""
+    try:
+        params = conninfo_to_dict(text) if "=" in text else {}
+    except psycopg.Error:
+        params = {}
+    if not params.get("dbname"):
+        raise _bad("", "not a database URL nor a libpq string with dbname=")
+    port = params.pop("port", None)
+    return URL.create(
+        POSTGRES_DRIVER,
+        username=params.pop("user", None),
+        password=params.pop("password", None),
+        host=params.pop("host", None),
+        port=int(port) if port and str(port).isdigit() else None,
+        database=params.pop("dbname"),
+        query={key: str(value) for key, value in params.items()},
+    )
+
+
 def _postgres(url: URL, text: str) -> URL:
     if not url.database:
         raise _bad(text, "name the database (postgresql://user@host/dbname)")
@@ -83,11 +109,11 @@ def _sqlite(url: URL, text: str) -> URL:
 
 
 def _bad(text: str, why: str) -> ConfigurationError:
-    try:
-        quoted = repr(redact_url(text))
-    except ValueError:  # not even a URL: show nothing of it, it may hold a password
-        quoted = "unreadable"
+    try:  # what is not even a URL is not shown: it may hold a password anywhere
+        quoted = f"{redact_url(text)!r}; " if "://" in text else ""
+    except ValueError:
+        quoted = ""
     return ConfigurationError(
-        f"{why} ({quoted}; use postgresql://user@host/dbname or sqlite:///path)",
+        f"{why} ({quoted}use postgresql://user@host/dbname or sqlite:///path)",
         variable=ARCHIVE_VARIABLE,
     )

@@ -10,19 +10,25 @@ when ``CI=true``.
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 import psycopg
 import pytest
+from amqp.exceptions import ChannelError
+from kombu import Connection
 from psycopg import sql
 
 from subswitch.archive.store import SqlArchive
 from subswitch.archive.url import normalise_archive_url
+from subswitch.broker import EVENTS
 from subswitch.contract import (
+    ARCHIVE_QUEUE,
+    EVENT_CONTENT_TYPE,
     AnyCommand,
     ChangeBlockStatus,
     EventError,
@@ -124,3 +130,36 @@ def event_of(
         upstream_status=201 if outcome is Outcome.APPLIED else None,
         error=error,
     )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Return once ``condition()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def publish(events: list[ResultEvent], *extra: bytes, broker: str) -> None:
+    """Publish ``events`` (then ``extra`` raw bodies) as the workers do."""
+    with Connection(broker) as connection:
+        producer = connection.Producer()
+        for body in [event.to_json() for event in events] + list(extra):
+            producer.publish(
+                body,
+                exchange=EVENTS,
+                routing_key="command.applied",
+                declare=[EVENTS],  # on Redis a publisher routes by the type it declared
+                content_type=EVENT_CONTENT_TYPE,
+                content_encoding="utf-8",
+            )
+
+
+def queued(broker: str) -> int:
+    """Messages ready on ``subswitch.archive``."""
+    with Connection(broker) as connection:
+        try:
+            found = connection.default_channel.queue_declare(ARCHIVE_QUEUE, passive=True)
+        except ChannelError:  # on Redis an empty queue is no key at all
+            return 0
+        return int(found.message_count)

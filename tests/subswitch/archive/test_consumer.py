@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from amqp.exceptions import ChannelError
 from kombu import Connection
 from prometheus_client import REGISTRY
 
 from subswitch.archive.consumer import RETENTION_BATCH, ArchiveConsumer
 from subswitch.broker import EVENTS
-from subswitch.contract import ARCHIVE_QUEUE, EVENT_CONTENT_TYPE, ResultEvent
+from subswitch.contract import ARCHIVE_QUEUE, ResultEvent
 from subswitch.errors import ArchiveError
-from tests.subswitch.archive.conftest import T0, block, event_of
+from tests.subswitch.archive.conftest import T0, block, event_of, publish, queued, wait_until
 
 BROKER = "memory://"
 
@@ -53,42 +50,12 @@ def counted(result: str) -> float:
     return REGISTRY.get_sample_value("subswitch_archive_events_total", {"result": result}) or 0.0
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 @pytest.fixture(autouse=True)
 def _empty_queue() -> None:
     with Connection(BROKER) as connection:
         channel = connection.default_channel
         EVENTS(channel).declare()
         channel.queue_delete(ARCHIVE_QUEUE)
-
-
-def publish(events: list[ResultEvent], *extra: bytes, broker: str = BROKER) -> None:
-    with Connection(broker) as connection:
-        producer = connection.Producer()
-        for body in [event.to_json() for event in events] + list(extra):
-            producer.publish(
-                body,
-                exchange=EVENTS,
-                routing_key="command.applied",
-                declare=[EVENTS],  # on Redis a publisher routes by the type it declared
-                content_type=EVENT_CONTENT_TYPE,
-                content_encoding="utf-8",
-            )
-
-
-def queued(broker: str = BROKER) -> int:
-    with Connection(broker) as connection:
-        try:
-            found = connection.default_channel.queue_declare(ARCHIVE_QUEUE, passive=True)
-        except ChannelError:  # on Redis an empty queue is no key at all
-            return 0
-        return int(found.message_count)
 
 
 class Running:
@@ -128,12 +95,12 @@ def test_full_batches_are_written_at_once_and_the_rest_on_stop() -> None:
     sink = RecordingSink()
     running = Running(sink, batch_size=10, flush_seconds=60.0)
     # When 25 events come in, and the consumer is stopped
-    publish(events(25))
+    publish(events(25), broker=BROKER)
     wait_until(lambda: len(sink.ids) >= 20)
     running.close()
     # Then two full batches were written as they filled, the last 5 on stop; all acked
     assert [len(batch) for batch in sink.batches] == [10, 10, 5]
-    assert queued() == 0
+    assert queued(BROKER) == 0
 
 
 def test_a_partial_batch_is_written_after_the_flush_interval() -> None:
@@ -142,7 +109,7 @@ def test_a_partial_batch_is_written_after_the_flush_interval() -> None:
     running = Running(sink, batch_size=500, flush_seconds=0.2)
     # When only three events come
     sample = events(3)
-    publish(sample)
+    publish(sample, broker=BROKER)
     # Then they are written without waiting for more (or for a stop)
     wait_until(lambda: len(sink.ids) == 3)
     running.close()
@@ -175,7 +142,7 @@ def test_duplicates_and_garbage_are_counted_not_stored() -> None:
     before = {name: counted(name) for name in ("stored", "duplicate", "skipped")}
     running = Running(sink, batch_size=3, flush_seconds=0.1)
     # When both events and the garbage come in
-    publish(sample, b"not an event")
+    publish(sample, b"not an event", broker=BROKER)
     wait_until(lambda: len(sink.ids) == 2)
     running.close()
     # Then one is stored, one is a duplicate, the garbage is skipped (and acked)
@@ -185,7 +152,7 @@ def test_duplicates_and_garbage_are_counted_not_stored() -> None:
         "duplicate": 1,
         "skipped": 1,
     }
-    assert queued() == 0
+    assert queued(BROKER) == 0
 
 
 def test_retention_deletes_batch_after_batch_then_rests() -> None:
@@ -195,7 +162,7 @@ def test_retention_deletes_batch_after_batch_then_rests() -> None:
     # When the consumer runs a little
     running = Running(sink, batch_size=10, flush_seconds=0.1)
     wait_until(lambda: sink.expired == 0)
-    publish(events(1))
+    publish(events(1), broker=BROKER)
     wait_until(lambda: len(sink.ids) == 1)
     running.close()
     # Then it deleted in three batches up to retention before its clock, and then rested
@@ -208,7 +175,7 @@ def test_the_lag_gauge_follows_the_newest_archived_event() -> None:
     sink = RecordingSink()
     running = Running(sink, batch_size=1, flush_seconds=0.1)
     # When an event completed at T0 + 1 s is archived
-    publish(events(1))
+    publish(events(1), broker=BROKER)
     wait_until(lambda: len(sink.ids) == 1)
     running.close()
     # Then the lag is the time between them
