@@ -79,9 +79,10 @@ def shown(url: URL) -> str:
 def _conninfo(text: str) -> URL:
     """A libpq key/value string (``host=db dbname=subswitch user=app``) as a URL."""
     try:
-        params = conninfo_to_dict(text) if "=" in text else {}
+        parsed = conninfo_to_dict(text) if "=" in text else {}
     except psycopg.Error:
-        params = {}
+        parsed = {}
+    params = {key: str(value) for key, value in parsed.items() if value is not None}
     if not params.get("dbname"):
         raise _bad("", "not a database URL nor a libpq string with dbname=")
     port = params.pop("port", None)
@@ -90,9 +91,9 @@ def _conninfo(text: str) -> URL:
         username=params.pop("user", None),
         password=params.pop("password", None),
         host=params.pop("host", None),
-        port=int(port) if port and str(port).isdigit() else None,
+        port=int(port) if port and port.isdigit() else None,
         database=params.pop("dbname"),
-        query={key: str(value) for key, value in params.items()},
+        query=params,
     )
 
 
