@@ -23,7 +23,7 @@ from kombu import Connection, Consumer, Message
 from pydantic import ValidationError
 
 from subswitch.archive import metrics
-from subswitch.broker import BROKER_FAILURES, EVENTS, archive_queue, check_broker_url
+from subswitch.broker import BROKER_FAILURES, EVENTS, archive_queue, check_broker_url, is_amqp
 from subswitch.contract import ResultEvent, describe_validation_error
 from subswitch.errors import ArchiveError, BrokerError
 from subswitch.redact import redact_url, scrub
@@ -84,6 +84,7 @@ class ArchiveConsumer:
         self._broker_url = check_broker_url(broker_url)
         self._sink = sink
         self._queue = archive_queue(broker_url=broker_url, queue_type=queue_type)
+        self._amqp = is_amqp(broker_url)
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._retention = timedelta(days=retention_days)
@@ -212,7 +213,12 @@ class ArchiveConsumer:
             return
         if not self._write(batch.events, stop):
             return  # stopping with the database away: unacked, so redelivered later
-        for message in batch.messages:
+        if self._amqp:
+            # Everything this channel delivered so far is in this batch, in order: one
+            # frame acknowledges it all.
+            batch.messages[-1].ack(multiple=True)
+            return
+        for message in batch.messages:  # Redis acknowledges one message at a time
             message.ack()
 
     def _write(self, events: list[ResultEvent], stop: threading.Event) -> bool:
