@@ -223,10 +223,11 @@ class SqlArchive:
         statement = (
             self._insert(events)
             .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(events.c.event_id)
+            .execution_options(preserve_rowcount=True)
         )
         with self._mapped("could not store events"), self._engine.begin() as connection:
-            return len(connection.execute(statement, rows).all())
+            # The driver's executemany reports the rows it inserted, skipped ones not.
+            return int(connection.execute(statement, rows).rowcount)
 
     def delete_completed_before(self, cutoff: datetime, *, limit: int) -> int:
         """Delete at most ``limit`` events completed before ``cutoff`` (oldest first);
@@ -359,7 +360,11 @@ def make_engine(url: URL) -> Engine:
     path = sqlite_path(url)
     if path is None:
         args = {} if "connect_timeout" in url.query else {"connect_timeout": _PG_CONNECT_TIMEOUT_S}
-        return create_engine(url, pool_pre_ping=True, connect_args=args)
+        # psycopg's own executemany (one prepared INSERT, pipelined) rather than one
+        # huge multi-row INSERT per page, which psycopg would parse anew every batch.
+        return create_engine(
+            url, pool_pre_ping=True, connect_args=args, use_insertmanyvalues=False
+        )
     _private_file(path)
     engine = create_engine(url)
     event.listen(engine, "connect", _sqlite_pragmas)
