@@ -362,9 +362,7 @@ def make_engine(url: URL) -> Engine:
         args = {} if "connect_timeout" in url.query else {"connect_timeout": _PG_CONNECT_TIMEOUT_S}
         # psycopg's own executemany (one prepared INSERT, pipelined) rather than one
         # huge multi-row INSERT per page, which psycopg would parse anew every batch.
-        return create_engine(
-            url, pool_pre_ping=True, connect_args=args, use_insertmanyvalues=False
-        )
+        return create_engine(url, pool_pre_ping=True, connect_args=args, use_insertmanyvalues=False)
     _private_file(path)
     engine = create_engine(url)
     event.listen(engine, "connect", _sqlite_pragmas)
