@@ -8,7 +8,7 @@ PostgreSQL at 127.0.0.1:5432, user ``postgres``, dropped afterwards):
 - ``insert``: ``SqlArchive.store`` of ``--events`` events in batches of
   ``Settings.archive_batch_size`` (500): the database's share alone.
 - ``archive``: a backlog of ``--events`` events waits on ``subswitch.archive`` (Redis
-  db 12, flushed), then a real ``subswitch archive`` process starts on an empty
+  db 11, flushed), then a real ``subswitch archive`` process starts on an empty
   database; events/s = events / (last one committed - process ready). Broker, JSON
   parsing, batching, inserts and acks: the whole path.
 - ``lookups``: the archive filled to ``--total`` events, 10,000 of them on one
@@ -16,8 +16,8 @@ PostgreSQL at 127.0.0.1:5432, user ``postgres``, dropped afterwards):
   of its first row, and of ``latest_event`` (the status lookup) for 200 random
   command ids; median and p95.
 
-The table goes to ``bench/results/archive.md`` (raw numbers to ``archive.json``) and
-to standard output.
+The table goes to ``bench/results/archive-<broker>.md`` (``redis`` or ``rabbitmq``; raw
+numbers to ``archive-<broker>.json``) and to standard output.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from subswitch.contract import (
 from subswitch.redact import redact_url
 from subswitch.settings import Settings
 
-BROKER: Final = "redis://127.0.0.1:6379/12"
+BROKER: Final = "redis://127.0.0.1:6379/11"  # the main benchmark's db: flushed
 PG_ADMIN: Final = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 HOT: Final = ("telco", 4242)
 HOT_COMMANDS: Final = 10_000
@@ -161,7 +161,10 @@ def bench_archive(url: str, count: int, broker: str) -> dict[str, Any]:
     )
     try:
         ready = _ready_time(process)
+        deadline = time.monotonic() + 600
         while reader.count() < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{reader.count()} of {count} events archived in 600 s")
             time.sleep(0.05)
         elapsed = time.perf_counter() - ready
     finally:
@@ -285,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         f"broker {redact_url(args.broker).split('://')[0]})\n\n"
     )
     RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "archive.md").write_text(header + text + "\n")
-    (RESULTS_DIR / "archive.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = f"archive-{'rabbitmq' if is_amqp(args.broker) else 'redis'}"
+    (RESULTS_DIR / f"{name}.md").write_text(header + text + "\n")
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(text)
     return 0
 
