@@ -20,4 +20,7 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-_run(context.config.attributes["connection"])
+# Alembic runs this file under a name of its own; imported as a package module (a tool
+# walking the source) it must do nothing.
+if __name__ != "subswitch.archive.migrations.env":
+    _run(context.config.attributes["connection"])

@@ -75,3 +75,9 @@ def test_a_bad_url_is_one_line_naming_the_variable_never_the_password(
 def test_a_shown_url_masks_the_password_and_the_driver() -> None:
     url = normalise_archive_url("postgresql://app:hunter2@db/subswitch")
     assert shown(url) == "postgresql://app:***@db/subswitch"
+
+
+def test_settings_never_show_the_archive_password() -> None:
+    settings = Settings(archive_url="postgresql://app:hunter2@db/subswitch")
+    assert "hunter2" not in repr(settings)
+    assert "postgresql://app:***@db/subswitch" in repr(settings)
