@@ -14,7 +14,7 @@ from kombu.exceptions import KombuError
 from kombu.transport.base import StdChannel
 from redis.exceptions import RedisError
 
-from subswitch.contract import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
+from subswitch.contract import ARCHIVE_QUEUE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
 from subswitch.errors import ConfigurationError
 
 #: One topic exchange for every lane. Topic, not direct, because Celery's native
@@ -22,6 +22,9 @@ from subswitch.errors import ConfigurationError
 COMMANDS_EXCHANGE = Exchange("subswitch.commands", type="topic", durable=True)
 EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
 DEAD_LETTER = Exchange(DEAD_LETTER_QUEUE, type="direct", durable=True)
+
+#: The routing key of every result event (``command.<outcome>``).
+ALL_EVENTS_KEY: Final = "command.#"
 
 #: What a broker, its client libraries or the network raise when an operation fails;
 #: the publisher, the event stream and the worker's sinks map these to ``BrokerError``.
@@ -125,6 +128,18 @@ def dead_letter_queue(*, broker_url: str, queue_type: str) -> Queue:
         DEAD_LETTER_QUEUE,
         DEAD_LETTER,
         routing_key=DEAD_LETTER_QUEUE,
+        durable=True,
+        queue_arguments=_queue_arguments(broker_url, queue_type),
+    )
+
+
+def archive_queue(*, broker_url: str, queue_type: str) -> Queue:
+    """The audit archive's durable queue, bound to every result event: what is
+    published while the archive is down waits there for it."""
+    return Queue(
+        ARCHIVE_QUEUE,
+        EVENTS,
+        routing_key=ALL_EVENTS_KEY,
         durable=True,
         queue_arguments=_queue_arguments(broker_url, queue_type),
     )

@@ -19,6 +19,7 @@ from producers.gateway_cli import register as register_gateway_command
 from producers.publisher import CeleryPublisher
 from producers.retry_cli import register as register_retry_command
 from subswitch import __version__
+from subswitch.archive.cli import register as register_archive_commands
 from subswitch.commandline import (
     EXIT_STATUS_HELP,
     OneLineErrors,
@@ -29,6 +30,7 @@ from subswitch.commandline import (
 from subswitch.demo import run_demo
 from subswitch.logs import configure_logging
 from subswitch.simulator.cli import register as register_simulator_commands
+from subswitch.status import configured_archive
 from subswitch.status_cli import register as register_status_command
 from subswitch.top_cli import register as register_top_command
 from subswitch.tracing import configure_tracing
@@ -77,12 +79,15 @@ register_batch_command(app)
 register_dead_commands(app)
 register_gateway_command(app)
 # Repairs are enqueued through the producers' publisher, so they take every guarantee.
-register_reconcile_command(app, open_enqueuer=CeleryPublisher.from_settings)
+register_reconcile_command(
+    app, open_enqueuer=CeleryPublisher.from_settings, open_archive=configured_archive
+)
 register_simulator_commands(app)
 register_top_command(app)
 register_status_command(app)
 register_retry_command(app)
 register_trust_commands(app)
+register_archive_commands(app)
 
 
 @app.command("demo", cls=OneLineErrors, epilog="Exit status: 0 every outcome as shown; 1 not.")

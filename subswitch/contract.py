@@ -42,6 +42,8 @@ APPLY_BATCH_TASK: Final = "subswitch.apply_batch"
 EVENTS_EXCHANGE: Final = "subswitch.events"
 #: Queue that keeps messages the worker could not decode, validate or authorise.
 DEAD_LETTER_QUEUE: Final = "subswitch.dead"
+#: The audit archive's own durable queue, bound to every result event.
+ARCHIVE_QUEUE: Final = "subswitch.archive"
 EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
 EVENT_SOURCE: Final = "subswitch/worker"
 

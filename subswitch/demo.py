@@ -1,8 +1,9 @@
 """``subswitch demo`` (and ``make run``): the whole pipeline on one machine, no servers.
 
-It starts the simulator and a worker as child processes on the embedded broker and
-store (or on SUBSWITCH_BROKER_URL / SUBSWITCH_STORE_URL when set), enqueues a
-realistic mix of commands and prints each result event as it arrives.
+It starts the simulator, a worker and the audit archive as child processes on the
+embedded broker and store (or on SUBSWITCH_BROKER_URL / SUBSWITCH_STORE_URL when set),
+enqueues a realistic mix of commands, prints each result event as it arrives, and ends
+with the stolen SIM's history as the archive holds it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,10 @@ from rich.console import Console
 from producers import CommandProducer
 from producers.events import EventStream
 from producers.render import EventTable
+from subswitch.archive.consumer import READY_MARK as ARCHIVE_READY_MARK
+from subswitch.archive.history import HistoryTable
+from subswitch.archive.store import ArchivedCommand, SqlArchive
+from subswitch.archive.url import archive_url
 from subswitch.contract import AnyCommand, ChangeBlockStatus, ChangeServiceStatus, Lane, ResultEvent
 from subswitch.embedded import private_file, stop_embedded_redis
 from subswitch.settings import Settings
@@ -31,6 +37,10 @@ DEMO_TOKEN = "demo-token"  # noqa: S105 - the local simulator's throwaway token
 _READY_MARK = " ready."
 _WORKER_START_S = 60.0
 _EVENT_WAIT_S = 60.0
+_ARCHIVE_WAIT_S = 30.0
+_ARCHIVE_POLL_S = 0.2
+#: The stolen SIM of the demo's fraud block, whose history it prints at the end.
+_STOLEN = ("telco", 101)
 
 
 def run_demo(settings: Settings, console: Console) -> int:
@@ -52,20 +62,28 @@ def run_demo(settings: Settings, console: Console) -> int:
             "SUBSWITCH_STORE_URL": endpoints.store_url,
             "SUBSWITCH_UPSTREAM_URL": sim.base_url,
             "SUBSWITCH_UPSTREAM_TOKEN": DEMO_TOKEN,
+            "SUBSWITCH_DATA_DIR": str(settings.data_dir),
         }
-        stack.enter_context(_worker(env, settings.data_dir / "demo-worker.log"))
+        stack.enter_context(_child("worker", env, settings.data_dir, _READY_MARK))
+        stack.enter_context(_child("archive", env, settings.data_dir, ARCHIVE_READY_MARK))
+        archive = SqlArchive.open(archive_url(settings))
+        stack.callback(archive.close)
         events = stack.enter_context(EventStream(broker_url=broker_url))
         producer = stack.enter_context(
             CommandProducer.from_settings(settings.model_copy(update={"broker_url": broker_url}))
         )
-        console.print(f"simulator at {sim.base_url}; worker log in {settings.data_dir}\n")
-        return _play(producer, events, EventTable(console), console)
+        console.print(f"simulator at {sim.base_url}; logs and archive in {settings.data_dir}\n")
+        return _play(producer, events, EventTable(console), console, archive)
 
 
 @contextmanager
-def _worker(env: dict[str, str], log_path: Path) -> Iterator[None]:
+def _child(role: str, env: dict[str, str], data_dir: Path, mark: str) -> Iterator[None]:
+    """``subswitch worker`` or ``subswitch archive``, its log in ``demo-<role>.log``."""
+    log_path = data_dir / f"demo-{role}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "subswitch", "worker", "--concurrency", "8"]
+    argv = [sys.executable, "-m", "subswitch", role]
+    if role == "worker":
+        argv += ["--concurrency", "8"]
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         argv,
         env={**os.environ, **env},
@@ -74,23 +92,26 @@ def _worker(env: dict[str, str], log_path: Path) -> Iterator[None]:
         text=True,
     )
     ready = threading.Event()
-    threading.Thread(target=_copy_log, args=(process, log_path, ready), daemon=True).start()
+    copy = threading.Thread(target=_copy_log, args=(process, log_path, ready, mark), daemon=True)
+    copy.start()
     try:
         if not ready.wait(_WORKER_START_S):
-            raise RuntimeError(f"the worker did not start; see {log_path}")
+            raise RuntimeError(f"the {role} did not start; see {log_path}")
         yield
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def _copy_log(process: subprocess.Popen[str], log_path: Path, ready: threading.Event) -> None:
+def _copy_log(
+    process: subprocess.Popen[str], log_path: Path, ready: threading.Event, mark: str
+) -> None:
     assert process.stdout is not None
     with private_file(log_path, "w") as log:
         for line in process.stdout:
             log.write(line)
             log.flush()
-            if _READY_MARK in line:
+            if mark in line:
                 ready.set()
 
 
@@ -196,14 +217,53 @@ def _second_wave(now: datetime, fraud: AnyCommand) -> list[tuple[str, AnyCommand
 
 
 def _play(
-    producer: CommandProducer, events: EventStream, table: EventTable, console: Console
+    producer: CommandProducer,
+    events: EventStream,
+    table: EventTable,
+    console: Console,
+    archive: SqlArchive,
 ) -> int:
     now = datetime.now(UTC)
     first = _first_wave(now)
     phases = [_run_wave(first, producer, events, table)]
     console.print("\nnow a stale unblock issued an hour ago, and a reuse of the fraud command id:")
     phases.append(_run_wave(_second_wave(now, first[0][1]), producer, events, table))
-    return _verdict(phases, console)
+    verdict = _verdict(phases, console)
+    stolen = [event for _, found in phases for event in found.values() if _on_stolen(event)]
+    # The stale unblock was issued an hour before the others: the window starts before it.
+    shown = _show_history(archive, stolen, now - timedelta(hours=1, minutes=1), console)
+    return verdict or (0 if shown else 1)
+
+
+def _on_stolen(event: ResultEvent) -> bool:
+    return (event.data.org_id, event.data.subscription_id) == _STOLEN
+
+
+def _show_history(
+    archive: SqlArchive, stolen: list[ResultEvent], since: datetime, console: Console
+) -> bool:
+    """Print the stolen SIM's history once the archive holds every one of its events."""
+    wanted = {event.id for event in stolen}
+    deadline = time.monotonic() + _ARCHIVE_WAIT_S
+    rows: list[ArchivedCommand] = []
+    while time.monotonic() < deadline:
+        rows = list(archive.subscription_history(*_STOLEN, since=since))
+        if wanted <= {row.event_id for row in rows}:
+            break
+        time.sleep(_ARCHIVE_POLL_S)  # the archive writes in batches; poll its database
+    else:
+        console.print(
+            f"[red]unexpected[/] the archive lacks events of {'/'.join(map(str, _STOLEN))}"
+        )
+        return False
+    org, subscription = _STOLEN
+    console.print(
+        f"\nthe stolen SIM's history in the archive (subswitch history {org} {subscription}):"
+    )
+    history = HistoryTable(console, with_subscription=False)
+    for row in rows:
+        history.add(row)
+    return True
 
 
 def _run_wave(

@@ -96,3 +96,8 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
     (variable, message), *others = named
     message += "".join(f"; {name}: {text}" for name, text in others)
     return ConfigurationError(message, variable=variable)
+
+
+class ArchiveError(UnavailableError):
+    """The audit archive's database could not be reached or failed an operation (one
+    line, its password masked); retry later."""

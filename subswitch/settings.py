@@ -113,6 +113,15 @@ class Settings(ProcessSettings):
     gateway_chunk_size: PositiveInt = Field(100, le=250)
     #: ``Retry-After`` (s) of a ``503`` (broker or store unreachable).
     gateway_retry_after_seconds: PositiveInt = 5
+    #: The audit archive (``postgresql://...``, ``sqlite:///...``); unset: a SQLite
+    #: file in ``data_dir`` (``subswitch.archive.url``).
+    archive_url: str | None = None
+    #: How long the archive keeps an event (by its ``completed_at``), in days.
+    archive_retention_days: PositiveInt = 400
+    #: Events the archive inserts in one transaction, at most...
+    archive_batch_size: PositiveInt = 500
+    #: ...and how long (seconds) an event waits for its batch to fill before it is written.
+    archive_flush_seconds: PositiveFloat = 0.5
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True
     #: Port of ``/metrics``, ``/healthz`` and ``/readyz`` (one per ``subswitch worker``);

@@ -33,9 +33,11 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from subswitch import keys
+from subswitch.archive.store import SqlArchive
+from subswitch.archive.url import archive_url
 from subswitch.audit import EventArchive
 from subswitch.contract import AnyCommand, EventError, Outcome, ResultEvent
-from subswitch.errors import StoreError
+from subswitch.errors import ArchiveError, StoreError
 from subswitch.settings import Settings
 
 
@@ -148,10 +150,21 @@ def open_store(url: str) -> redis.Redis:
 
 
 def configured_archive(settings: Settings) -> EventArchive | None:
-    """The audit archive the settings name, to answer once a command's records left the
-    store; ``None`` while no archive is configured (such a command is then ``unknown``)."""
-    del settings  # no archive setting exists yet
-    return None
+    """The audit archive the settings name (``SUBSWITCH_ARCHIVE_URL``, else the default
+    SQLite file), to answer once a command's records left the store; ``None`` when the
+    default file does not exist, as no archive ever ran here (such a command is then
+    ``unknown``).
+
+    Raises:
+        ConfigurationError: ``SUBSWITCH_ARCHIVE_URL`` cannot be used.
+        ArchiveError: the SQLite file it names does not exist.
+    """
+    try:
+        return SqlArchive.open(archive_url(settings))
+    except ArchiveError:
+        if settings.archive_url:
+            raise
+        return None
 
 
 def record_acceptance(

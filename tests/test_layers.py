@@ -48,6 +48,7 @@ CLI_MODULES: Final = frozenset(
         "producers.gateway_cli",
         "worker.cli",
         "worker.reconcile_cli",
+        "subswitch.archive.cli",
     }
 )
 #: Who may import a CLI module: the ``subswitch`` CLI that assembles them, ``__main__``s.

@@ -29,3 +29,11 @@ def test_the_demo_runs_end_to_end_with_no_servers(tmp_path: Path) -> None:
         assert outcome in result.stdout
     assert "every command reached its expected outcome" in result.stdout
     assert not (tmp_path / SOCKET_NAME).exists()
+    # And it ended with the stolen SIM's history from the archive: the stale unblock
+    # (issued an hour earlier) first, then the fraud block, then the reused id
+    history = result.stdout.split("subswitch history telco 101", 1)[1].splitlines()[1:]
+    assert history[0].startswith("ISSUED_AT")
+    column = history[0].index("OUTCOME")
+    outcomes = [line[column:].split()[0] for line in history[1:]]
+    assert outcomes == ["superseded", "applied", "rejected"]
+    assert "fraud-engine" in history[2] and "case-8812" in history[2]

@@ -1,0 +1,386 @@
+"""The audit archive on SQL: PostgreSQL (psycopg 3) or a SQLite file, one code path.
+
+:class:`SqlArchive` writes result events (batched, deduplicated on the event id by
+``INSERT ... ON CONFLICT DO NOTHING`` on both databases), deletes expired ones in
+batches, and reads them back: the :class:`~subswitch.audit.EventArchive` lookups and the
+streamed histories of ``subswitch history`` (a server-side cursor on PostgreSQL, so a
+million rows are never in memory at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from pydantic import ValidationError
+from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+
+from subswitch.archive.schema import events
+from subswitch.archive.url import shown, sqlite_path
+from subswitch.contract import EventError, Outcome, ResultEvent, Target
+from subswitch.errors import ArchiveError
+from subswitch.redact import scrub
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
+#: Rows a history streams per round trip.
+YIELD_PER: Final = 1000
+#: One key for every archive that migrates the same PostgreSQL database at once.
+_MIGRATION_LOCK: Final = 0x5375_6273_7769_7463  # "Subswitc"
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
+_SQLITE_BUSY_MS: Final = 10_000
+_PG_CONNECT_TIMEOUT_S: Final = 5
+
+#: The columns of a history row, in the order of ``--csv``.
+HISTORY_COLUMNS: Final = (
+    "issued_at",
+    "completed_at",
+    "org_id",
+    "subscription_id",
+    "target_kind",
+    "target_id",
+    "command_type",
+    "active",
+    "reason",
+    "source",
+    "correlation_id",
+    "outcome",
+    "attempts",
+    "upstream_status",
+    "error",
+    "lane",
+    "command_id",
+    "event_id",
+)
+
+
+@dataclass(frozen=True)
+class ArchivedCommand:
+    """One row of a history: what, when, who, why and how it ended."""
+
+    issued_at: datetime | None
+    completed_at: datetime
+    org_id: str | None
+    subscription_id: int | None
+    target_kind: str | None
+    target_id: int | None
+    command_type: str | None
+    active: bool | None
+    reason: str | None
+    source: str | None
+    correlation_id: str | None
+    outcome: str
+    attempts: int
+    upstream_status: int | None
+    error: str | None
+    lane: str | None
+    command_id: str | None
+    event_id: str
+
+    def record(self) -> dict[str, Any]:
+        """The row as JSON-ready values (timestamps in RFC 3339)."""
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else value
+            for name, value in asdict(self).items()
+        }
+
+
+def error_text(error: EventError | None) -> str | None:
+    """An event's error on one line (``code=404 status=NOT_FOUND message (detail)``)."""
+    if error is None:
+        return None
+    fields = [
+        f"code={error.code}" if error.code is not None else "",
+        f"status={error.status}" if error.status else "",
+        error.message,
+        f"({error.detail_msg})" if error.detail_msg else "",
+    ]
+    return " ".join(field for field in fields if field)
+
+
+def event_row(event: ResultEvent, *, archived_at: datetime) -> dict[str, Any]:
+    """The archive row of ``event``."""
+    data = event.data
+    kind, ident = _target_of(event)
+    return {
+        "event_id": event.id,
+        "command_id": data.command_id,
+        "command_type": data.command_type,
+        "org_id": data.org_id,
+        "subscription_id": data.subscription_id,
+        "target_kind": kind,
+        "target_id": ident,
+        "active": data.active,
+        "reason": data.reason,
+        "outcome": data.outcome.value,
+        "attempts": data.attempts,
+        "upstream_status": data.upstream_status,
+        "error": error_text(data.error),
+        "source": data.source,
+        "correlation_id": data.correlation_id,
+        "lane": data.priority.value if data.priority else None,
+        "issued_at": data.issued_at,
+        "completed_at": data.completed_at,
+        "archived_at": archived_at,
+        "event": event.model_dump(mode="json", by_alias=True),
+    }
+
+
+def _target_of(event: ResultEvent) -> tuple[str | None, int | None]:
+    if event.data.block_id is not None:
+        return "block", event.data.block_id
+    if event.data.service_id is not None:
+        return "service", event.data.service_id
+    return None, None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlArchive:
+    """Result events in a relational database; implements
+    :class:`~subswitch.audit.EventArchive`.
+
+    Every database error leaves as :class:`~subswitch.errors.ArchiveError`.
+    """
+
+    def __init__(self, *, engine: Engine, clock: Callable[[], datetime] = _utcnow) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @classmethod
+    def open(
+        cls, url: URL, *, create: bool = False, clock: Callable[[], datetime] = _utcnow
+    ) -> SqlArchive:
+        """An archive on ``url`` (from :func:`subswitch.archive.url.archive_url`).
+        Connects to nothing yet. A SQLite file is used in WAL mode and, with ``create``
+        (the archive process), created private (0600, its directory 0700).
+
+        Raises:
+            ArchiveError: the SQLite file does not exist and ``create`` is false.
+        """
+        path = sqlite_path(url)
+        if path is not None and not create and not path.exists():
+            raise ArchiveError(f"no archive at {path} yet: `subswitch archive` creates it")
+        return cls(engine=make_engine(url), clock=clock)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for instrumentation and tests)."""
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        """The database's URL, its password masked."""
+        return shown(self._engine.url)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def migrate(self) -> None:
+        """Create the schema, or upgrade it to this version's (Alembic, in one
+        transaction; concurrent archives on one PostgreSQL take turns).
+
+        Raises:
+            ArchiveError: the database could not be reached or refused.
+        """
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._mapped("could not migrate"), self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def store(self, batch: Sequence[ResultEvent]) -> int:
+        """Insert ``batch`` in one transaction; events already archived (same event id)
+        are skipped. Returns how many were new.
+
+        Raises:
+            ArchiveError: nothing was stored.
+        """
+        if not batch:
+            return 0
+        now = self._clock()
+        unique = {event.id: event for event in batch}
+        rows = [event_row(event, archived_at=now) for event in unique.values()]
+        statement = (
+            self._insert(events)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .execution_options(preserve_rowcount=True)
+        )
+        with self._mapped("could not store events"), self._engine.begin() as connection:
+            # The driver's executemany reports the rows it inserted, skipped ones not.
+            return int(connection.execute(statement, rows).rowcount)
+
+    def delete_completed_before(self, cutoff: datetime, *, limit: int) -> int:
+        """Delete at most ``limit`` events completed before ``cutoff`` (oldest first);
+        returns how many. Call it again until it returns less than ``limit``."""
+        oldest = (
+            select(events.c.id)
+            .where(events.c.completed_at < cutoff)
+            .order_by(events.c.completed_at)
+            .limit(limit)
+        )
+        statement = delete(events).where(events.c.id.in_(oldest))
+        with self._mapped("could not delete expired events"), self._engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def newest_completed_at(self) -> datetime | None:
+        """When the newest archived event's command completed, if any."""
+        with self._mapped("could not read"), self._engine.connect() as connection:
+            newest: datetime | None = connection.execute(
+                select(func.max(events.c.completed_at))
+            ).scalar()
+        return newest
+
+    def count(self) -> int:
+        """How many events the archive holds."""
+        with self._mapped("could not read"), self._engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(events)).scalar_one())
+
+    def latest_event(self, command_id: str) -> ResultEvent | None:
+        """The newest archived event of ``command_id`` (by completion time), if any."""
+        statement = (
+            select(events.c.event)
+            .where(events.c.command_id == command_id)
+            .order_by(events.c.completed_at.desc(), events.c.id.desc())
+            .limit(1)
+        )
+        return self._one_event(statement)
+
+    def newest_applied(self, target: Target) -> ResultEvent | None:
+        """The ``applied`` event of the newest command (by ``issued_at``, then
+        ``command_id``) applied on ``target``, if any."""
+        statement = (
+            select(events.c.event)
+            .where(
+                events.c.org_id == target.org_id,
+                events.c.subscription_id == target.subscription_id,
+                events.c.target_kind == target.kind,
+                events.c.target_id == target.ident,
+                events.c.outcome == Outcome.APPLIED.value,
+            )
+            .order_by(events.c.issued_at.desc(), events.c.command_id.desc())
+            .limit(1)
+        )
+        return self._one_event(statement)
+
+    def subscription_history(
+        self,
+        org_id: str,
+        subscription_id: int,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Iterator[ArchivedCommand]:
+        """Every command on one subscription, oldest ``issued_at`` first; ``since``
+        inclusive, ``until`` exclusive, both on ``issued_at``."""
+        where = [events.c.org_id == org_id, events.c.subscription_id == subscription_id]
+        return self._stream(self._history(where, events.c.issued_at, since, until))
+
+    def correlation_history(
+        self, correlation_id: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[ArchivedCommand]:
+        """Every command with ``correlation_id``, oldest ``issued_at`` first."""
+        where = [events.c.correlation_id == correlation_id]
+        return self._stream(self._history(where, events.c.issued_at, since, until))
+
+    def source_history(
+        self, source: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[ArchivedCommand]:
+        """Every command ``source`` issued that completed in ``[since, until)``, oldest
+        ``completed_at`` first (an audit export: what it changed, and when)."""
+        where = [events.c.source == source]
+        return self._stream(self._history(where, events.c.completed_at, since, until))
+
+    def _history(
+        self, where: list[Any], when: Any, since: datetime | None, until: datetime | None
+    ) -> Select[Any]:
+        if since is not None:
+            where.append(when >= since)
+        if until is not None:
+            where.append(when < until)
+        columns = [events.c[name] for name in HISTORY_COLUMNS]
+        return select(*columns).where(*where).order_by(when, events.c.id)
+
+    def _stream(self, statement: Select[Any]) -> Iterator[ArchivedCommand]:
+        with self._mapped("could not read the history"), self._engine.connect() as connection:
+            rows = connection.execution_options(yield_per=YIELD_PER).execute(statement)
+            for row in rows:
+                yield ArchivedCommand(**row._asdict())
+
+    def _one_event(self, statement: Select[Any]) -> ResultEvent | None:
+        with self._mapped("could not read"), self._engine.connect() as connection:
+            body = connection.execute(statement).scalar()
+        if body is None:
+            return None
+        try:
+            return ResultEvent.model_validate(body)
+        except ValidationError:
+            log.warning("an archived event no longer reads as a result event; ignored")
+            return None
+
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise ArchiveError(f"archive {self.url}: {what}: {self._reason(exc)}") from exc
+
+    def _reason(self, exc: SQLAlchemyError) -> str:
+        original = getattr(exc, "orig", None) or exc
+        text = str(original).splitlines()[0] if str(original) else type(original).__name__
+        secret = self._engine.url.render_as_string(hide_password=False)
+        return scrub(text, secret)
+
+    def __repr__(self) -> str:
+        return f"SqlArchive(url={self.url!r})"
+
+
+def make_engine(url: URL) -> Engine:
+    """An engine on ``url``: a SQLite file private and in WAL mode, or PostgreSQL with a
+    connect timeout (unless the URL sets one)."""
+    path = sqlite_path(url)
+    if path is None:
+        args = {} if "connect_timeout" in url.query else {"connect_timeout": _PG_CONNECT_TIMEOUT_S}
+        # psycopg's own executemany (one prepared INSERT, pipelined) rather than one
+        # huge multi-row INSERT per page, which psycopg would parse anew every batch.
+        return create_engine(url, pool_pre_ping=True, connect_args=args, use_insertmanyvalues=False)
+    _private_file(path)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _private_file(path: Path) -> None:
+    path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    try:
+        # WAL: `subswitch history` reads while the archive writes. FULL: a commit is
+        # on disk before its events are acked, even across a power loss.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+    finally:
+        cursor.close()
