@@ -34,7 +34,9 @@ def gateway(
     """Serve the HTTP API: POST /v1/commands, GET /v1/commands/{id}, /readyz, /metrics."""
     settings = read_settings()
     built = build_gateway(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The process's own lines (ready, batches, reloads) at INFO, in SUBSWITCH_LOG_FORMAT
+    # (the root callback installed the handler).
+    logging.getLogger().setLevel(logging.INFO)
     serve(
         built,
         host=host or settings.gateway_host,

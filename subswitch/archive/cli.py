@@ -50,9 +50,9 @@ def archive(
     ] = False,
 ) -> None:
     """Keep the audit archive: every result event into SUBSWITCH_ARCHIVE_URL, until stopped."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # The process's own lines (ready, batches, reloads) at INFO, in SUBSWITCH_LOG_FORMAT
+    # (the root callback installed the handler).
+    logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its every step, at INFO
     settings = read_settings()
     store = SqlArchive.open(archive_url(settings), create=True)
