@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from subswitch import keys
 from subswitch.errors import StoreError
 from subswitch.text import safe_line
-from subswitch import keys
 from worker.executor import DeadLetterSink
 from worker.store import LuaScripts
 

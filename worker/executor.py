@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
+from subswitch import keys
 from subswitch.contract import (
     AnyCommand,
     ChangeBlockStatus,
@@ -29,7 +30,6 @@ from subswitch.contract import (
     result_event,
 )
 from subswitch.text import safe_line
-from subswitch import keys
 from worker.policy import RetryPolicy
 from worker.store import (
     AlreadyApplied,

@@ -42,9 +42,9 @@ from typing import Any, Final, Protocol
 
 import redis
 
+from subswitch import keys
 from subswitch.contract import AnyCommand, Target
 from subswitch.errors import StoreError
-from subswitch import keys
 
 # Shared by the scripts below: may this delivery publish a finished record's event?
 # Returns 'publish' (the claim is now ours), 'skip' (published already) or 'busy'

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from subswitch.contract import Lane
 from subswitch import keys
+from subswitch.contract import Lane
 from worker.store import Script
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from subswitch.errors import StoreError
 from subswitch import keys
+from subswitch.errors import StoreError
 from worker.consumer import RequeueBackoff
 from worker.deliveries import DeadLetterOnce, Delivery, DeliveryCounter
 from worker.sinks import InMemoryDeadLetters

@@ -9,9 +9,9 @@ from typing import Any
 
 import fakeredis
 
+from subswitch import keys
 from subswitch.contract import ChangeBlockStatus, ChangeServiceStatus, Outcome
 from tests.worker.conftest import DEFAULTS, Clock, Harness, new_store
-from subswitch import keys
 from worker.executor import Ack, Executor, RetryLater
 from worker.policy import RetryPolicy
 from worker.sinks import InMemoryDeadLetters, InMemoryEventSink

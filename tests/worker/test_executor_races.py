@@ -8,9 +8,9 @@ from typing import Any
 
 import fakeredis
 
+from subswitch import keys
 from subswitch.contract import ChangeBlockStatus, Outcome
 from tests.worker.conftest import Harness
-from subswitch import keys
 from worker.executor import Ack, RetryLater
 from worker.upstream import UpstreamUnavailable
 

@@ -10,9 +10,9 @@ from typing import Any
 import fakeredis
 import pytest
 
+from subswitch import keys
 from subswitch.contract import ChangeBlockStatus, Outcome
 from tests.worker.conftest import Harness, HarnessFactory
-from subswitch import keys
 from worker.executor import Ack, RetryLater
 from worker.upstream import PermanentError, UpstreamTimeout
 

@@ -15,9 +15,9 @@ import fakeredis
 import pytest
 import redis
 
+from subswitch import keys
 from subswitch.contract import ChangeBlockStatus
 from tests.worker.conftest import new_store
-from subswitch import keys
 from worker.store import (
     AlreadyApplied,
     Busy,

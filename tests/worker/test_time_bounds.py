@@ -8,9 +8,9 @@ from typing import Any
 
 import fakeredis
 
+from subswitch import keys
 from subswitch.contract import ChangeBlockStatus, Outcome
 from tests.worker.conftest import Harness, new_store
-from subswitch import keys
 from worker.executor import Ack
 from worker.store import Go, OutOfBounds, RedisStore
 

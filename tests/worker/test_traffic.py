@@ -11,9 +11,9 @@ from datetime import timedelta
 import fakeredis
 import pytest
 
+from subswitch import keys
 from subswitch.contract import ChangeBlockStatus, Lane, Outcome
 from tests.worker.conftest import Harness
-from subswitch import keys
 from worker.executor import Ack, RetryLater
 from worker.store import LuaScripts
 from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 import fakeredis
 import pytest
 
+from subswitch import keys
 from subswitch.contract import ChangeBlockStatus, Lane
 from tests.worker.conftest import Harness
-from subswitch import keys
 from worker.executor import RetryLater
 from worker.store import LuaScripts
 from worker.traffic import BreakerPolicy, CircuitBreaker, RateLimiter, TrafficControl
