@@ -3,6 +3,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist); each has its own Redis DB and RabbitMQ vhost.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist load
 
 .PHONY: install run test unit lint format bench chaos docs simulator clean
 
@@ -19,11 +22,11 @@ run: $(STAMP)
 
 ## test: lint, type-check, then every test (integration tests need Redis and RabbitMQ)
 test: lint
-	$(BIN)/pytest
+	$(PYTEST)
 
 ## unit: the tests that need no broker
 unit: $(STAMP)
-	$(BIN)/pytest -m "not integration"
+	$(PYTEST) -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
