@@ -29,6 +29,7 @@ them explicitly too is fine), so ``pytest -m "not integration"`` needs no broker
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -66,6 +67,14 @@ class Namespace:
     amqp_vhost: str
     #: ``gwN`` under xdist, else ``""``.
     worker: str = ""
+
+    @property
+    def slug(self) -> str:
+        """A lowercase identifier unique to this namespace (``subswitch_test_wa_gw1_11``),
+        for anything else a test keeps on a shared server: a PostgreSQL database or
+        schema, a key or queue prefix."""
+        words = re.sub(r"[^a-z0-9]+", "_", f"{self.amqp_vhost}_{self.redis_db}".lower())
+        return f"subswitch_test_{words.strip('_')}"
 
 
 def session_namespace(environ: Mapping[str, str]) -> Namespace:

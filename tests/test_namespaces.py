@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import AMQP_URL, NAMESPACE, REDIS_URL, Namespace, session_namespace
@@ -46,6 +48,22 @@ def test_two_xdist_workers_never_share_a_namespace() -> None:
     assert len({space.redis_db for space in spaces}) == 8
     assert len({space.amqp_vhost for space in spaces}) == 8
     assert min(space.redis_db for space in spaces) > 0
+    assert len({space.slug for space in spaces}) == 8
+
+
+@pytest.mark.parametrize(
+    ("namespace", "slug"),
+    [
+        (Namespace(15, "/"), "subswitch_test_15"),
+        (Namespace(11, "wa-gw1", "gw1"), "subswitch_test_wa_gw1_11"),
+        (Namespace(14, "subswitch-test-gw1", "gw1"), "subswitch_test_subswitch_test_gw1_14"),
+    ],
+)
+def test_a_namespace_has_an_identifier_for_other_servers(namespace: Namespace, slug: str) -> None:
+    # Given a namespace / When it names itself for, say, a PostgreSQL schema
+    # Then the name is a plain lowercase identifier that tells the namespace apart
+    assert namespace.slug == slug
+    assert re.fullmatch(r"[a-z_][a-z0-9_]*", namespace.slug)
 
 
 def test_this_session_talks_to_its_own_namespace() -> None:
