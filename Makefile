@@ -3,6 +3,12 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist); each has its own Redis DB and RabbitMQ vhost. `load`
+# spreads the slow integration tests of one module over both processes: it beat
+# `loadscope` (a module per process) by a minute on the full suite.
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS)
 
 .PHONY: install run test unit lint format bench chaos docs simulator clean
 
@@ -19,11 +25,11 @@ run: $(STAMP)
 
 ## test: lint, type-check, then every test (integration tests need Redis and RabbitMQ)
 test: lint
-	$(BIN)/pytest
+	$(PYTEST)
 
 ## unit: the tests that need no broker
 unit: $(STAMP)
-	$(BIN)/pytest -m "not integration"
+	$(PYTEST) -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

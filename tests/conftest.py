@@ -1,22 +1,26 @@
 """Shared fixtures: the real brokers integration tests run against.
 
-- ``redis_url`` (session): ``redis://127.0.0.1:6379/15`` once Redis answers a PING.
-- ``clean_redis_url``: the same, DB 15 flushed, held for this test alone (see below).
-- ``amqp_url`` (session): ``amqp://guest:guest@127.0.0.1:5672//`` once RabbitMQ accepts
-  a connection.
+- ``redis_url`` (session): ``redis://127.0.0.1:6379/<db>`` once Redis answers a PING.
+- ``clean_redis_url``: the same, the DB flushed, held for this test alone (see below).
+- ``amqp_url`` (session): ``amqp://guest:guest@127.0.0.1:5672/<vhost>`` once RabbitMQ
+  accepts a connection (the vhost is created if it is missing).
 - ``clean_amqp_url``: the same, subswitch queues deleted, held for this test alone.
 - ``broker_url``: ``clean_redis_url`` then ``clean_amqp_url`` (ids ``redis``, ``rabbitmq``).
 
 A broker that does not answer skips the test locally and fails it when ``CI=true``.
 
 The queue names are fixed by the contract, so two test sessions on one broker (two
-checkouts, two engineers) would consume and purge each other's messages. The ``clean_*``
-fixtures therefore hold a per-broker lock for the duration of the test: a lock key in
-the Redis test DB, an exclusive queue on RabbitMQ (released by the broker if the
-process dies). Start workers and consumers inside the test or in fixtures that depend
-on these, so they are gone before the lock is released. To run without waiting on
-other sessions, give yours its own namespace: ``SUBSWITCH_TEST_REDIS_DB`` (default 15),
-``SUBSWITCH_TEST_AMQP_VHOST`` (default ``/``; it must exist and allow guest).
+checkouts, two engineers, two xdist workers) would consume and purge each other's
+messages. Each session therefore works in a namespace of its own, a Redis DB and a
+RabbitMQ vhost (see ``session_namespace``): ``SUBSWITCH_TEST_REDIS_DB`` (default 15) and
+``SUBSWITCH_TEST_AMQP_VHOST`` (default ``/``) name the base one; xdist worker ``gwN``
+takes DB ``base - N`` and, for N > 0, vhost ``<base>-gwN``. Should two sessions still
+share a namespace, the ``clean_*`` fixtures hold a per-namespace lock for the duration
+of the test: a lock key in the Redis test DB, an exclusive queue on RabbitMQ (released
+by the broker if the process dies). Start workers and consumers inside the test or in
+fixtures that depend on these, so they are gone before the lock is released. Anything
+else a test starts (simulators, servers, embedded Redis) listens on a free port or a
+socket under its own temporary directory, never a fixed one.
 
 Tests using any of these fixtures are marked ``integration`` automatically (marking
 them explicitly too is fine), so ``pytest -m "not integration"`` needs no broker.
@@ -25,9 +29,13 @@ them explicitly too is fine), so ``pytest -m "not integration"`` needs no broker
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Final, NoReturn
 from urllib.parse import quote
 
@@ -44,13 +52,55 @@ from subswitch.contract import DEAD_LETTER_QUEUE, Lane
 
 REDIS_HOST: Final = "127.0.0.1"
 REDIS_PORT: Final = 6379
+#: A Redis server's DBs by default (0 to 15).
+REDIS_DBS: Final = 16
+AMQP_ROOT: Final = "amqp://guest:guest@127.0.0.1:5672/"
+#: The vhost prefix of xdist workers when the base vhost is RabbitMQ's default ``/``.
+DEFAULT_VHOST_PREFIX: Final = "subswitch-test"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Where one test session (one xdist worker) keeps its Redis keys and its queues."""
+
+    redis_db: int
+    amqp_vhost: str
+    #: ``gwN`` under xdist, else ``""``.
+    worker: str = ""
+
+    @property
+    def slug(self) -> str:
+        """A lowercase identifier unique to this namespace (``subswitch_test_wa_gw1_11``),
+        for anything else a test keeps on a shared server: a PostgreSQL database or
+        schema, a key or queue prefix."""
+        words = re.sub(r"[^a-z0-9]+", "_", f"{self.amqp_vhost}_{self.redis_db}".lower())
+        return f"subswitch_test_{words.strip('_')}"
+
+
+def session_namespace(environ: Mapping[str, str]) -> Namespace:
+    """The namespace of the session whose environment is ``environ``.
+
+    ``SUBSWITCH_TEST_REDIS_DB`` (default 15) and ``SUBSWITCH_TEST_AMQP_VHOST`` (default
+    ``/``) name the base namespace, which a session outside xdist and xdist worker
+    ``gw0`` use. Worker ``gwN`` takes DB ``base - N`` (counting down, never up into a
+    developer's DB 0) and vhost ``<base>-gwN`` (``subswitch-test-gwN`` for ``/``).
+    """
+    worker = environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    base_db = int(environ.get("SUBSWITCH_TEST_REDIS_DB", "15"))
+    base_vhost = environ.get("SUBSWITCH_TEST_AMQP_VHOST", "/")
+    vhost = base_vhost
+    if index:
+        vhost = f"{DEFAULT_VHOST_PREFIX if base_vhost == '/' else base_vhost}-gw{index}"
+    return Namespace(redis_db=base_db - index, amqp_vhost=vhost, worker=worker)
+
+
+NAMESPACE: Final = session_namespace(os.environ)
 #: A DB of its own, flushed per test, so tests never touch a developer's data in DB 0.
-REDIS_TEST_DB: Final = int(os.environ.get("SUBSWITCH_TEST_REDIS_DB", "15"))
+REDIS_TEST_DB: Final = NAMESPACE.redis_db
 REDIS_URL: Final = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
-AMQP_VHOST: Final = os.environ.get("SUBSWITCH_TEST_AMQP_VHOST", "/")
-AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/" + (
-    "/" if AMQP_VHOST == "/" else quote(AMQP_VHOST, safe="")
-)
+AMQP_VHOST: Final = NAMESPACE.amqp_vhost
+AMQP_URL: Final = AMQP_ROOT + ("/" if AMQP_VHOST == "/" else quote(AMQP_VHOST, safe=""))
 SUBSWITCH_QUEUES: Final = (*(lane.queue for lane in Lane), DEAD_LETTER_QUEUE)
 BROKER_FIXTURES: Final = frozenset(
     {"redis_url", "clean_redis_url", "amqp_url", "clean_amqp_url", "broker_url"}
@@ -100,15 +150,23 @@ def _wait_for_lock(acquire: Callable[[], object], what: str) -> None:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the Redis test DB (not flushed, not locked: see ``clean_redis_url``)."""
+    if not 0 < REDIS_TEST_DB < REDIS_DBS:
+        pytest.fail(
+            f"xdist worker {NAMESPACE.worker or '(none)'} would use Redis DB {REDIS_TEST_DB}:"
+            f" SUBSWITCH_TEST_REDIS_DB must leave one DB between 1 and {REDIS_DBS - 1} per"
+            " worker (worker gwN uses DB base - N)",
+            pytrace=False,
+        )
     client = redis.Redis(
         host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB, socket_connect_timeout=1,
         socket_timeout=1, retry=Retry(NoBackoff(), 0),
     )  # fmt: skip
     try:
         client.ping()
-    except (redis.RedisError, OSError):
+    except (redis.RedisError, OSError) as exc:
         broker_unavailable(
-            f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT}: start it to run integration tests"
+            f"Redis DB {REDIS_TEST_DB} not reachable at {REDIS_HOST}:{REDIS_PORT} ({exc}):"
+            " start it to run integration tests"
         )
     finally:
         client.close()
@@ -132,16 +190,59 @@ def clean_redis_url(redis_url: str) -> Iterator[str]:
         client.close()
 
 
+def _connect(url: str) -> None:
+    with Connection(url, connect_timeout=2) as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0)
+
+
+def create_vhost(vhost: str) -> str | None:
+    """Create ``vhost`` (if missing) and let guest use it: None, or why that failed.
+
+    Needs ``rabbitmqctl`` and the right to run it (root, or the rabbitmq user); the
+    management plugin, and so its HTTP API, may be off.
+    """
+    ctl = shutil.which("rabbitmqctl") or shutil.which("rabbitmqctl", path="/usr/sbin:/sbin")
+    if ctl is None:
+        return "rabbitmqctl not found"
+    for args in (("add_vhost", vhost), ("set_permissions", "-p", vhost, "guest", *[".*"] * 3)):
+        try:
+            done = subprocess.run(
+                [ctl, *args], capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"rabbitmqctl {args[0]}: {exc}"
+        output = (done.stderr or done.stdout).strip()
+        if done.returncode != 0 and "already exists" not in output:
+            last = output.splitlines()[-1] if output else f"exit status {done.returncode}"
+            return f"rabbitmqctl {args[0]}: {last}"
+    return None
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
-    """URL of the RabbitMQ test vhost (not purged, not locked: see ``clean_amqp_url``)."""
+    """URL of the RabbitMQ test vhost (not purged, not locked: see ``clean_amqp_url``).
+
+    A missing vhost (say ``wa-gw1``, the first time a session runs on two xdist
+    workers) is created, with every permission for guest.
+    """
+    unreachable = "RabbitMQ not reachable at 127.0.0.1:5672: start it to run integration tests"
     try:
-        with Connection(AMQP_URL, connect_timeout=2) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0)
+        _connect(AMQP_URL)
+    except (amqp.exceptions.NotAllowed, amqp.exceptions.AccessRefused):
+        # The vhost does not exist, or guest may not use it.
+        problem = create_vhost(AMQP_VHOST)
+        if problem is not None:
+            broker_unavailable(
+                f"RabbitMQ vhost {AMQP_VHOST!r} is missing and could not be created ({problem}):"
+                f" run `rabbitmqctl add_vhost {AMQP_VHOST}` and `rabbitmqctl set_permissions"
+                f" -p {AMQP_VHOST} guest '.*' '.*' '.*'`"
+            )
+        try:
+            _connect(AMQP_URL)
+        except (amqp.exceptions.AMQPError, KombuError, OSError) as exc:
+            broker_unavailable(f"RabbitMQ vhost {AMQP_VHOST!r} created but refused: {exc}")
     except (KombuError, OSError):
-        broker_unavailable(
-            "RabbitMQ not reachable at 127.0.0.1:5672: start it to run integration tests"
-        )
+        broker_unavailable(unreachable)
     return AMQP_URL
 
 

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,8 +19,13 @@ from celery import Celery
 
 from subswitch.broker import celery_config, is_amqp
 from subswitch.contract import Lane
+from subswitch.settings import Settings
 
 READY_MARK = " ready."
+#: Settings' own defaults (not the environment's), for the probe's Celery app.
+DEFAULTS = Settings.model_construct()
+#: How long a probe waits for the workers' replies: all of them come well within it.
+PROBE_TIMEOUT_S = 1.0
 
 
 class WorkerProcess:
@@ -56,6 +61,7 @@ class WorkerProcess:
             start_new_session=True,
         )
         self.output: deque[str] = deque(maxlen=400)
+        self._stopping = False
         self._ready = threading.Event()
         self._ready_count = 0
         threading.Thread(target=self._pump, daemon=True).start()
@@ -85,12 +91,17 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL if it hangs."""
-        if self.process.poll() is None:
+        self.request_stop()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def request_stop(self) -> None:
+        """Send SIGTERM (warm shutdown) once, without waiting: ``stop`` waits."""
+        if self.process.poll() is None and not self._stopping:
+            self._stopping = True
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @contextmanager
@@ -103,14 +114,37 @@ def running_worker(
     started: list[WorkerProcess] | None = None,
 ) -> Iterator[WorkerProcess]:
     """A started worker, stopped on exit (and added to ``started``, for its logs)."""
-    worker = WorkerProcess(env, concurrency=concurrency, name=name, lanes=lanes)
-    if started is not None:
-        started.append(worker)
-    try:
-        worker.wait_ready()
+    with running_workers(
+        env, names=[name], concurrency=concurrency, lanes=lanes, started=started
+    ) as [worker]:
         yield worker
+
+
+@contextmanager
+def running_workers(
+    env: Mapping[str, str],
+    *,
+    names: Sequence[str],
+    concurrency: int = 8,
+    lanes: str | None = None,
+    started: list[WorkerProcess] | None = None,
+) -> Iterator[list[WorkerProcess]]:
+    """Workers named ``names``, started side by side (their start-ups overlap) and all
+    ready, stopped together on exit (and added to ``started``, for their logs)."""
+    workers: list[WorkerProcess] = []
+    try:
+        for name in names:
+            workers.append(WorkerProcess(env, concurrency=concurrency, name=name, lanes=lanes))
+            if started is not None:
+                started.append(workers[-1])
+        for worker in workers:
+            worker.wait_ready()
+        yield workers
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.request_stop()
+        for worker in workers:
+            worker.stop()
 
 
 def queued_messages(broker_url: str, store_url: str) -> int:
@@ -123,20 +157,32 @@ def queued_messages(broker_url: str, store_url: str) -> int:
         return sum(channel.queue_declare(lane.queue, passive=True).message_count for lane in Lane)
 
 
-def busy_tasks(broker_url: str) -> int:
-    """Tasks the workers hold: running, reserved or waiting for a retry delay."""
+def busy_tasks(broker_url: str, *, nodes: int | None = None) -> int | None:
+    """Tasks the workers hold: running, reserved or waiting for a retry delay.
+
+    ``nodes``: how many Celery workers (consumers) run. A probe then returns as soon as
+    that many answered, instead of waiting out its timeout for any others, and the
+    count is None (unknown) if fewer did.
+    """
     app = Celery("probe", set_as_current=False)
     app.conf.update(
         celery_config(
-            broker_url=broker_url, visibility_timeout=300, queue_type="quorum", delivery_limit=5
+            broker_url=broker_url,
+            visibility_timeout=DEFAULTS.visibility_timeout,
+            queue_type=DEFAULTS.rabbitmq_queue_type,
+            delivery_limit=DEFAULTS.delivery_limit,
         )
     )
-    inspect = app.control.inspect(timeout=1.0)
+    inspect = app.control.inspect(timeout=PROBE_TIMEOUT_S, limit=nodes)
     total = 0
-    for probe in (inspect.active, inspect.reserved, inspect.scheduled):
-        replies = probe() or {}
-        total += sum(len(tasks) for tasks in replies.values())
-    app.close()
+    try:
+        for probe in (inspect.active, inspect.reserved, inspect.scheduled):
+            replies = probe() or {}
+            if nodes is not None and len(replies) < nodes:
+                return None
+            total += sum(len(tasks) for tasks in replies.values())
+    finally:
+        app.close()
     return total
 
 
@@ -149,10 +195,17 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> N
         time.sleep(0.1)  # poll interval, bounded by the deadline
 
 
-def wait_idle(broker_url: str, store_url: str, *, timeout: float = 60.0) -> None:
-    """Wait until no command is queued or held by a worker (twice in a row)."""
+def wait_idle(
+    broker_url: str, store_url: str, *, nodes: int | None = None, timeout: float = 60.0
+) -> None:
+    """Wait until no command is queued or held by a worker (twice in a row).
+
+    ``nodes``: how many Celery workers run (see ``busy_tasks``); each must answer.
+    """
 
     def idle() -> bool:
-        return queued_messages(broker_url, store_url) == 0 and busy_tasks(broker_url) == 0
+        return (
+            queued_messages(broker_url, store_url) == 0 and busy_tasks(broker_url, nodes=nodes) == 0
+        )
 
     wait_until(lambda: idle() and idle(), timeout=timeout, what="the workers to be idle")

@@ -31,7 +31,13 @@ from subswitch.contract import (
 )
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
 from tests.conftest import purge_subswitch_queues
-from tests.worker.processes import WorkerProcess, running_worker, wait_idle, wait_until
+from tests.worker.processes import (
+    WorkerProcess,
+    running_worker,
+    running_workers,
+    wait_idle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +77,12 @@ class Pipeline:
             started=self.workers,
         )
 
+    def workers_together(
+        self, *names: str, **env: str
+    ) -> AbstractContextManager[list[WorkerProcess]]:
+        """Workers of all lanes named ``names``, started side by side."""
+        return running_workers({**self.env, **env}, names=names, started=self.workers)
+
     def block(self, subscription_id: int, *, active: bool = True, **envelope: Any) -> str:
         envelope.setdefault("source", "tests")
         return self.producer.change_block_status(
@@ -98,10 +110,14 @@ class Pipeline:
 
     def settle(self, worker: WorkerProcess) -> Counter[str | None]:
         """Wait until nothing is queued or held, stop the worker, count every event."""
-        wait_idle(self.broker_url, self.store_url)
+        wait_idle(self.broker_url, self.store_url, nodes=self.consumers())
         worker.stop()
         self.seen.extend(self.events.iter(timeout=0.5))
         return Counter(event.data.command_id for event in self.seen)
+
+    def consumers(self) -> int:
+        """The Celery workers of the worker processes still running."""
+        return sum(w.consumers for w in self.workers if w.process.poll() is None)
 
     def writes_by_key(self) -> Counter[str]:
         writes = self.simulator.admin.writes()["writes"]
@@ -343,7 +359,7 @@ def test_an_urgent_command_runs_while_every_bulk_slot_is_busy(pipeline: Pipeline
 def test_the_global_rate_limit_holds_across_worker_processes(pipeline: Pipeline) -> None:
     # Given two worker processes sharing a cap of 50 upstream writes per second
     limited = {"SUBSWITCH_RATE_LIMIT": "50"}
-    with pipeline.worker(name="r1", **limited) as first, pipeline.worker(name="r2", **limited):
+    with pipeline.workers_together("r1", "r2", **limited) as [first, _]:
         # When 150 commands arrive at once
         ids = [pipeline.block(n) for n in range(1, 151)]
         outcomes = pipeline.outcomes(ids, timeout=90)
