@@ -109,6 +109,9 @@ LOCK_NAME: Final = "subswitch.test-lock"
 #: Longer than any test may run (pytest timeout 120 s): a crashed holder's lock expires.
 LOCK_TTL_MS: Final = 300_000
 LOCK_WAIT_S: Final = 300.0
+#: A loaded machine (two test processes, workers, a broker on the same two cores) may
+#: take seconds to finish an AMQP handshake: the fixtures wait that long, not 2 s.
+AMQP_CONNECT_TIMEOUT_S: Final = 10
 _LOCK_POLL_S: Final = 0.05
 _RELEASE_IF_OURS: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -130,7 +133,7 @@ def purge_subswitch_queues(url: str) -> None:
     arguments an earlier run used (and a test can observe "no queue yet"); on Redis
     they are emptied (a list without messages does not exist anyway).
     """
-    with Connection(url, connect_timeout=2) as connection:
+    with Connection(url, connect_timeout=AMQP_CONNECT_TIMEOUT_S) as connection:
         channel = connection.default_channel
         for name in SUBSWITCH_QUEUES:
             if is_amqp(url):
@@ -191,7 +194,7 @@ def clean_redis_url(redis_url: str) -> Iterator[str]:
 
 
 def _connect(url: str) -> None:
-    with Connection(url, connect_timeout=2) as connection:
+    with Connection(url, connect_timeout=AMQP_CONNECT_TIMEOUT_S) as connection:
         connection.ensure_connection(max_retries=1, interval_start=0)
 
 
@@ -249,7 +252,7 @@ def amqp_url() -> str:
 @pytest.fixture
 def clean_amqp_url(amqp_url: str) -> Iterator[str]:
     """``amqp_url`` with the subswitch queues deleted, used by this test alone."""
-    with Connection(amqp_url, connect_timeout=2) as connection:
+    with Connection(amqp_url, connect_timeout=AMQP_CONNECT_TIMEOUT_S) as connection:
 
         def acquire() -> bool:
             try:  # only one connection at a time may hold an exclusive queue

@@ -49,10 +49,15 @@ def register(
     ``executor`` and ``deliveries`` give this process's executor and delivery counter,
     or raise while the runtime is not built: like any other unexpected exception, that
     sends the message back, never acks it.
+
+    The tasks are not ``shared``: Celery would otherwise add them to every app created
+    later in this process, ahead of that app's own, and its messages would reach this
+    app's executor.
     """
 
     @app.task(
         name=APPLY_TASK,
+        shared=False,
         bind=True,
         max_retries=None,
         acks_late=True,
@@ -64,6 +69,7 @@ def register(
 
     @app.task(
         name=APPLY_BATCH_TASK,
+        shared=False,
         bind=True,
         max_retries=None,
         acks_late=True,

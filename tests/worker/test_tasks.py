@@ -9,7 +9,10 @@ from typing import Any
 
 import fakeredis
 import pytest
+from celery import Celery
+from celery.exceptions import Retry
 
+from subswitch.contract import APPLY_TASK
 from subswitch.errors import PublishError, StoreError
 from worker import tasks
 from worker.deliveries import DeliveryCounter
@@ -84,3 +87,26 @@ def test_a_bug_is_retried_too_and_logged_with_its_traceback(
     [record] = caplog.records
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None and isinstance(record.exc_info[1], KeyError)
+
+
+def test_each_app_runs_its_own_executor_however_many_apps_the_process_built() -> None:
+    # Given two apps registered in one process, each with an executor of its own
+    reached: list[str] = []
+
+    def failing(name: str) -> Any:
+        def executor() -> Any:
+            reached.append(name)
+            raise LookupError(name)
+
+        return executor
+
+    first = Celery("first", set_as_current=False)
+    tasks.register(first, executor=failing("first"), deliveries=failing("first"))
+    first.finalize()  # as a worker's app is once it runs
+    second = Celery("second", set_as_current=False)
+    tasks.register(second, executor=failing("second"), deliveries=failing("second"))
+    # When the second app's task runs (its runtime fails: the message goes back)
+    with pytest.raises(Retry):
+        second.tasks[APPLY_TASK].run({"type": "ChangeBlockStatus"})
+    # Then it reached the second app's runtime, never the one registered first
+    assert reached and set(reached) == {"second"}
