@@ -188,9 +188,10 @@ def archive_env(broker_url: str, database_url: str, data_dir: Path) -> dict[str,
 
 
 class ArchiveProcess:
-    """``python -m subswitch archive`` with its log collected."""
+    """``python -m subswitch archive`` with its log collected; built, it consumes
+    (unless ``wait=False``: then :meth:`wait_ready` before counting on it)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, wait: bool = True) -> None:
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.process = subprocess.Popen(
@@ -201,6 +202,11 @@ class ArchiveProcess:
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Return once it consumes; fail, with its log, if it does not in time."""
         assert self._ready.wait(ARCHIVE_START_S), "\n".join(self.lines)
 
     def _read(self) -> None:
