@@ -222,9 +222,10 @@ class SqlArchive:
         except SQLAlchemyError as exc:
             return f"does not answer ({type(exc).__name__})"
         head = _schema_head()
-        if current != head:
-            return f"schema at revision {current}, this version needs {head} (not migrated)"
-        return None
+        if current == head:
+            return None
+        found = "no schema" if current is None else f"schema at revision {current}"
+        return f"{found}, this version needs {head} (not migrated)"
 
     def store(self, batch: Sequence[ResultEvent]) -> int:
         """Insert ``batch`` in one transaction; events already archived (same event id)
