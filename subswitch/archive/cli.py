@@ -67,11 +67,12 @@ def archive(
     )
     consumer = _consumer(settings, store)
     readiness = _readiness(store, consumer, broker_url=resolve_broker_url(settings))
-    server = _serve(settings, readiness)
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
+    server: HealthServer | None = None
     try:
+        server = _serve(settings, readiness)
         consumer.run(stop, on_ready=readiness.invalidate)
     finally:
         if server is not None:
