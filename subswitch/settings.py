@@ -124,7 +124,8 @@ class Settings(ProcessSettings):
     archive_flush_seconds: PositiveFloat = 0.5
     #: Celery remote control (``celery inspect``/``control``); off for locked-down fleets.
     remote_control: bool = True
-    #: Port of ``/metrics``, ``/healthz`` and ``/readyz`` (one per ``subswitch worker``);
+    #: Port of ``/metrics``, ``/healthz`` and ``/readyz`` (one per ``subswitch worker``
+    #: and per ``subswitch archive``);
     #: unset serves nothing.
     metrics_port: int | None = Field(None, ge=1, le=65535)
     #: Address those endpoints listen on: every interface, so probes and scrapers

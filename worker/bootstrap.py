@@ -41,11 +41,11 @@ from subswitch.commandline import exit_for, one_line
 from subswitch.errors import StoreError, SubswitchError, TransientError, settings_error
 from subswitch.logs import LogFormat, configure_logging
 from subswitch.policy import PolicyError
+from subswitch.policy_watch import PolicyWatch
 from subswitch.redact import redact_url, scrub
 from subswitch.settings import Settings
 from subswitch.urls import Endpoints, resolve_endpoints
 from worker import tasks, upstream
-from worker.authority import PolicyWatch
 from worker.consumer import bound_consumer
 from worker.deliveries import DeadLetterOnce, DeliveryCounter
 from worker.durability import check_durability
@@ -414,8 +414,21 @@ def policy_watch(settings: Settings, *, report: bool = True) -> PolicyWatch | No
         raise PolicyError(exc.origin, exc.problems, variable="SUBSWITCH_POLICY_FILE") from None
     if report:
         logger.info("policy in force: %s", watch.policy.summary())
-        worker_ready.connect(watch.on_worker_ready, weak=False)
+        worker_ready.connect(_take_sighup(watch), weak=False)
     return watch
+
+
+def _take_sighup(watch: PolicyWatch) -> Callable[..., None]:
+    """``worker_ready``: Celery has installed its own signal handlers; take SIGHUP (in
+    place of Celery's, which restarts the worker)."""
+
+    def on_worker_ready(**_: Any) -> None:
+        try:
+            watch.install_sighup()
+        except ValueError:  # not the main thread: the file's modification time still counts
+            logger.warning("SIGHUP cannot reload the policy here; changes to the file do")
+
+    return on_worker_ready
 
 
 def check_store(store_url: str, *, report: bool = True) -> list[str]:

@@ -121,7 +121,7 @@ class EventSink(Protocol):
 
 
 class Authority(Protocol):
-    """Who may send what (``worker.authority.PolicyWatch``: the policy in force)."""
+    """Who may send what (``subswitch.policy_watch.PolicyWatch``: the policy in force)."""
 
     def check(
         self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None

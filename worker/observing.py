@@ -4,7 +4,7 @@
   (:mod:`subswitch.livestats`), for ``subswitch top``.
 * With ``SUBSWITCH_METRICS_PORT`` set, the process that serves (a lone Celery
   worker, or the supervisor of ``subswitch worker``'s two) answers ``/metrics``,
-  ``/healthz`` and ``/readyz`` (:mod:`worker.health`) and samples the broker's
+  ``/healthz`` and ``/readyz`` (:mod:`subswitch.health`) and samples the broker's
   backlog and the shared breaker state every five seconds (:class:`BrokerMetrics`).
 * A supervised child serves nothing: it writes its metrics into the supervisor's
   multiprocess directory and its readiness into a file there.
@@ -21,24 +21,21 @@ from pathlib import Path
 from typing import Final
 
 import redis
-from kombu import Connection
 from prometheus_client import CollectorRegistry
 
 from subswitch import livestats
 from subswitch.backlog import BacklogSource, BrokerBacklog
-from subswitch.broker import BROKER_FAILURES
 from subswitch.errors import ConfigurationError
-from subswitch.urls import Endpoints
-from worker.health import (
-    HEALTH_FILE_PERIOD_S,
+from subswitch.health import (
     CachedReadiness,
     Check,
-    HealthFile,
     HealthServer,
-    Periodic,
     Readiness,
-    children_ready,
+    broker_problem,
+    start_health_server,
 )
+from subswitch.urls import Endpoints
+from worker.health import HEALTH_FILE_PERIOD_S, HealthFile, Periodic, children_ready
 from worker.metrics import BrokerMetrics, PrometheusRecorder, multiprocess_registry
 
 logger = logging.getLogger(__name__)
@@ -81,17 +78,6 @@ class Observing:
         for close in self.closers:
             with contextlib.suppress(Exception):
                 close()
-
-
-def broker_problem(broker_url: str) -> str | None:
-    """``None`` when the broker accepts a connection, else why not (no URL in it)."""
-    try:
-        with Connection(broker_url, connect_timeout=_PROBE_TIMEOUT_S) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0)
-            connection.default_channel  # noqa: B018 (Redis: a PING; AMQP: a channel)
-    except BROKER_FAILURES as exc:
-        return f"does not answer ({type(exc).__name__})"
-    return None
 
 
 def store_problem(client: redis.Redis) -> str | None:
@@ -212,20 +198,16 @@ def _serve(
         ).start()
     )
     try:
-        server = HealthServer(
+        observing.server = start_health_server(
             host=serving.host,
             port=serving.port,
             registry=lambda: registry,
             ready=ready,
             alive=alive,
         )
-    except OSError as exc:
+    except ConfigurationError:
         observing.stop()
-        raise ConfigurationError(
-            f"cannot listen on {serving.host}:{serving.port}: {exc.strerror or exc}",
-            variable="SUBSWITCH_METRICS_PORT",
-        ) from None
-    observing.server = server.start()
+        raise
 
 
 def sample(backlog: BacklogSource, client: redis.Redis, metrics: BrokerMetrics) -> None:

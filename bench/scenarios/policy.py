@@ -30,6 +30,7 @@ from subswitch.contract import (
     Lane,
     parse_command,
 )
+from subswitch.policy_watch import PolicyWatch
 from subswitch.signing import (
     Signer,
     canonical_bytes,
@@ -37,7 +38,6 @@ from subswitch.signing import (
     public_key_text,
     signing_input,
 )
-from worker.authority import PolicyWatch
 
 TARGET_MS: Final = 0.1
 COMMANDS: Final = 6_000

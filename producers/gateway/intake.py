@@ -93,7 +93,7 @@ class Intake:
         *,
         publisher: CommandPublisher,
         acceptances: AcceptanceBook,
-        policy: Policy,
+        policy: Policy | Callable[[], Policy],
         gateway: str,
         time_bounds: TimeBounds,
         chunk_size: int,
@@ -101,13 +101,18 @@ class Intake:
     ) -> None:
         self._publisher = publisher
         self._acceptances = acceptances
-        #: The policy in force; the gateway replaces it on SIGHUP (each request reads
-        #: it once, so a request is judged by one policy).
-        self.policy = policy
+        # A policy, or what gives the one in force now (the gateway's file watch).
+        self._policy = policy
         self._gateway = gateway
         self._bounds = time_bounds
         self._chunk_size = chunk_size
         self._clock = clock
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (each request reads it once, so a request is judged by
+        one policy)."""
+        return self._policy if isinstance(self._policy, Policy) else self._policy()
 
     def submit(self, caller: Caller, posted: Sequence[CommandIn], *, batch: bool) -> list[Accepted]:
         """Accept every command of ``posted`` or none (index ``None`` unless ``batch``).

@@ -13,7 +13,6 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 import uvicorn
@@ -28,7 +27,8 @@ from producers.gateway.metrics import GatewayMetrics
 from producers.publisher import CeleryPublisher
 from subswitch.broker import BROKER_FAILURES
 from subswitch.errors import BrokerError, ConfigurationError, StoreError
-from subswitch.policy import Policy, load_policy
+from subswitch.policy import Policy
+from subswitch.policy_watch import PolicyWatch
 from subswitch.redact import redact_url, scrub
 from subswitch.settings import Settings
 from subswitch.signing import Signer
@@ -49,7 +49,7 @@ class Gateway:
     intake: Intake
     name: str
     signer: Signer
-    policy_file: Path
+    watch: PolicyWatch
     publisher: CeleryPublisher
     store: redis.Redis
 
@@ -59,18 +59,13 @@ class Gateway:
         return self.intake.policy
 
     def reload_policy(self) -> bool:
-        """Read the policy file again and put it in force, unless it does not validate
-        or no longer holds the gateway's key (then the policy in force stays, and the
-        log says why). Whether the new one is in force."""
-        try:
-            policy = load_policy(self.policy_file)
-            gateway_name(policy, self.signer)
-        except ConfigurationError as exc:
-            log.error("gateway: policy not reloaded; the previous one stays in force: %s", exc)
-            return False
-        self.intake.policy = policy
-        log.warning("gateway: policy reloaded (SIGHUP): %s", policy.summary())
-        return True
+        """Read the policy file again (SIGHUP) and put it in force, unless it does not
+        validate or no longer holds the gateway's key (then the policy in force stays,
+        and the log says why). Whether the file's policy is in force.
+
+        Without SIGHUP the file is looked at every ``SUBSWITCH_POLICY_POLL_SECONDS``,
+        by the first request after that (one ``stat``), with the same conditions."""
+        return self.watch.reload()
 
     def close(self) -> None:
         """Close the broker and store connections."""
@@ -123,9 +118,10 @@ def build_gateway(settings: Settings) -> Gateway:
             "the gateway needs a policy: its API keys and rules (contract §8)",
             variable=POLICY_VARIABLE,
         )
-    policy = load_policy(policy_file)
+    watch = PolicyWatch.load(policy_file, poll_s=settings.policy_poll_seconds)
     signer = gateway_signer(settings)
-    name = gateway_name(policy, signer)
+    name = gateway_name(watch.policy, signer)
+    watch.require(lambda new: gateway_name(new, signer))
     endpoints = resolve_endpoints(settings)
     publisher = CeleryPublisher(
         broker_url=endpoints.broker_url,
@@ -139,7 +135,7 @@ def build_gateway(settings: Settings) -> Gateway:
     intake = Intake(
         publisher=publisher,
         acceptances=RedisAcceptances(client=store, retention_s=settings.retention_seconds),
-        policy=policy,
+        policy=watch.current,
         gateway=name,
         time_bounds=time_bounds(settings),
         chunk_size=settings.gateway_chunk_size,
@@ -152,7 +148,7 @@ def build_gateway(settings: Settings) -> Gateway:
         max_body_bytes=settings.gateway_max_body_bytes,
         retry_after_s=settings.gateway_retry_after_seconds,
     )
-    return Gateway(create_app(parts), intake, name, signer, policy_file, publisher, store)
+    return Gateway(create_app(parts), intake, name, signer, watch, publisher, store)
 
 
 def broker_probe(broker_url: str) -> Callable[[], None]:
@@ -182,8 +178,9 @@ def store_probe(client: redis.Redis) -> Callable[[], None]:
 
 
 def serve(gateway: Gateway, *, host: str, port: int) -> None:
-    """Serve the gateway until interrupted (SIGINT/SIGTERM), then close it; SIGHUP
-    reloads the policy (a new API key, a changed rule) without a restart."""
+    """Serve the gateway until interrupted (SIGINT/SIGTERM), then close it; a changed
+    policy file, or SIGHUP at once, reloads the policy (a new API key, a changed rule)
+    without a restart."""
     signal.signal(signal.SIGHUP, lambda _signum, _frame: gateway.reload_policy())
     log.info(
         "gateway: %s; signing as gateway %r (key %s)",

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Final
 
 import typer
+from prometheus_client import REGISTRY
 from rich.console import Console
 
 from subswitch.archive.consumer import ArchiveConsumer
@@ -22,6 +23,7 @@ from subswitch.archive.store import ArchivedCommand, SqlArchive
 from subswitch.archive.url import archive_url
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
 from subswitch.contract import ORG_ID_PATTERN
+from subswitch.health import CachedReadiness, HealthServer, broker_problem, start_health_server
 from subswitch.settings import Settings
 from subswitch.urls import resolve_broker_url
 
@@ -64,14 +66,46 @@ def archive(
         "archive at %s, keeping %d days", store.url, settings.archive_retention_days
     )
     consumer = _consumer(settings, store)
+    readiness = _readiness(store, consumer, broker_url=resolve_broker_url(settings))
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
+    server: HealthServer | None = None
     try:
-        consumer.run(stop)
+        server = _serve(settings, readiness)
+        consumer.run(stop, on_ready=readiness.invalidate)
     finally:
+        if server is not None:
+            server.stop()
         store.close()
     logging.getLogger(__name__).info("archive stopped; %d events stored", consumer.stored)
+
+
+def _readiness(store: SqlArchive, consumer: ArchiveConsumer, *, broker_url: str) -> CachedReadiness:
+    """Ready: the schema is this version's, the queue is consumed, both servers answer."""
+
+    def consuming() -> str | None:
+        return None if consumer.consuming else "not consuming subswitch.archive (yet)"
+
+    return CachedReadiness(
+        {
+            "database": store.schema_problem,
+            "consumer": consuming,
+            "broker": lambda: broker_problem(broker_url),
+        }
+    )
+
+
+def _serve(settings: Settings, readiness: CachedReadiness) -> HealthServer | None:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``SUBSWITCH_METRICS_PORT``, if set."""
+    if settings.metrics_port is None:
+        return None
+    return start_health_server(
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        registry=lambda: REGISTRY,
+        ready=readiness,
+    )
 
 
 def _consumer(settings: Settings, store: SqlArchive) -> ArchiveConsumer:

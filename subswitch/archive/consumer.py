@@ -96,6 +96,8 @@ class ArchiveConsumer:
         self._next_sweep = 0.0
         self._on_ready: Callable[[], None] = lambda: None
         self.stored = 0
+        #: Bound to its queue and consuming now (part of the archive's readiness).
+        self.consuming = False
         metrics.LAG.set_function(self._lag)
 
     def run(self, stop: threading.Event, *, on_ready: Callable[[], None] = lambda: None) -> None:
@@ -118,6 +120,7 @@ class ArchiveConsumer:
             try:
                 self._consume(connection, stop)
             except BROKER_FAILURES as exc:
+                self.consuming = False
                 log.warning("lost the broker: %s; reconnecting", self._describe(exc))
                 self._abandon()
                 connection.release()
@@ -126,6 +129,7 @@ class ArchiveConsumer:
                 connection = self._reconnect(stop)
             else:
                 break
+        self.consuming = False
         connection.release()
 
     def _connect(self) -> Connection:
@@ -164,6 +168,7 @@ class ArchiveConsumer:
         consumer.qos(prefetch_count=2 * self._batch_size)
         consumer.consume()
         log.info("%s: %s into the database", READY_MARK, queue.name)
+        self.consuming = True
         self._on_ready()  # bound and consuming: nothing published from now on is missed
         while not stop.is_set():
             self._wait(connection)

@@ -20,6 +20,8 @@ EVENTS: Final = Counter(
     "Result events the archive consumed, by result (stored, duplicate, skipped).",
     ["result"],
 )
+for _result in ("stored", "duplicate", "skipped"):
+    EVENTS.labels(result=_result)  # exported at 0 from the start, so rates have a base
 LAG: Final = Gauge(
     "subswitch_archive_lag_seconds",
     "Now minus the completed_at of the newest archived event.",

@@ -20,13 +20,15 @@ from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pydantic import ValidationError
 from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from subswitch.archive.schema import events
+from subswitch.archive.schema import VERSION_TABLE, events
 from subswitch.archive.url import shown, sqlite_path
 from subswitch.contract import EventError, Outcome, ResultEvent, Target
 from subswitch.errors import ArchiveError
@@ -208,6 +210,23 @@ class SqlArchive:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
+    def schema_problem(self) -> str | None:
+        """``None`` when the database answers and its schema is this version's (the
+        archive's readiness), else what is wrong, in one line without the URL."""
+        try:
+            with self._engine.connect() as connection:
+                context = MigrationContext.configure(
+                    connection, opts={"version_table": VERSION_TABLE}
+                )
+                current = context.get_current_revision()
+        except SQLAlchemyError as exc:
+            return f"does not answer ({type(exc).__name__})"
+        head = _schema_head()
+        if current == head:
+            return None
+        found = "no schema" if current is None else f"schema at revision {current}"
+        return f"{found}, this version needs {head} (not migrated)"
+
     def store(self, batch: Sequence[ResultEvent]) -> int:
         """Insert ``batch`` in one transaction; events already archived (same event id)
         are skipped. Returns how many were new.
@@ -352,6 +371,13 @@ class SqlArchive:
 
     def __repr__(self) -> str:
         return f"SqlArchive(url={self.url!r})"
+
+
+def _schema_head() -> str | None:
+    """The newest revision of the migrations this version carries."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def make_engine(url: URL) -> Engine:

@@ -2,9 +2,10 @@
 against what a live worker exports.
 
 The live check runs a real ``subswitch worker`` (its supervisor and two Celery
-workers, so the multiprocess metrics are what is scraped) on Redis, with the
-simulator as its upstream, sends a few commands, scrapes the supervisor's port and
-fails when the dashboard or an alert names a metric the worker does not export.
+workers, so the multiprocess metrics are what is scraped) and a real ``subswitch
+archive`` on Redis, with the simulator as the worker's upstream, sends a few commands,
+scrapes both ports and fails when the dashboard or an alert names a metric neither
+exports.
 """
 
 from __future__ import annotations
@@ -27,16 +28,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from producers import CommandProducer
 from producers.publisher import CeleryPublisher
 from subswitch.simulator.testing import SimulatorHandle, spawned_simulator
+from tests.subswitch.archive.conftest import ArchiveProcess, archive_env, killed_at_exit
 from tests.worker.processes import running_worker, wait_until
 
 DEPLOY: Final = Path(__file__).resolve().parents[2] / "deploy"
 ALERTS: Final = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD: Final = DEPLOY / "grafana" / "dashboards" / "subswitch.json"
 OPERATIONS: Final = DEPLOY.parent / "docs" / "operations.md"
-#: Metrics the dashboard names that other processes export, not the worker.
-NOT_THE_WORKERS: Final = {
-    "subswitch_archive_lag_seconds": "the event archive's own metric",
-}
 _METRIC: Final = re.compile(r"\b(subswitch_[a-z0-9_]+)")
 
 
@@ -164,11 +162,12 @@ def commands_counted(url: str) -> float:
 
 
 @pytest.mark.integration
-def test_the_dashboard_and_alerts_name_only_metrics_a_live_worker_exports(
+def test_the_dashboard_and_alerts_name_only_metrics_a_live_worker_and_archive_export(
     clean_redis_url: str, simulator: SimulatorHandle, tmp_path: Path
 ) -> None:
-    # Given a supervised worker (urgent and main Celery workers) serving one metrics port
-    port = free_port()
+    # Given a supervised worker (urgent and main Celery workers) serving one metrics port,
+    # and the archive serving its own
+    port, archive_port = free_port(), free_port()
     env = {
         "SUBSWITCH_BROKER_URL": clean_redis_url,
         "SUBSWITCH_STORE_URL": clean_redis_url,
@@ -181,31 +180,43 @@ def test_the_dashboard_and_alerts_name_only_metrics_a_live_worker_exports(
     publisher = CeleryPublisher(
         broker_url=clean_redis_url, visibility_timeout=300, queue_type="quorum"
     )
-    with running_worker(env, concurrency=2) as worker, CommandProducer(publisher=publisher) as p:
-        # When a few commands run, on every lane
-        ids = [
-            p.change_block_status(org_id="telco", subscription_id=1, block_id=1, active=True,
-                                  reason="stolen", priority="urgent", source="tests"),
-            p.change_service_status(org_id="telco", subscription_id=2, service_id=2,
-                                    active=False, source="tests"),
-            p.change_service_status(org_id="telco", subscription_id=3, service_id=3,
-                                    active=True, priority="bulk", source="tests"),
-        ]  # fmt: skip
-        wait_until(lambda: commands_counted(f"{base}/metrics") >= 3, timeout=60,
-                   what="three commands counted")  # fmt: skip
-        wait_until(lambda: probe(f"{base}/readyz") == 200, timeout=20, what="/readyz 200")
-        alive = probe(f"{base}/healthz")
-        # ...and the broker has been sampled once more since
-        wait_until(lambda: "subswitch_queue_depth" in str(scrape(f"{base}/metrics")[0]),
-                   timeout=15, what="a broker sample")  # fmt: skip
-        exported, labels = scrape(f"{base}/metrics")
-        log = worker.log()
-    # Then it is alive and ready, and every metric named is exported
+    archive_dir = tmp_path / "archive"
+    archive_dir.mkdir()
+    database = f"sqlite:///{archive_dir / 'archive.sqlite3'}"
+    archives: list[ArchiveProcess] = []
+    with killed_at_exit(archives):
+        # The archive starts while the worker does (waited for before its scrape).
+        served = {"SUBSWITCH_METRICS_PORT": str(archive_port)}
+        archive_vars = archive_env(clean_redis_url, database, archive_dir) | served
+        archives.append(ArchiveProcess(archive_vars, wait=False))
+        with (
+            running_worker(env, concurrency=2) as worker,
+            CommandProducer(publisher=publisher) as p,
+        ):
+            # When a few commands run, on every lane
+            ids = [
+                p.change_block_status(org_id="telco", subscription_id=1, block_id=1, active=True,
+                                      reason="stolen", priority="urgent", source="tests"),
+                p.change_service_status(org_id="telco", subscription_id=2, service_id=2,
+                                        active=False, source="tests"),
+                p.change_service_status(org_id="telco", subscription_id=3, service_id=3,
+                                        active=True, priority="bulk", source="tests"),
+            ]  # fmt: skip
+            wait_until(lambda: commands_counted(f"{base}/metrics") >= 3, timeout=60,
+                       what="three commands counted")  # fmt: skip
+            wait_until(lambda: probe(f"{base}/readyz") == 200, timeout=20, what="/readyz 200")
+            alive = probe(f"{base}/healthz")
+            # ...and the broker has been sampled once more since
+            wait_until(lambda: "subswitch_queue_depth" in str(scrape(f"{base}/metrics")[0]),
+                       timeout=15, what="a broker sample")  # fmt: skip
+            exported, labels = scrape(f"{base}/metrics")
+            archives[0].wait_ready()
+            archived, _ = scrape(f"http://127.0.0.1:{archive_port}/metrics")
+            log = worker.log()
+    # Then it is alive and ready, and every metric named is exported by one of them
     assert alive == 200, log[-2000:]
     missing = {
-        name: where
-        for name, where in named_metrics().items()
-        if name not in exported and name not in NOT_THE_WORKERS
+        name: where for name, where in named_metrics().items() if name not in exported | archived
     }
     assert not missing, f"named but not exported: {missing}"
     # ...and no label value is a command id (labels stay bounded)

@@ -1,42 +1,28 @@
 """The worker under a policy: verification before the store, refusals that leave the
-command id free, and the policy reloaded on change or SIGHUP."""
+command id free (reloading: tests/subswitch/test_policy_watch.py)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
-import yaml
 
 from subswitch import keys
 from subswitch.contract import AnyCommand, ChangeBlockStatus, Lane, Outcome
-from subswitch.policy import parse_policy
+from subswitch.policy_watch import PolicyWatch
 from subswitch.settings import Settings
 from subswitch.signing import message_body
-from tests.policies import example_document, example_text, signer
+from tests.policies import example_text, signer
 from tests.worker.conftest import Harness, HarnessFactory
-from worker.authority import PolicyWatch
 from worker.bootstrap import policy_watch
 from worker.executor import Ack
 from worker.tasks import apply_chunk
 
 BlockFactory = Callable[..., ChangeBlockStatus]
-
-
-class Clock:
-    """A settable monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -230,89 +216,6 @@ class _NoBulk:
 
     def send_rest(self, commands: list[Any]) -> None:
         raise AssertionError("nothing leaves the chunk")
-
-
-# --- reloading ------------------------------------------------------------------------
-
-
-def billing_lifts_block_1() -> ChangeBlockStatus:
-    return ChangeBlockStatus(
-        org_id="telco", subscription_id=7, block_id=1, active=False, source="billing"
-    )
-
-
-def allow_billing_block_1(path: Path) -> None:
-    document = example_document()
-    document["producers"]["billing"]["rules"].append({"types": ["block"], "block_ids": [1]})
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    stamp = path.stat().st_mtime_ns + 1_000_000_000  # a later second, whatever the fs
-    os.utime(path, ns=(stamp, stamp))
-
-
-def test_a_changed_file_is_in_force_after_the_poll_interval(policy_file: Path) -> None:
-    # Given a watch on the example policy, and a command it refuses
-    clock = Clock()
-    watch = PolicyWatch(
-        path=policy_file, policy=parse_policy(policy_file.read_bytes()), poll_s=1.0, monotonic=clock
-    )
-    command = billing_lifts_block_1()
-    signature = signer("billing").sign(command)
-    assert watch.check(command, signature.model_dump()) is not None
-    # When the file changes to allow it
-    allow_billing_block_1(policy_file)
-    # Then the old policy holds until the poll interval passed, the new one after
-    assert watch.check(command, signature.model_dump()) is not None
-    clock.now = 1.0
-    assert watch.check(command, signature.model_dump()) is None
-
-
-def test_a_file_that_does_not_validate_keeps_the_old_policy_and_says_why(
-    policy_file: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Given a watch on the example policy
-    clock = Clock()
-    watch = PolicyWatch(
-        path=policy_file, policy=parse_policy(policy_file.read_bytes()), poll_s=1.0, monotonic=clock
-    )
-    before = watch.policy
-    # When the file is broken, then looked at
-    policy_file.write_text("producers:\n  billing:\n    rulez: []\n")
-    clock.now = 5.0
-    with caplog.at_level(logging.ERROR, logger="worker.authority"):
-        command = billing_lifts_block_1()
-        watch.check(command, None)
-    # Then the old policy stays in force, and one line says why
-    assert watch.policy is before
-    [record] = caplog.records
-    assert "policy not reloaded" in record.getMessage()
-    assert "line 3" in record.getMessage() and "\n" not in record.getMessage()
-
-
-def test_sighup_reloads_at_once(policy_file: Path) -> None:
-    # Given a watch that looks at its file only once a day, taking SIGHUP
-    watch = PolicyWatch.load(policy_file, poll_s=86_400.0)
-    previous = signal.getsignal(signal.SIGHUP)
-    watch.install_sighup()
-    try:
-        command = billing_lifts_block_1()
-        signature = signer("billing").sign(command).model_dump()
-        assert watch.check(command, signature) is not None
-        # When the file changes and the process gets SIGHUP
-        allow_billing_block_1(policy_file)
-        os.kill(os.getpid(), signal.SIGHUP)
-        # Then the next check goes by the new policy
-        assert watch.check(command, signature) is None
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-
-
-def test_a_watch_does_not_start_on_a_broken_file(tmp_path: Path) -> None:
-    # Given a policy file with a problem
-    path = tmp_path / "policy.yaml"
-    path.write_text("producers: {}\ngateways: []\n")
-    # Then loading it for a worker raises (the worker refuses to start)
-    with pytest.raises(Exception, match="line 2"):
-        PolicyWatch.load(path, poll_s=1.0)
 
 
 def test_without_a_policy_file_the_worker_says_every_command_is_accepted(

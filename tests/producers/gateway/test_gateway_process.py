@@ -181,6 +181,8 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "SUBSWITCH_DATA_DIR": str(folder),
             "SUBSWITCH_POLICY_FILE": str(policy),
             "SUBSWITCH_GATEWAY_KEY_FILE": str(folder / "gateway.key"),
+            # The file looked at only on SIGHUP: the SIGHUP test shows what SIGHUP does.
+            "SUBSWITCH_POLICY_POLL_SECONDS": "86400",
         }
         with running_worker(env, concurrency=4, name="gateway"), running_gateway(env) as gateway:
             yield Stack(gateway, store, simulator, env)

@@ -1,9 +1,12 @@
 """``subswitch gateway`` refuses to start, with one line, when it could not keep its
-promises: no policy, no signing key, a key the policy does not know as a gateway's."""
+promises: no policy, no signing key, a key the policy does not know as a gateway's; and
+a built gateway takes a changed policy file, without SIGHUP, unless it is unusable."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from producers.gateway.server import build_gateway
 from subswitch.cli import app
 from subswitch.commandline import ExitCode
 from subswitch.settings import Settings
-from tests.producers.gateway.conftest import GATEWAY_PRIVATE, POLICY_YAML, sha256
+from tests.producers.gateway.conftest import GATEWAY_PRIVATE, GATEWAY_SIGNER, POLICY_YAML, sha256
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +78,7 @@ def test_a_broken_policy_is_refused_with_its_line(tmp_path: Path) -> None:
     assert_refused(run({"SUBSWITCH_POLICY_FILE": str(policy)}), "line 3")
 
 
-def _settings(folder: Path) -> Settings:
+def _settings(folder: Path, *, poll_s: float = 1.0) -> Settings:
     """The test policy and its gateway's key on disk, URLs of servers that do not run."""
     key = folder / "gateway.key"
     key.write_bytes(
@@ -92,6 +95,7 @@ def _settings(folder: Path) -> Settings:
         gateway_key_file=key,
         broker_url="redis://127.0.0.1:1/0",
         store_url="redis://127.0.0.1:1/0",
+        policy_poll_seconds=poll_s,
     )
 
 
@@ -123,4 +127,48 @@ def test_a_reload_puts_a_valid_policy_in_force_and_keeps_the_old_one_otherwise(
     policy.write_text("producers: [")
     assert gateway.reload_policy() is False
     assert gateway.policy.producer_for_api_key(new_key) == "fraud-engine"
+    gateway.close()
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """``text`` into ``path``, dated a second later whatever the file system's grain."""
+    stamp = path.stat().st_mtime_ns + 1_000_000_000
+    path.write_text(text)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def _within(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_changed_policy_file_is_in_force_without_sighup(tmp_path: Path) -> None:
+    # Given a built gateway that looks at its policy file every 50 ms
+    gateway = build_gateway(_settings(tmp_path, poll_s=0.05))
+    new_key = "sskey_new_billing"
+    assert gateway.intake.policy.producer_for_api_key(new_key) is None
+    # When the file gets a new API key, and nobody sends SIGHUP
+    policy = tmp_path / "policy.yaml"
+    _rewrite(policy, POLICY_YAML.replace("api_keys: [", f"api_keys: [{sha256(new_key)}, ", 1))
+    # Then the policy the requests read knows the new key soon
+    assert _within(lambda: gateway.intake.policy.producer_for_api_key(new_key) == "fraud-engine")
+    gateway.close()
+
+
+def test_a_changed_file_without_the_gateways_key_is_not_taken(tmp_path: Path) -> None:
+    # Given a built gateway that looks at its policy file every 50 ms
+    gateway = build_gateway(_settings(tmp_path, poll_s=0.05))
+    before = gateway.policy
+    # When the file is changed into a valid policy whose gateway entry lost the key
+    policy = tmp_path / "policy.yaml"
+    stranger = POLICY_YAML.replace(GATEWAY_SIGNER.key_id, "someone-else")
+    assert stranger != POLICY_YAML
+    _rewrite(policy, stranger)
+    # Then once the file was looked at the old policy is still in force
+    assert gateway.reload_policy() is False
+    assert gateway.policy is before
     gateway.close()

@@ -10,9 +10,14 @@ when ``CI=true``.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -23,6 +28,7 @@ from amqp.exceptions import ChannelError
 from kombu import Connection
 from psycopg import sql
 
+from subswitch.archive.consumer import READY_MARK
 from subswitch.archive.store import SqlArchive
 from subswitch.archive.url import normalise_archive_url
 from subswitch.broker import EVENTS
@@ -163,3 +169,67 @@ def queued(broker: str) -> int:
         except ChannelError:  # on Redis an empty queue is no key at all
             return 0
         return int(found.message_count)
+
+
+#: How long the archive process may take to consume (a busy machine included).
+ARCHIVE_START_S: Final = 30.0
+
+
+def archive_env(broker_url: str, database_url: str, data_dir: Path) -> dict[str, str]:
+    """The environment of ``subswitch archive`` on ``broker_url`` into ``database_url``
+    (no other ``SUBSWITCH_`` setting of this shell)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SUBSWITCH_")}
+    return env | {
+        "SUBSWITCH_BROKER_URL": broker_url,
+        "SUBSWITCH_ARCHIVE_URL": database_url,
+        "SUBSWITCH_DATA_DIR": str(data_dir),
+        "SUBSWITCH_ARCHIVE_FLUSH_SECONDS": "0.1",
+    }
+
+
+class ArchiveProcess:
+    """``python -m subswitch archive`` with its log collected; built, it consumes
+    (unless ``wait=False``: then :meth:`wait_ready` before counting on it)."""
+
+    def __init__(self, env: dict[str, str], *, wait: bool = True) -> None:
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "subswitch", "archive"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Return once it consumes; fail, with its log, if it does not in time."""
+        assert self._ready.wait(ARCHIVE_START_S), "\n".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip())
+            if READY_MARK in line:
+                self._ready.set()
+
+    def stop(self) -> str:
+        """SIGTERM, the exit status checked; the whole log."""
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=20) == 0, "\n".join(self.lines)
+        return "\n".join(self.lines)
+
+
+@contextmanager
+def killed_at_exit(processes: list[ArchiveProcess]) -> Iterator[None]:
+    """Kill what of ``processes`` still runs when the block ends."""
+    try:
+        yield
+    finally:
+        for archive in processes:
+            if archive.process.poll() is None:
+                archive.process.kill()
+                archive.process.wait()

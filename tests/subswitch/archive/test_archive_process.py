@@ -1,72 +1,37 @@
 """The real ``subswitch archive`` process on a real broker: stopped while events are
-published, it catches up after a restart with none lost and none doubled."""
+published, it catches up after a restart with none lost and none doubled; and it
+serves its metrics and probes on ``SUBSWITCH_METRICS_PORT``."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
+import socket
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from kombu import Connection
+from prometheus_client.parser import text_string_to_metric_families
 
-from subswitch.archive.consumer import READY_MARK
 from subswitch.archive.store import SqlArchive
 from subswitch.archive.url import normalise_archive_url
 from subswitch.broker import is_amqp
 from subswitch.contract import ARCHIVE_QUEUE, ResultEvent
-from tests.subswitch.archive.conftest import T0, block, event_of, publish, queued, wait_until
+from tests.subswitch.archive.conftest import (
+    T0,
+    ArchiveProcess,
+    archive_env,
+    block,
+    event_of,
+    killed_at_exit,
+    publish,
+    queued,
+    wait_until,
+)
 
-_START_S = 30.0
 #: Generous: the machine running the suite may be busy with other processes.
 _WAIT_S = 30.0
-
-
-class ArchiveProcess:
-    """``python -m subswitch archive`` with its log collected."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "subswitch", "archive"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        assert self._ready.wait(_START_S), "\n".join(self.lines)
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip())
-            if READY_MARK in line:
-                self._ready.set()
-
-    def stop(self) -> str:
-        """SIGTERM, the exit status checked; the whole log."""
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=20) == 0, "\n".join(self.lines)
-        return "\n".join(self.lines)
-
-
-@contextmanager
-def _killed_at_exit(processes: list[ArchiveProcess]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for archive in processes:
-            if archive.process.poll() is None:
-                archive.process.kill()
-                archive.process.wait()
 
 
 @pytest.fixture
@@ -83,6 +48,26 @@ def _drop_archive_queue(broker_url: str) -> None:
         connection.default_channel.queue_delete(ARCHIVE_QUEUE)
 
 
+#: The sample of events stored (new).
+STORED = ("subswitch_archive_events_total", "stored")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scraped(http: httpx.Client, base: str) -> dict[tuple[str, str], float]:
+    """``/metrics``: each archive sample's value by name and ``result`` label."""
+    samples = {}
+    for family in text_string_to_metric_families(http.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name.startswith("subswitch_archive_"):
+                samples[sample.name, sample.labels.get("result", "")] = sample.value
+    return samples
+
+
 def _batch(count: int, offset: int) -> list[ResultEvent]:
     return [event_of(block(issued_at=T0 + timedelta(seconds=offset + n))) for n in range(count)]
 
@@ -92,17 +77,11 @@ def test_a_stopped_archive_catches_up_with_none_lost_and_none_doubled(
 ) -> None:
     # Given a running archive process on a real broker
     _drop_archive_queue(broker_url)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SUBSWITCH_")}
-    env |= {
-        "SUBSWITCH_BROKER_URL": broker_url,
-        "SUBSWITCH_ARCHIVE_URL": database_url,
-        "SUBSWITCH_DATA_DIR": str(tmp_path),
-        "SUBSWITCH_ARCHIVE_FLUSH_SECONDS": "0.1",
-    }
+    env = archive_env(broker_url, database_url, tmp_path)
     reader = SqlArchive.open(normalise_archive_url(database_url), create=True)
     first, second = _batch(50, 0), _batch(50, 100)
     processes: list[ArchiveProcess] = []
-    with _killed_at_exit(processes):
+    with killed_at_exit(processes):
         processes.append(ArchiveProcess(env))
         publish(first, broker=broker_url)
         wait_until(lambda: reader.count() == 50, timeout=_WAIT_S)
@@ -120,3 +99,28 @@ def test_a_stopped_archive_catches_up_with_none_lost_and_none_doubled(
     assert "archive stopped; 50 events stored" in log, log
     assert queued(broker_url) == 0
     reader.close()
+
+
+def test_the_archive_serves_its_metrics_and_is_ready_once_consuming(
+    clean_redis_url: str, tmp_path: Path
+) -> None:
+    # Given a running archive process with a metrics port, on Redis and SQLite
+    _drop_archive_queue(clean_redis_url)
+    port = free_port()
+    env = archive_env(clean_redis_url, f"sqlite:///{tmp_path / 'archive.sqlite3'}", tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    processes: list[ArchiveProcess] = []
+    with killed_at_exit(processes), httpx.Client(timeout=5, trust_env=False) as http:
+        processes.append(ArchiveProcess(env | {"SUBSWITCH_METRICS_PORT": str(port)}))
+        # When it has consumed an event
+        publish(_batch(1, 0), broker=clean_redis_url)
+        wait_until(lambda: scraped(http, base).get(STORED) == 1.0, timeout=_WAIT_S)
+        alive, ready = http.get(f"{base}/healthz"), http.get(f"{base}/readyz")
+        samples = scraped(http, base)
+        log = processes[0].stop()
+    # Then it is alive and ready on every check, and exports its events and its lag
+    assert alive.status_code == 200, log
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"ready": True, "problems": []}
+    assert samples[("subswitch_archive_events_total", "duplicate")] == 0.0
+    assert math.isfinite(samples[("subswitch_archive_lag_seconds", "")])

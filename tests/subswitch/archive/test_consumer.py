@@ -181,3 +181,23 @@ def test_the_lag_gauge_follows_the_newest_archived_event() -> None:
     # Then the lag is the time between them
     lag = REGISTRY.get_sample_value("subswitch_archive_lag_seconds")
     assert lag == pytest.approx((timedelta(days=401) - timedelta(seconds=1)).total_seconds())
+
+
+def test_it_says_it_consumes_from_bound_until_stopped() -> None:
+    # Given a consumer not started yet
+    sink = RecordingSink()
+    idle = ArchiveConsumer(
+        broker_url=BROKER,
+        sink=sink,
+        queue_type="classic",
+        batch_size=10,
+        flush_seconds=60.0,
+        retention_days=400,
+        visibility_timeout=300,
+    )
+    # When one is bound and consuming, then stopped
+    running = Running(sink)
+    bound = running.consumer.consuming
+    running.close()
+    # Then only while bound does it say so (the archive's readiness)
+    assert (idle.consuming, bound, running.consumer.consuming) == (False, True, False)

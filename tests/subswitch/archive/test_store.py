@@ -193,3 +193,26 @@ def test_reading_an_archive_file_that_does_not_exist_says_who_creates_it(tmp_pat
         SqlArchive.open(url)
     # Then no file was created by the attempt
     assert not (tmp_path / "none.sqlite3").exists()
+
+
+def test_the_schema_is_a_readiness_problem_until_migrated(archive_url: str) -> None:
+    # Given an archive database nobody has migrated yet
+    store = SqlArchive.open(normalise_archive_url(archive_url), create=True)
+    # When its readiness is asked before and after the migration
+    before = store.schema_problem()
+    store.migrate()
+    after = store.schema_problem()
+    store.close()
+    # Then it is a problem (one line, no URL) until the schema is this version's
+    assert before is not None and "not migrated" in before and "\n" not in before
+    assert "://" not in before
+    assert after is None
+
+
+def test_an_unreachable_database_is_a_readiness_problem() -> None:
+    # Given an archive on a port nobody listens on, with a password
+    store = SqlArchive.open(normalise_archive_url("postgresql://app:s3cret@127.0.0.1:1/x"))
+    # When its readiness is asked, then it names the failure, not the password
+    problem = store.schema_problem()
+    assert problem is not None and problem.startswith("does not answer")
+    assert "s3cret" not in problem

@@ -1,10 +1,12 @@
-"""The policy in force in a worker process, reloaded when its file changes.
+"""The policy in force in a process (a worker, the gateway), reloaded when its file
+changes.
 
 :class:`PolicyWatch` holds the :class:`~subswitch.policy.Policy` loaded from
 ``SUBSWITCH_POLICY_FILE`` and asks it about every command (what is allowed is decided
 there, not here). It looks at the file's modification time at most once per
 ``poll_s`` (one ``stat``), and at once after SIGHUP; a changed file that does not
-validate leaves the policy in force as it was and says why in one line.
+validate, or that the process's own ``vet`` refuses (the gateway: its key is gone),
+leaves the policy in force as it was and says why in one line.
 """
 
 from __future__ import annotations
@@ -17,21 +19,27 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from subswitch.contract import AnyCommand
-from subswitch.policy import Policy, PolicyError, Refusal, load_policy
+from subswitch.errors import SubswitchError
+from subswitch.policy import Policy, Refusal, load_policy
 
 logger = logging.getLogger(__name__)
 
 _Stamp = tuple[int, int, int, int]
+#: A process's own condition on a new policy: raises (why) to keep the one in force.
+Vet = Callable[[Policy], object]
+
+
+def _accept_any(_policy: Policy) -> None:
+    """Every policy that validates will do."""
 
 
 class PolicyWatch:
     """The policy of ``path``, re-read when the file changes or on :meth:`request_reload`.
 
     Built with :meth:`load`, which raises when the file cannot be used at start: a
-    worker never runs without the policy it was told to enforce.
+    process never runs without the policy it was told to enforce.
     """
 
     def __init__(
@@ -42,8 +50,10 @@ class PolicyWatch:
         poll_s: float,
         stamp: _Stamp | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        vet: Vet = _accept_any,
     ) -> None:
         self._path = path
+        self._vet = vet
         self._policy = policy
         self._poll_s = poll_s
         self._monotonic = monotonic
@@ -54,28 +64,42 @@ class PolicyWatch:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path, *, poll_s: float) -> PolicyWatch:
-        """Load ``path`` and watch it.
+    def load(cls, path: Path, *, poll_s: float, vet: Vet = _accept_any) -> PolicyWatch:
+        """Load ``path`` and watch it (``vet`` is not asked about the first policy: the
+        caller checks it, with its own error).
 
         Raises:
             PolicyError: the file cannot be read or does not validate (every problem).
         """
         stamp = _stamp(path)
-        return cls(path=path, policy=load_policy(path), poll_s=poll_s, stamp=stamp)
+        return cls(path=path, policy=load_policy(path), poll_s=poll_s, stamp=stamp, vet=vet)
 
     @property
     def policy(self) -> Policy:
-        """The policy in force now."""
+        """The policy in force now (without looking at the file)."""
         return self._policy
+
+    def require(self, vet: Vet) -> None:
+        """From now on a new policy is put in force only if ``vet`` does not raise."""
+        self._vet = vet
+
+    def current(self) -> Policy:
+        """The policy in force, after a look at the file when one is due."""
+        if self._reload_requested or self._monotonic() >= self._next_look:
+            self._look()
+        return self._policy
+
+    def reload(self) -> bool:
+        """Read the file now, changed or not (SIGHUP); whether the policy read is in force."""
+        self.request_reload()
+        return self._look()
 
     def check(
         self, command: AnyCommand, signature: object | None, *, vouched_by: str | None = None
     ) -> Refusal | None:
         """The policy's verdict on ``command`` and its raw ``signature`` member
         (``vouched_by``: the signer of the verified chunk it came in)."""
-        if self._reload_requested or self._monotonic() >= self._next_look:
-            self._look()
-        return self._policy.check_message(command, signature, vouched_by=vouched_by)
+        return self.current().check_message(command, signature, vouched_by=vouched_by)
 
     def chunk_signer(self, commands: Sequence[AnyCommand], header: object) -> str | None:
         """Who signed this bulk chunk, if its signature verifies (see ``Policy``)."""
@@ -94,42 +118,37 @@ class PolicyWatch:
         """
 
         def on_hup(_signum: int, _frame: FrameType | None) -> None:
-            self.request_reload()
-            self._look()
+            self.reload()
 
         signal.signal(signal.SIGHUP, on_hup)
 
-    def on_worker_ready(self, **_: Any) -> None:
-        """``worker_ready``: Celery has installed its own signal handlers; take SIGHUP."""
-        try:
-            self.install_sighup()
-        except ValueError:  # not the main thread: the file's modification time still counts
-            logger.warning("SIGHUP cannot reload the policy here; changes to the file do")
-
-    def _look(self) -> None:
+    def _look(self) -> bool:
+        """Reload when forced or the file changed; whether the file's policy is in force."""
         if not self._lock.acquire(blocking=False):
-            return  # another thread is looking: this command goes by the policy in force
+            return False  # another thread is looking: this one goes by the policy in force
         try:
             forced, self._reload_requested = self._reload_requested, False
             self._next_look = self._monotonic() + self._poll_s
             stamp = _stamp(self._path)
-            if forced or stamp != self._stamp:
-                self._stamp = stamp
-                self._reload(forced=forced)
+            if not forced and stamp == self._stamp:
+                return True
+            self._stamp = stamp
+            return self._reload(forced=forced)
         finally:
             self._lock.release()
 
-    def _reload(self, *, forced: bool) -> None:
+    def _reload(self, *, forced: bool) -> bool:
         why = "SIGHUP" if forced else "the file changed"
         try:
             policy = load_policy(self._path)
-        except PolicyError as exc:
+            self._vet(policy)
+        except SubswitchError as exc:
             logger.error("policy not reloaded (%s); the previous one stays in force: %s", why, exc)
-            return
-        if policy.digest == self._policy.digest:
-            return
-        self._policy = policy
-        logger.warning("policy reloaded (%s): %s", why, policy.summary())
+            return False
+        if policy.digest != self._policy.digest:
+            self._policy = policy
+            logger.warning("policy reloaded (%s): %s", why, policy.summary())
+        return True
 
 
 def _stamp(path: Path) -> _Stamp:
