@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Final
 
 import redis
-from kombu import Connection
 from prometheus_client import CollectorRegistry
 
 from subswitch import livestats
 from subswitch.backlog import BacklogSource, BrokerBacklog
-from subswitch.broker import BROKER_FAILURES
+from subswitch.broker import BROKER_FAILURES, broker_connection
 from subswitch.errors import ConfigurationError
+from subswitch.redis_client import redis_client
 from subswitch.urls import Endpoints
 from worker.health import (
     HEALTH_FILE_PERIOD_S,
@@ -86,7 +86,7 @@ class Observing:
 def broker_problem(broker_url: str) -> str | None:
     """``None`` when the broker accepts a connection, else why not (no URL in it)."""
     try:
-        with Connection(broker_url, connect_timeout=_PROBE_TIMEOUT_S) as connection:
+        with broker_connection(broker_url, connect_timeout=_PROBE_TIMEOUT_S) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0)
             connection.default_channel  # noqa: B018 (Redis: a PING; AMQP: a channel)
     except BROKER_FAILURES as exc:
@@ -105,9 +105,7 @@ def store_problem(client: redis.Redis) -> str | None:
 
 def store_client(store_url: str) -> redis.Redis:
     """A short-timeout client for reports and checks (never for commands)."""
-    return redis.Redis.from_url(
-        store_url, socket_timeout=_PROBE_TIMEOUT_S, socket_connect_timeout=_PROBE_TIMEOUT_S
-    )
+    return redis_client(store_url, timeout_s=_PROBE_TIMEOUT_S)
 
 
 def start_worker_process(
