@@ -10,6 +10,7 @@ import redis
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from subswitch.errors import ConfigurationError
 from subswitch.urls import STORE_VARIABLE, is_sentinel_url, parse_sentinel_url
 
 
@@ -27,14 +28,23 @@ def redis_client(
     asked with the same timeouts and no password.
 
     Raises:
-        ConfigurationError: a malformed ``redis+sentinel://`` URL (naming ``variable``).
+        ConfigurationError: an unknown scheme or a malformed ``redis+sentinel://`` URL
+            (one line naming ``variable``, never the URL).
     """
     # Without a retry of its own, the client keeps redis-py's default one.
     extra: dict[str, Any] = {} if retry is None else {"retry": retry}
     if not is_sentinel_url(url):
-        return redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **extra
-        )
+        try:
+            return redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **extra
+            )
+        except ValueError:  # redis-py's answer to a scheme it does not know
+            scheme = url.partition("://")[0]
+            raise ConfigurationError(
+                f"unknown store scheme {scheme!r}; use redis://, rediss://, unix:// or "
+                "redis+sentinel://",
+                variable=variable,
+            ) from None
     parsed = parse_sentinel_url(url, variable=variable)
     # redis-py's Sentinel API is untyped.
     sentinel = Sentinel(  # type: ignore[no-untyped-call]

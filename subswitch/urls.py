@@ -65,9 +65,12 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
 
     Raises:
         MissingUrlError: one of the two is set without the other.
+        ConfigurationError: a malformed ``redis+sentinel://`` URL.
     """
     _refuse_half(settings)
     if settings.broker_url and settings.store_url:
+        _check_sentinel(settings.broker_url, BROKER_VARIABLE)
+        _check_sentinel(settings.store_url, STORE_VARIABLE)
         return Endpoints(settings.broker_url, settings.store_url)
     embedded = ensure_embedded_redis(settings.data_dir)
     return Endpoints(embedded.broker_url, embedded.store_url, started_embedded=embedded.started)
@@ -83,7 +86,7 @@ def resolve_broker_url(settings: Settings) -> str:
         MissingUrlError: the store URL is set and the broker URL is not.
     """
     if settings.broker_url:
-        return settings.broker_url
+        return _check_sentinel(settings.broker_url, BROKER_VARIABLE)
     _refuse_half(settings)
     return ensure_embedded_redis(settings.data_dir).broker_url
 
@@ -99,9 +102,17 @@ def resolve_store_url(settings: Settings) -> str:
         MissingUrlError: the broker URL is set and the store URL is not.
     """
     if settings.store_url:
-        return settings.store_url
+        return _check_sentinel(settings.store_url, STORE_VARIABLE)
     _refuse_half(settings)
     return ensure_embedded_redis(settings.data_dir).store_url
+
+
+def _check_sentinel(url: str, variable: str) -> str:
+    """``url``, once read if it is a Sentinel URL: a malformed one fails here, in one
+    line, before anything connects."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url, variable=variable)
+    return url
 
 
 def _refuse_half(settings: Settings) -> None:

@@ -10,7 +10,14 @@ from redis.sentinel import SentinelConnectionPool
 from subswitch.broker import broker_connection, celery_config, check_broker_url, kombu_broker
 from subswitch.errors import ConfigurationError
 from subswitch.redis_client import redis_client
-from subswitch.urls import SentinelUrl, parse_sentinel_url
+from subswitch.settings import Settings
+from subswitch.urls import (
+    SentinelUrl,
+    parse_sentinel_url,
+    resolve_broker_url,
+    resolve_endpoints,
+    resolve_store_url,
+)
 
 FLEET = "redis+sentinel://:s3cret@sentinel-a:26379,sentinel-b:26380,[fd00::7]/subswitch/3"
 
@@ -100,6 +107,20 @@ def test_a_malformed_store_url_fails_when_the_client_is_built() -> None:
         redis_client("redis+sentinel://host:26379", timeout_s=1)
 
 
+@pytest.mark.parametrize(
+    "url", ["rediss+sentinel://:pw-9x@h/m", "http://:pw-9x@h/0", "sentinel://:pw-9x@h/0"]
+)
+def test_a_store_url_of_another_scheme_is_refused_in_one_line(url: str) -> None:
+    # Given a store URL whose scheme no store client knows
+    # When the store client is built
+    with pytest.raises(ConfigurationError) as caught:
+        redis_client(url, timeout_s=1)
+    # Then one line names the variable and the schemes to use, never the password
+    message = str(caught.value)
+    assert message.startswith("SUBSWITCH_STORE_URL: unknown store scheme")
+    assert "redis+sentinel://" in message and "pw-9x" not in message
+
+
 def test_the_broker_url_becomes_kombus_sentinel_urls_and_the_master_name() -> None:
     # Given a Sentinel broker URL
     # When kombu's form of it is made, and Celery's settings
@@ -136,3 +157,22 @@ def test_a_malformed_broker_url_is_refused_naming_the_broker_variable() -> None:
     # Then the one-line error names SUBSWITCH_BROKER_URL
     with pytest.raises(ConfigurationError, match=r"^SUBSWITCH_BROKER_URL: malformed"):
         check_broker_url("redis+sentinel://h1:x/mymaster")
+
+
+def test_the_resolver_takes_sentinel_urls_for_both_and_refuses_a_malformed_one() -> None:
+    # Given settings with Sentinel URLs for the broker and the store
+    good = Settings(broker_url=FLEET, store_url=FLEET)
+    bad_store = Settings(broker_url=FLEET, store_url="redis+sentinel://:pw-9x@s1:26379")
+    bad_broker = Settings(broker_url="redis+sentinel://s1:0/m", store_url=FLEET)
+    # When they are resolved
+    endpoints = resolve_endpoints(good)
+    # Then good ones are taken as they are, and a malformed one is refused at once,
+    # naming its variable
+    assert (endpoints.broker_url, endpoints.store_url) == (FLEET, FLEET)
+    assert resolve_broker_url(good) == resolve_store_url(good) == FLEET
+    with pytest.raises(ConfigurationError, match=r"^SUBSWITCH_STORE_URL: malformed"):
+        resolve_endpoints(bad_store)
+    with pytest.raises(ConfigurationError, match=r"^SUBSWITCH_STORE_URL: malformed"):
+        resolve_store_url(bad_store)
+    with pytest.raises(ConfigurationError, match=r"^SUBSWITCH_BROKER_URL: malformed"):
+        resolve_broker_url(bad_broker)
