@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import fakeredis
 import pytest
+from fakeredis._socket import _base as fake_socket
 from fakeredis.commands_mixins import server_mixin
 
 from subswitch import keys
@@ -41,8 +42,11 @@ class StoreClock:
 @pytest.fixture
 def store_clock(monkeypatch: pytest.MonkeyPatch) -> StoreClock:
     clock = StoreClock()
-    # fakeredis answers TIME (in Lua too) from time.time() of this module
+    # fakeredis answers TIME (in Lua too) from time.time() of server_mixin, and expires
+    # keys by the time.time() of its socket module: both follow this clock, so a slow
+    # run (a busy machine) changes nothing
     monkeypatch.setattr(server_mixin, "time", clock)
+    monkeypatch.setattr(fake_socket, "time", clock)
     return clock
 
 
