@@ -22,6 +22,8 @@ class Sizes:
 
     throughput_commands: int = 15_000
     throughput_workers: int = 2
+    scaleout_workers: tuple[int, ...] = (1, 2, 4)
+    scaleout_commands: int = 5_000
     baseline_commands: int = 2_000
     cpu_commands: int = 6_000
     bulk_commands: int = 30_000
@@ -45,6 +47,8 @@ class Sizes:
 QUICK: Final = Sizes(
     throughput_commands=1_000,
     throughput_workers=1,
+    scaleout_workers=(1, 2),
+    scaleout_commands=400,
     baseline_commands=200,
     cpu_commands=600,
     bulk_commands=2_000,

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from datetime import UTC
 from typing import Annotated, Any, Final
 
-import redis
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -34,6 +33,7 @@ from subswitch.deadletters import (
     describe_body,
     open_dead_letter_queue,
 )
+from subswitch.redis_client import redis_client
 from subswitch.settings import Settings
 from subswitch.text import safe_line
 from subswitch.urls import resolve_broker_url, resolve_endpoints
@@ -134,7 +134,7 @@ def replay(ids: IdsArg = None, every: AllOpt = False, as_json: JsonOpt = False) 
     chosen = _chosen(ids, every)
     settings = read_settings()
     endpoints = resolve_endpoints(settings)  # the store's marks must be cleared too
-    store = redis.Redis.from_url(endpoints.store_url, socket_timeout=5, socket_connect_timeout=5)
+    store = redis_client(endpoints.store_url, timeout_s=5)
     publisher = CeleryPublisher.from_settings(settings)
     try:
         with _operator(settings, endpoints.broker_url) as operator, _progress(as_json) as tick:

@@ -14,7 +14,7 @@ from kombu import Connection, Consumer, Message, Queue, binding
 from pydantic import ValidationError
 
 from producers.errors import BrokerError, redact_url, scrub
-from subswitch.broker import BROKER_FAILURES, EVENTS, check_broker_url
+from subswitch.broker import BROKER_FAILURES, EVENTS, broker_connection, check_broker_url
 from subswitch.contract import Outcome, ResultEvent, describe_validation_error
 from subswitch.settings import Settings
 from subswitch.urls import resolve_broker_url
@@ -85,7 +85,7 @@ class EventStream:
         """
         if self._connection is not None:
             return
-        connection = Connection(self._broker_url, connect_timeout=self._connect_timeout)
+        connection = broker_connection(self._broker_url, connect_timeout=self._connect_timeout)
         try:
             connection.ensure_connection(max_retries=2, interval_start=0, interval_step=1)
             channel = connection.default_channel

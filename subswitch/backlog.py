@@ -18,7 +18,7 @@ from amqp.exceptions import NotFound
 from kombu import Connection
 from kombu.exceptions import ChannelError
 
-from subswitch.broker import BROKER_FAILURES, is_amqp
+from subswitch.broker import BROKER_FAILURES, broker_connection, is_amqp
 from subswitch.contract import DEAD_LETTER_QUEUE, Lane
 from subswitch.errors import BrokerError
 from subswitch.redact import scrub
@@ -83,7 +83,7 @@ class BrokerBacklog:
 
     def _connect(self) -> Connection:
         if self._connection is None:
-            self._connection = Connection(self._url, connect_timeout=_CONNECT_TIMEOUT_S)
+            self._connection = broker_connection(self._url, connect_timeout=_CONNECT_TIMEOUT_S)
             self._connection.ensure_connection(max_retries=1, interval_start=0)
         return self._connection
 

@@ -6,7 +6,10 @@ re-declaration that differs), so the topology lives here, once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import quote
 
 from amqp.exceptions import AMQPError
 from kombu import Connection, Exchange, Queue
@@ -16,6 +19,7 @@ from redis.exceptions import RedisError
 
 from subswitch.contract import ARCHIVE_QUEUE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, Lane
 from subswitch.errors import ConfigurationError
+from subswitch.urls import BROKER_VARIABLE, is_sentinel_url, parse_sentinel_url
 
 #: One topic exchange for every lane. Topic, not direct, because Celery's native
 #: delayed delivery on RabbitMQ quorum queues (used by retries) needs topic exchanges.
@@ -31,16 +35,63 @@ ALL_EVENTS_KEY: Final = "command.#"
 BROKER_FAILURES: Final = (KombuError, AMQPError, RedisError, OSError)
 
 
+@dataclass(frozen=True)
+class KombuBroker:
+    """What kombu is given for a ``SUBSWITCH_BROKER_URL``: its own URL and transport
+    options (for ``redis+sentinel://``: kombu's ``sentinel://`` URLs, one per Sentinel,
+    and the master's name)."""
+
+    url: str
+    transport_options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"KombuBroker(transport_options={self.transport_options!r})"
+
+
+def kombu_broker(broker_url: str) -> KombuBroker:
+    """The URL and transport options kombu connects to ``broker_url`` with.
+
+    Raises:
+        ConfigurationError: a malformed ``redis+sentinel://`` URL.
+    """
+    if not is_sentinel_url(broker_url):
+        return KombuBroker(broker_url)
+    parsed = parse_sentinel_url(broker_url, variable=BROKER_VARIABLE)
+    auth = ""
+    if parsed.username or parsed.password:
+        auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
+    hosts = [f"[{host}]" if ":" in host else host for host, _ in parsed.sentinels]
+    urls = [
+        f"sentinel://{auth}{host}:{port}/{parsed.db}"
+        for host, (_, port) in zip(hosts, parsed.sentinels, strict=True)
+    ]
+    return KombuBroker(";".join(urls), {"master_name": parsed.master})
+
+
+def broker_connection(
+    broker_url: str, *, transport_options: Mapping[str, Any] | None = None, **options: Any
+) -> Connection:
+    """A kombu connection (not yet connected) to the broker at ``broker_url``, whatever
+    its form (``redis+sentinel://`` included), with the caller's ``transport_options``
+    beside those the URL needs."""
+    broker = kombu_broker(broker_url)
+    merged = {**(transport_options or {}), **broker.transport_options}
+    return Connection(broker.url, transport_options=merged, **options)
+
+
 def check_broker_url(broker_url: str) -> str:
     """``broker_url`` if kombu has a transport for it, else a one-line
     :class:`ConfigurationError` naming ``SUBSWITCH_BROKER_URL`` (never the URL itself:
     it may hold a password)."""
     try:
-        Connection(broker_url)  # resolves the transport class; connects to nothing
+        broker_connection(broker_url)  # resolves the transport class; connects to nothing
+    except ConfigurationError:
+        raise
     except (KeyError, ValueError):
         scheme = broker_url.partition("://")[0]
         raise ConfigurationError(
-            f"unknown broker scheme {scheme!r}; use redis://, rediss://, amqp:// or amqps://",
+            f"unknown broker scheme {scheme!r}; use redis://, rediss://, redis+sentinel://, "
+            "amqp:// or amqps://",
             variable="SUBSWITCH_BROKER_URL",
         ) from None
     return broker_url
@@ -158,8 +209,9 @@ def celery_config(
         ConfigurationError: kombu knows no transport for ``broker_url``.
     """
     check_broker_url(broker_url)
+    broker = kombu_broker(broker_url)
     return {
-        "broker_url": broker_url,
+        "broker_url": broker.url,
         # JSON only: pickle on a shared broker lets any producer run code in workers.
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -188,5 +240,7 @@ def celery_config(
             # RabbitMQ: wait for the broker's confirm, so a publish that returns was
             # accepted (a memory or disk alarm otherwise loses it silently, #5410).
             "confirm_publish": True,
+            # Sentinel: the name of the master to ask the Sentinels for.
+            **broker.transport_options,
         },
     }

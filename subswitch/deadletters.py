@@ -29,7 +29,7 @@ from amqp.exceptions import NotFound
 from kombu import Connection
 from pydantic import ValidationError
 
-from subswitch.broker import BROKER_FAILURES, is_amqp
+from subswitch.broker import BROKER_FAILURES, broker_connection, is_amqp
 from subswitch.contract import (
     DEAD_LETTER_QUEUE,
     AnyCommand,
@@ -400,7 +400,7 @@ def open_dead_letter_queue(broker_url: str) -> DeadLetterQueue:
     Raises:
         BrokerError: the broker could not be reached.
     """
-    connection = Connection(broker_url, connect_timeout=5)
+    connection = broker_connection(broker_url, connect_timeout=5)
     with _mapped("connect to the broker"):
         connection.ensure_connection(max_retries=2, interval_start=0, interval_max=1)
     if is_amqp(broker_url):

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from kombu import Connection
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from subswitch.broker import BROKER_FAILURES
+from subswitch.broker import BROKER_FAILURES, broker_connection
 from subswitch.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -189,7 +188,7 @@ def start_health_server(
 def broker_problem(broker_url: str) -> str | None:
     """``None`` when the broker accepts a connection, else why not (no URL in it)."""
     try:
-        with Connection(broker_url, connect_timeout=_PROBE_TIMEOUT_S) as connection:
+        with broker_connection(broker_url, connect_timeout=_PROBE_TIMEOUT_S) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0)
             connection.default_channel  # noqa: B018 (Redis: a PING; AMQP: a channel)
     except BROKER_FAILURES as exc:

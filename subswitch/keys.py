@@ -107,6 +107,9 @@ def rejected(event_id: str) -> str:
 RATE_TAT: Final = f"{PREFIX}:rate:tat"
 #: Sorted set: the sends of the last second (score and time in µs), for the hard cap.
 RATE_SENT: Final = f"{PREFIX}:rate:sent"
+#: String (µs, store time) with a ~2 s lease: the earliest moment the hard cap admits the
+#: next send at the configured pace.
+RATE_PACE: Final = f"{PREFIX}:rate:pace"
 #: String with a 1 s lease: urgent commands are waiting for budget.
 RATE_URGENT_WAITING: Final = f"{PREFIX}:rate:urgent"
 #: Hash: ``state`` (closed, open, half_open) and ``until`` (ms) of the circuit breaker.

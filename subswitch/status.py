@@ -38,6 +38,7 @@ from subswitch.archive.url import archive_url
 from subswitch.audit import EventArchive
 from subswitch.contract import AnyCommand, EventError, Outcome, ResultEvent
 from subswitch.errors import ArchiveError, StoreError
+from subswitch.redis_client import redis_client
 from subswitch.settings import Settings
 
 
@@ -141,11 +142,8 @@ _STORE_TIMEOUT_S: Final = 5.0
 def open_store(url: str) -> redis.Redis:
     """A client of the store at ``url`` (``redis://``, ``rediss://``, ``unix://``),
     with bounded timeouts and retries so an unreachable store fails in seconds."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=_STORE_TIMEOUT_S,
-        socket_connect_timeout=_STORE_TIMEOUT_S,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 2),
+    return redis_client(
+        url, timeout_s=_STORE_TIMEOUT_S, retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 2)
     )
 
 

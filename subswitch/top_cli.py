@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Final
 
-import redis
 import typer
 from rich.console import Console
 from rich.live import Live
 
 from subswitch.backlog import BrokerBacklog
 from subswitch.commandline import OneLineErrors, read_settings
+from subswitch.redis_client import redis_client
 from subswitch.settings import Settings
 from subswitch.top import LiveSource, TopSource, TopView, render, summarise
 from subswitch.urls import resolve_endpoints
@@ -55,11 +55,7 @@ def top(
 def live_source(settings: Settings) -> Iterator[LiveSource]:
     """The broker and the store of ``settings``, closed on exit."""
     endpoints = resolve_endpoints(settings)
-    client = redis.Redis.from_url(
-        endpoints.store_url,
-        socket_timeout=_STORE_TIMEOUT_S,
-        socket_connect_timeout=_STORE_TIMEOUT_S,
-    )
+    client = redis_client(endpoints.store_url, timeout_s=_STORE_TIMEOUT_S)
     with BrokerBacklog(broker_url=endpoints.broker_url) as backlog:
         try:
             yield LiveSource(backlog=backlog, client=client, store_url=endpoints.store_url)

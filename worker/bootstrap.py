@@ -43,6 +43,7 @@ from subswitch.logs import LogFormat, configure_logging
 from subswitch.policy import PolicyError
 from subswitch.policy_watch import PolicyWatch
 from subswitch.redact import redact_url, scrub
+from subswitch.redis_client import redis_client
 from subswitch.settings import Settings
 from subswitch.urls import Endpoints, resolve_endpoints
 from worker import tasks, upstream
@@ -436,11 +437,7 @@ def check_store(store_url: str, *, report: bool = True) -> list[str]:
 
     Returns the warnings (none when not ``report``-ing).
     """
-    client = redis.Redis.from_url(
-        store_url,
-        socket_timeout=_STORE_CHECK_TIMEOUT_S,
-        socket_connect_timeout=_STORE_CHECK_TIMEOUT_S,
-    )
+    client = redis_client(store_url, timeout_s=_STORE_CHECK_TIMEOUT_S)
     try:
         client.ping()
         return check_durability(client) if report else []

@@ -34,6 +34,7 @@ from subswitch.health import (
     broker_problem,
     start_health_server,
 )
+from subswitch.redis_client import redis_client
 from subswitch.urls import Endpoints
 from worker.health import HEALTH_FILE_PERIOD_S, HealthFile, Periodic, children_ready
 from worker.metrics import BrokerMetrics, PrometheusRecorder, multiprocess_registry
@@ -91,9 +92,7 @@ def store_problem(client: redis.Redis) -> str | None:
 
 def store_client(store_url: str) -> redis.Redis:
     """A short-timeout client for reports and checks (never for commands)."""
-    return redis.Redis.from_url(
-        store_url, socket_timeout=_PROBE_TIMEOUT_S, socket_connect_timeout=_PROBE_TIMEOUT_S
-    )
+    return redis_client(store_url, timeout_s=_PROBE_TIMEOUT_S)
 
 
 def start_worker_process(

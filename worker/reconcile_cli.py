@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Final, Protocol
 
-import redis
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -32,6 +31,7 @@ from subswitch.audit import EventArchive
 from subswitch.commandline import ExitCode, OneLineErrors, fail, read_settings
 from subswitch.contract import ORG_ID_PATTERN, AnyCommand, Target
 from subswitch.errors import InvalidInput
+from subswitch.redis_client import redis_client
 from subswitch.settings import Settings
 from subswitch.text import safe_line
 from subswitch.urls import resolve_endpoints
@@ -136,7 +136,7 @@ def _run(
     quiet: bool,
 ) -> list[TargetReport]:
     store_url = resolve_endpoints(settings).store_url
-    client = redis.Redis.from_url(store_url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_client(store_url, timeout_s=5)
     stack.callback(client.close)
     intents = StoreIntents(client=client, archive=archive)
     if targets_file is not None:

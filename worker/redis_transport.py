@@ -35,6 +35,8 @@ from kombu.utils.json import loads
 # kombu's stubs know little of the Redis transport's internals this builds on.
 _KombuChannel: Any = kombu_redis.Channel
 _KombuTransport: Any = kombu_redis.Transport
+_KombuSentinelChannel: Any = kombu_redis.SentinelChannel
+_KombuSentinelTransport: Any = kombu_redis.SentinelTransport
 
 # KEYS: unacked hash, unacked index, then the lists in the order to try; ARGV: now.
 # The message is recorded before it is popped: a script stopped by an error (a full
@@ -139,15 +141,33 @@ class Transport(_KombuTransport):  # type: ignore[misc]
     Channel = Channel
 
 
+class SentinelChannel(Channel, _KombuSentinelChannel):  # type: ignore[misc]
+    """:class:`Channel`'s claims, on the master kombu's Sentinel channel finds."""
+
+
+class SentinelTransport(_KombuSentinelTransport):  # type: ignore[misc]
+    """kombu's Redis Sentinel transport with :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
+#: kombu's Redis transports, and the reliable one each is replaced with.
+_RELIABLE: Final[dict[Any, Any]] = {
+    kombu_redis.Transport: Transport,
+    kombu_redis.SentinelTransport: SentinelTransport,
+}
+
+
 class ReliableConnection(Connection):
-    """A kombu connection that uses :class:`Transport` where kombu would use its Redis
-    transport: the URL is parsed as kombu does (TLS for ``rediss://``, the socket of
-    ``redis+socket://``), and shown as kombu does; only the class differs."""
+    """A kombu connection that uses :class:`Transport` (:class:`SentinelTransport`)
+    where kombu would use its Redis (Redis Sentinel) transport: the URL is parsed as
+    kombu does (TLS for ``rediss://``, the socket of ``redis+socket://``), and shown
+    as kombu does; only the class differs."""
 
     def get_transport_cls(self) -> Any:
-        """:class:`Transport` for kombu's Redis transport, else kombu's choice."""
+        """The reliable transport for kombu's Redis transports, else kombu's choice."""
         transport_cls = super().get_transport_cls()
-        return Transport if transport_cls is kombu_redis.Transport else transport_cls
+        return _RELIABLE.get(transport_cls, transport_cls)
 
 
 class ReliableAMQP(AMQP):

@@ -45,6 +45,7 @@ import redis
 from subswitch import keys
 from subswitch.contract import AnyCommand, Target
 from subswitch.errors import StoreError
+from subswitch.redis_client import redis_client
 from worker.metrics import NULL_RECORDER, Recorder
 
 # Shared by the scripts below: may this delivery publish a finished record's event?
@@ -490,8 +491,9 @@ class RedisStore:
         max_clock_skew_s: int,
         metrics: Recorder = NULL_RECORDER,
     ) -> RedisStore:
-        """A store on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        """A store on the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://`` or
+        ``redis+sentinel://``)."""
+        client = redis_client(url, timeout_s=5)
         return cls(
             client=client,
             retention_s=retention_s,

@@ -3,10 +3,14 @@
 Both live in the shared store, so they hold across every worker process and machine.
 
 * :class:`RateLimiter` is a GCRA that hands out *reservations*: a caller gets the
-  next free slot (at most a short horizon ahead), sleeps until it, then sends. Writes
-  therefore leave at the configured pace and never above it. Higher lanes may reserve
-  further ahead, and an urgent caller that finds no slot makes the others step back
-  until it got one: when the budget is short, urgent commands go first.
+  next free slot (at most a short horizon ahead), sleeps until it, then is admitted
+  by the hard cap right before it sends: at most the rate in any sliding second, and
+  no sooner than the pace allows after the previous send, so callers that woke late
+  go one after the other, not in a bunch. Slots and admissions are paced 1% under
+  the rate, which leaves room for the jitter between admission and the upstream.
+  Higher lanes may reserve further ahead, and an urgent caller that finds no slot
+  makes the others step back until it got one: when the budget is short, urgent
+  commands go first.
 * :class:`CircuitBreaker` opens when most recent requests failed with 5xx, timeouts or
   connection errors, lets nothing through during a cool-down, then lets one probe
   through; the probe's result closes or reopens it.
@@ -57,23 +61,36 @@ redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil(wait /
 return {1, wait, string.format('%d', tat)}
 """
 
-# KEYS: log of sends (zset, µs). ARGV: cap, window_us, member. The hard cap, checked
-# right before sending: however late threads wake from their reservations, no window
-# of one second ever holds more than ``cap`` sends. Sends logged in the future (the
-# store's clock stepped back) are dropped, or they would hold the cap for the step.
+# KEYS: log of sends (zset, µs), pace (next admission, µs). ARGV: cap, window_us,
+# member, interval_us, tolerance_us. The hard cap, checked right before sending, in the
+# store's clock. A send is admitted only if (1) the last second holds fewer than ``cap``
+# sends and (2) it keeps the pace: no sooner than one interval after the previous
+# admission, give or take ``tolerance``. (1) bounds every sliding second; (2) keeps
+# threads that woke late from their reservations from going out together (before it,
+# a second that had room let a whole bunch through at once, and the bunch, plus the
+# jitter between admission and the upstream, made a clock second at the upstream hold
+# more than the cap). Sends logged in the future, or a pace further ahead than a
+# window (the store's clock stepped back), are dropped, or they would hold the cap for
+# the step.
 _ADMIT_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-  return {1, 0}
+local pace = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
+if pace > now + window then pace = now end
+local wait = math.max(pace - now - tonumber(ARGV[5]), 0)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  wait = math.max(wait, tonumber(oldest[2]) + window - now + 1)
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, tonumber(oldest[2]) + window - now + 1}
+if wait > 0 then return {0, wait} end
+local ttl = math.ceil(window / 1000) + 1000
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('SET', KEYS[2], string.format('%d', pace + tonumber(ARGV[4])), 'PX', ttl)
+return {1, 0}
 """
 
 # KEYS: state, probe. ARGV: token, probe_ttl_ms, cooldown_ms. An open circuit never
@@ -147,6 +164,14 @@ MAX_WAIT_S: Final = 2.0
 _URGENT_MARK_MS: Final = 1000
 #: The hard cap's window: no admission hint is longer.
 _ADMIT_WINDOW_S: Final = 1.0
+#: Share of the configured rate that slots and admissions are paced at. What the store
+#: admits reaches the upstream a little later, and not always by the same delay (a
+#: thread waits for the GIL, a process for a core): pacing 1% under the cap leaves that
+#: jitter room, so a clock second at the upstream stays within the cap.
+PACE_SHARE: Final = 0.99
+#: How far off the pace an admission may be, in intervals: threads woken a little
+#: apart still go at once, a late bunch goes one interval apart.
+_PACE_TOLERANCE: Final = 2
 
 
 class Scripts(Protocol):
@@ -173,7 +198,7 @@ class RateLimiter:
         metrics: Recorder = NULL_RECORDER,
     ) -> None:
         self._metrics = metrics
-        self._interval_us = max(1, math.ceil(1_000_000 / rate_per_s))
+        self._interval_us = max(1, math.ceil(1_000_000 / (rate_per_s * PACE_SHARE)))
         self._horizon_us = int(horizon_s * 1_000_000)
         self._max_wait_s = max_wait_s
         self._sleep = sleep
@@ -181,6 +206,11 @@ class RateLimiter:
         self._cap = max(1, math.floor(rate_per_s))
         self._reserve = scripts.register(_RESERVE_LUA)
         self._admit = scripts.register(_ADMIT_LUA)
+
+    @property
+    def interval_us(self) -> int:
+        """The pace: microseconds between two slots (and two admissions)."""
+        return self._interval_us
 
     def reserve(self, lane: Lane) -> Reservation:
         """One try for a slot within this lane's reach (one store round trip)."""
@@ -192,15 +222,24 @@ class RateLimiter:
         return Reservation(wait_s=int(reply[1]) / 1_000_000, slot_us=slot_us)
 
     def admit(self) -> float | None:
-        """Record a send now if the last second holds fewer than the cap (``None``);
-        else the seconds until it will not (nothing recorded)."""
-        args = [self._cap, 1_000_000, uuid.uuid4().hex]
-        granted, wait_us = self._admit([keys.RATE_SENT], args)
+        """Record a send now if the last second holds fewer than the cap and the send
+        keeps the pace (``None``: send right away); else the seconds until it may
+        (nothing recorded)."""
+        interval = self._interval_us
+        args = [self._cap, 1_000_000, uuid.uuid4().hex, interval, interval * _PACE_TOLERANCE]
+        granted, wait_us = self._admit([keys.RATE_SENT, keys.RATE_PACE], args)
         return None if int(granted) else min(int(wait_us) / 1_000_000, _ADMIT_WINDOW_S)
 
     def acquire(self, lane: Lane) -> float | None:
         """Wait for a slot; ``None`` once it is this caller's turn to send, else the
-        seconds to come back after (the wait would hold this thread too long)."""
+        seconds to come back after (the wait would hold this thread too long).
+
+        After the sleep until its slot, the caller is admitted again (:meth:`admit`):
+        a thread that woke late sends only if the cap and the pace still allow it. A
+        refused non-urgent caller waits a little longer than told, at random, so that
+        callers refused together do not all come back together (and urgent ones come
+        back first).
+        """
         waited = 0.0
         reserved = False
         while True:
@@ -209,6 +248,8 @@ class RateLimiter:
                 if wait is None:
                     self._metrics.rate_limit_wait(waited)
                     return None
+                if lane is not Lane.URGENT:
+                    wait += self._rng.uniform(0, self._interval_us / 1_000_000)
             else:
                 reservation = self.reserve(lane)
                 reserved, wait = reservation.granted, reservation.wait_s

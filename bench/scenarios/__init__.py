@@ -9,12 +9,23 @@ from collections.abc import Callable
 
 from bench.harness import Context
 from bench.report import Row, ScenarioResult, fmt
-from bench.scenarios import bulk, cpu, intake, logs, policy, ratelimit, throughput, urgent
+from bench.scenarios import (
+    bulk,
+    cpu,
+    intake,
+    logs,
+    policy,
+    ratelimit,
+    scaleout,
+    throughput,
+    urgent,
+)
 
 Scenario = Callable[[Context], ScenarioResult]
 
 SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput.run,
+    "scaleout": scaleout.run,
     "cpu": cpu.run,
     "bulk": bulk.run,
     "urgent": urgent.run,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import redis
 import uvicorn
 from fastapi import FastAPI
-from kombu import Connection
 
 from producers.commands import time_bounds
 from producers.gateway.acceptances import RedisAcceptances
@@ -25,7 +24,7 @@ from producers.gateway.app import GatewayParts, create_app
 from producers.gateway.intake import Intake
 from producers.gateway.metrics import GatewayMetrics
 from producers.publisher import CeleryPublisher
-from subswitch.broker import BROKER_FAILURES
+from subswitch.broker import BROKER_FAILURES, broker_connection
 from subswitch.errors import BrokerError, ConfigurationError, StoreError
 from subswitch.policy import Policy
 from subswitch.policy_watch import PolicyWatch
@@ -156,7 +155,7 @@ def broker_probe(broker_url: str) -> Callable[[], None]:
 
     def probe() -> None:
         try:
-            with Connection(broker_url, connect_timeout=_PROBE_TIMEOUT_S) as connection:
+            with broker_connection(broker_url, connect_timeout=_PROBE_TIMEOUT_S) as connection:
                 connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
         except BROKER_FAILURES as exc:
             reason = scrub(str(exc) or type(exc).__name__, broker_url)

@@ -23,7 +23,14 @@ from kombu import Connection, Consumer, Message
 from pydantic import ValidationError
 
 from subswitch.archive import metrics
-from subswitch.broker import BROKER_FAILURES, EVENTS, archive_queue, check_broker_url, is_amqp
+from subswitch.broker import (
+    BROKER_FAILURES,
+    EVENTS,
+    archive_queue,
+    broker_connection,
+    check_broker_url,
+    is_amqp,
+)
 from subswitch.contract import ResultEvent, describe_validation_error
 from subswitch.errors import ArchiveError, BrokerError
 from subswitch.redact import redact_url, scrub
@@ -133,7 +140,7 @@ class ArchiveConsumer:
         connection.release()
 
     def _connect(self) -> Connection:
-        connection = Connection(
+        connection = broker_connection(
             self._broker_url,
             connect_timeout=_CONNECT_TIMEOUT_S,
             transport_options=self._transport_options,
