@@ -19,8 +19,9 @@ PostgreSQL at 127.0.0.1:5432, user ``postgres``, dropped afterwards):
   too (on a shared machine the wall time also holds the waits for a core).
 
 ``--runs`` repeats every measurement (a fresh database each time), one table line per
-run. The table goes to ``bench/results/archive-<broker>.md`` (``redis`` or ``rabbitmq``; raw
-numbers to ``archive-<broker>.json``) and to standard output.
+run. The table goes to ``bench/results/archive-<broker>[-<only>].md`` (``redis`` or
+``rabbitmq``, then the ``--only`` databases; raw numbers to the ``.json`` beside it) and
+to standard output.
 """
 
 from __future__ import annotations
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     RESULTS_DIR.mkdir(exist_ok=True)
     name = f"archive-{'rabbitmq' if is_amqp(args.broker) else 'redis'}"
+    name += "".join(f"-{kind}" for kind in args.only or [])
     (RESULTS_DIR / f"{name}.md").write_text(header + text + "\n")
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(text)

@@ -5,8 +5,9 @@
 first copied (``COPY``) into a temporary staging table, then inserted from it in the
 same transaction), deletes expired ones in batches, and reads them back: the
 :class:`~subswitch.audit.EventArchive` lookups and the streamed histories of
-``subswitch history`` (a server-side cursor on PostgreSQL, so a million rows are never
-in memory at once; each row a plain tuple, the full event only where it is asked for).
+``subswitch history`` (streamed in chunks: psycopg's binary stream on PostgreSQL, a
+cursor on SQLite, so a million rows are never in memory at once; each row a plain
+tuple, the full event only where it is asked for).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from subswitch.redact import scrub
 log = logging.getLogger(__name__)
 
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
-#: Rows a history streams per round trip.
+#: Rows a history reads per chunk (per round trip on SQLite).
 YIELD_PER: Final = 1000
 #: One key for every archive that migrates the same PostgreSQL database at once.
 _MIGRATION_LOCK: Final = 0x5375_6273_7769_7463  # "Subswitc"
@@ -91,7 +92,6 @@ STORED_COLUMNS: Final = (
     "archived_at",
     "event",
 )
-_HISTORY_CURSOR: Final = "subswitch_history"
 _STAGING: Final = sql.Identifier(f"{events.name}_staging")
 _TABLE: Final = sql.Identifier(events.name)
 _COLUMNS: Final = sql.SQL(", ").join(map(sql.Identifier, STORED_COLUMNS))
@@ -430,20 +430,20 @@ def _copy_and_insert(
 
 
 def _pg_stream(connection: Connection, statement: Select[Any]) -> Iterator[ArchivedCommand]:
-    """``statement``'s rows through a binary server-side cursor of the driver's, each
-    made an :class:`ArchivedCommand` as psycopg reads it: the per-row cost of a history
-    of 10,000 is psycopg's alone (SQLAlchemy's rows and type processors cost as much
-    again). Time zone UTC for this transaction, so timestamps arrive in UTC as stored."""
+    """``statement``'s rows streamed by the driver in binary, ``YIELD_PER`` rows a chunk
+    (the server keeps sending while rows are read, with no round trip per chunk, and
+    TCP holds it back when the reader is slower), each row made an
+    :class:`ArchivedCommand` as psycopg reads it: the per-row cost of a history is
+    psycopg's alone (SQLAlchemy's rows and type processors cost as much again). Time
+    zone UTC for this transaction, so timestamps arrive in UTC as stored."""
     compiled = statement.compile(dialect=connection.dialect)
     params = {name: _utc(value) if isinstance(value, datetime) else value
               for name, value in compiled.params.items()}  # fmt: skip
     driver = connection.connection.driver_connection
     assert driver is not None  # a checked-out connection has its driver's
     driver.execute("SET LOCAL TIME ZONE 'UTC'")
-    with driver.cursor(_HISTORY_CURSOR, binary=True, row_factory=_history_row) as cursor:
-        cursor.itersize = YIELD_PER
-        cursor.execute(str(compiled), params)
-        yield from cursor
+    with driver.cursor(binary=True, row_factory=_history_row) as cursor:
+        yield from cursor.stream(str(compiled), params, size=YIELD_PER)
 
 
 def _history_row(_cursor: Any) -> RowMaker[ArchivedCommand]:
