@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,7 @@ def test_a_history_read_in_part_leaves_the_archive_usable(archive: SqlArchive) -
     # When a reader takes its first row and stops
     rows = archive.subscription_history("telco", 101)
     assert next(rows).issued_at == T0
+    assert isinstance(rows, Generator)
     rows.close()
     # Then the archive still answers (the abandoned stream is cancelled, not left open)
     assert archive.count() == 1500
