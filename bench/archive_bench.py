@@ -1,6 +1,7 @@
 """The audit archive: events archived per second, and history / status lookups among many.
 
-Run: ``python -m bench.archive_bench [--events 20000] [--total 200000] [--only sqlite]``
+Run: ``python -m bench.archive_bench [--events 20000] [--total 200000] [--only sqlite]
+[--runs 2] [--broker URL]``
 
 For each database (a SQLite file in a temporary directory, and a fresh database on the
 PostgreSQL at 127.0.0.1:5432, user ``postgres``, dropped afterwards):
@@ -14,10 +15,13 @@ PostgreSQL at 127.0.0.1:5432, user ``postgres``, dropped afterwards):
 - ``lookups``: the archive filled to ``--total`` events, 10,000 of them on one
   subscription; the wall time of ``history`` of that subscription (every row read),
   of its first row, and of ``latest_event`` (the status lookup) for 200 random
-  command ids; median and p95.
+  command ids; median and p95. The history's CPU time in this process is recorded
+  too (on a shared machine the wall time also holds the waits for a core).
 
-The table goes to ``bench/results/archive-<broker>.md`` (``redis`` or ``rabbitmq``; raw
-numbers to ``archive-<broker>.json``) and to standard output.
+``--runs`` repeats every measurement (a fresh database each time), one table line per
+run. The table goes to ``bench/results/archive-<broker>[-<only>].md`` (``redis`` or
+``rabbitmq``, then the ``--only`` databases; raw numbers to the ``.json`` beside it) and
+to standard output.
 """
 
 from __future__ import annotations
@@ -199,6 +203,9 @@ def bench_lookups(url: str, total: int) -> dict[str, Any]:
     _fill(store, events(HOT_COMMANDS, hot=True))
     ids = [f"bench-{random.randrange(fill)}" for _ in range(LOOKUPS)] if fill else []
     whole = _timed(lambda: sum(1 for _ in store.subscription_history(*HOT)), 10)
+    whole_cpu = _timed(
+        lambda: sum(1 for _ in store.subscription_history(*HOT)), 10, time.process_time
+    )
     first = _timed(lambda: next(iter(store.subscription_history(*HOT))), 20)
     status = [_once(partial(store.latest_event, command_id)) for command_id in ids]
     store.close()
@@ -206,6 +213,7 @@ def bench_lookups(url: str, total: int) -> dict[str, Any]:
         "total": total,
         "history_rows": HOT_COMMANDS,
         "history_all_rows_ms": _summary(whole),
+        "history_all_rows_cpu_ms": _summary(whole_cpu),
         "history_first_row_ms": _summary(first),
         "status_lookup_ms": _summary(status),
     }
@@ -221,14 +229,16 @@ def _fill(store: SqlArchive, stream: Iterator[ResultEvent]) -> None:
     store.store(batch)
 
 
-def _once(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def _once(call: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    started = clock()
     call()
-    return (time.perf_counter() - started) * 1000
+    return (clock() - started) * 1000
 
 
-def _timed(call: Callable[[], object], times: int) -> list[float]:
-    return [_once(call) for _ in range(times)]
+def _timed(
+    call: Callable[[], object], times: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    return [_once(call, clock) for _ in range(times)]
 
 
 def _summary(samples: list[float]) -> dict[str, float]:
@@ -255,16 +265,19 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     """The Markdown table of ``results``."""
     lines = [
         "| database | store() events/s | `subswitch archive` events/s | history of 10,000 "
-        "(all rows / first row) | status lookup | archived events |",
-        "|---|---|---|---|---|---|",
+        "(all rows / first row) | history CPU | status lookup | archived events |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for kind, found in results.items():
+    for name, found in results.items():
+        kind, _, run_number = name.partition("#")
         look = found["lookups"]
         whole, first = look["history_all_rows_ms"], look["history_first_row_ms"]
+        cpu = look.get("history_all_rows_cpu_ms", {}).get("median", "-")
         lines.append(
-            f"| {kind} | {found['insert']['events_per_s']:,.0f} "
+            f"| {kind} (run {run_number}) | {found['insert']['events_per_s']:,.0f} "
             f"| {found['archive']['events_per_s']:,.0f} "
             f"| {whole['median']} / {first['median']} ms (p95 {whole['p95']} / {first['p95']}) "
+            f"| {cpu} ms "
             f"| {look['status_lookup_ms'].get('median', '-')} ms "
             f"(p95 {look['status_lookup_ms'].get('p95', '-')}) "
             f"| {look['total']:,} |"
@@ -279,16 +292,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=200_000, help="events for the lookups")
     parser.add_argument("--only", choices=["sqlite", "postgresql"], action="append")
     parser.add_argument("--broker", default=BROKER, help="redis://... (flushed) or amqp://...")
+    parser.add_argument("--runs", type=int, default=1, help="repeat every measurement")
     args = parser.parse_args(argv)
-    results = {kind: run(kind, args) for kind in args.only or ["sqlite", "postgresql"]}
+    results = {
+        f"{kind}#{n}": run(kind, args)
+        for n in range(1, args.runs + 1)
+        for kind in args.only or ["sqlite", "postgresql"]
+    }
     text = table(results)
     header = (
         f"# Audit archive ({datetime.now(UTC):%Y-%m-%dT%H:%MZ}, {os.cpu_count()} cores, "
-        f"`python -m bench.archive_bench --events {args.events} --total {args.total}`, "
+        f"`python -m bench.archive_bench --events {args.events} --total {args.total} "
+        f"--runs {args.runs}`, "
         f"broker {redact_url(args.broker).split('://')[0]})\n\n"
     )
     RESULTS_DIR.mkdir(exist_ok=True)
     name = f"archive-{'rabbitmq' if is_amqp(args.broker) else 'redis'}"
+    name += "".join(f"-{kind}" for kind in args.only or [])
     (RESULTS_DIR / f"{name}.md").write_text(header + text + "\n")
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(text)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -150,8 +152,10 @@ def test_retention_deletes_the_expired_in_batches(archive: SqlArchive) -> None:
     assert archive.newest_completed_at() == T0 + timedelta(days=6, seconds=1)
 
 
-def test_a_history_streams_rather_than_loading_everything(archive: SqlArchive) -> None:
-    # Given more commands than one round trip fetches
+def test_a_history_streams_rather_than_loading_everything(
+    archive: SqlArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given more commands than one chunk holds
     commands = [block(issued_at=T0 + timedelta(seconds=n)) for n in range(2500)]
     for start in range(0, len(commands), 500):
         archive.store([event_of(command) for command in commands[start : start + 500]])
@@ -161,14 +165,38 @@ def test_a_history_streams_rather_than_loading_everything(archive: SqlArchive) -
         "before_cursor_execute",
         lambda _c, _cur, _s, _p, context, _m: options.append(dict(context.execution_options)),
     )
+    streams: list[int] = []
+    real_stream = psycopg.Cursor.stream
+
+    def stream(self: psycopg.Cursor[Any], *args: Any, size: int = 1, **kw: Any) -> Any:
+        streams.append(size)
+        return real_stream(self, *args, size=size, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "stream", stream)
     # When the history is read one row at a time
     rows = archive.subscription_history("telco", 101)
     first = next(rows)
-    # Then the query ran as a stream (a server-side cursor on PostgreSQL), and rows
-    # come as they are read, in order, to the last
-    assert options[-1].get("yield_per") == YIELD_PER
+    # Then the query runs as a stream of YIELD_PER rows a chunk (psycopg's on
+    # PostgreSQL, SQLAlchemy's on SQLite), and rows come as they are read, in order
+    if archive.engine.dialect.name == "postgresql":
+        assert streams == [YIELD_PER]
+    else:
+        assert options[-1].get("yield_per") == YIELD_PER
     assert first.issued_at == T0
     assert sum(1 for _ in rows) == 2499
+
+
+def test_a_history_read_in_part_leaves_the_archive_usable(archive: SqlArchive) -> None:
+    # Given a history of more rows than one chunk
+    archive.store([event_of(block(issued_at=T0 + timedelta(seconds=n))) for n in range(1500)])
+    # When a reader takes its first row and stops
+    rows = archive.subscription_history("telco", 101)
+    assert next(rows).issued_at == T0
+    assert isinstance(rows, Generator)
+    rows.close()
+    # Then the archive still answers (the abandoned stream is cancelled, not left open)
+    assert archive.count() == 1500
+    assert sum(1 for _ in archive.subscription_history("telco", 101)) == 1500
 
 
 def test_an_unreachable_database_is_one_line_without_its_password() -> None:
