@@ -105,17 +105,14 @@ def default_source(settings: Settings) -> str:
 
 
 def _producer(settings: Settings) -> CommandProducer:
-    """A producer on the configured (or embedded) broker, with the store."""
+    """A producer on the configured (or embedded) broker, with the store, signing with
+    ``SUBSWITCH_PRODUCER_KEY_FILE`` as every producer does (a policy rejects unsigned
+    retries)."""
     endpoints = resolve_endpoints(settings)
-    publisher = CeleryPublisher(
-        broker_url=endpoints.broker_url,
-        visibility_timeout=settings.visibility_timeout,
-        queue_type=settings.rabbitmq_queue_type,
-        delivery_limit=settings.delivery_limit,
-        max_message_bytes=settings.max_message_bytes,
-    )
+    publisher = CeleryPublisher.from_settings(settings)
     return CommandProducer(
         publisher=publisher,
+        signer=publisher.signer,
         default_source=settings.source,
         time_bounds=time_bounds(settings),
         store=open_store(endpoints.store_url),

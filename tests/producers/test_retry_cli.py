@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from producers.retry_cli import default_source, register
+from producers.retry_cli import _producer, default_source, register
 from subswitch.settings import Settings
+from subswitch.signing import key_id_of
 
 
 @pytest.fixture
@@ -62,3 +65,27 @@ def test_the_default_source_names_the_login(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("LOGNAME", "alice")
     monkeypatch.setenv("USER", "alice")
     assert default_source(Settings.model_construct()) == "retry:alice"
+
+
+def test_a_retry_is_signed_with_the_producer_key(tmp_path: Path) -> None:
+    # Given a producer key (a worker under a policy rejects unsigned commands)
+    private_key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "ops.key"
+    key_file.write_bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    settings = Settings(
+        broker_url="redis://127.0.0.1:1/0",
+        store_url="redis://127.0.0.1:1/0",
+        data_dir=tmp_path,
+        producer_key_file=key_file,
+    )
+    # When retry builds its producer (nothing is connected yet)
+    with _producer(settings) as producer:
+        # Then it signs with that key
+        assert producer.signer is not None
+        assert producer.signer.key_id == key_id_of(private_key.public_key())
