@@ -31,15 +31,7 @@ _GAP = "  "
 
 def describe_error(error: EventError | None) -> str:
     """The error of an event on one line, empty if there is none."""
-    if error is None:
-        return ""
-    fields = [
-        f"code={error.code}" if error.code is not None else "",
-        f"status={error.status}" if error.status else "",
-        error.message,
-        f"({error.detail_msg})" if error.detail_msg else "",
-    ]
-    return " ".join(field for field in fields if field)
+    return "" if error is None else error.one_line()
 
 
 def summary(event: ResultEvent) -> Text:

@@ -335,6 +335,16 @@ class EventError(_Frozen):
     message: str
     detail_msg: str | None = Field(default=None, alias="detailMsg")
 
+    def one_line(self) -> str:
+        """The error on one line: ``code=404 status=NOT_FOUND message (detail)``."""
+        fields = [
+            f"code={self.code}" if self.code is not None else "",
+            f"status={self.status}" if self.status else "",
+            self.message,
+            f"({self.detail_msg})" if self.detail_msg else "",
+        ]
+        return " ".join(field for field in fields if field)
+
 
 class EventData(_Frozen):
     """The ``data`` of a result event. Target fields are null only for a message

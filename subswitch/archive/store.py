@@ -144,15 +144,7 @@ class ArchivedCommand(NamedTuple):
 
 def error_text(error: EventError | None) -> str | None:
     """An event's error on one line (``code=404 status=NOT_FOUND message (detail)``)."""
-    if error is None:
-        return None
-    fields = [
-        f"code={error.code}" if error.code is not None else "",
-        f"status={error.status}" if error.status else "",
-        error.message,
-        f"({error.detail_msg})" if error.detail_msg else "",
-    ]
-    return " ".join(field for field in fields if field)
+    return None if error is None else error.one_line()
 
 
 def event_row(event: ResultEvent, *, archived_at: datetime) -> dict[str, Any]:
