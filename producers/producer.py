@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Self, Unpack
 
@@ -21,6 +21,7 @@ from producers.commands import (
 from producers.commands import time_bounds as bounds_of
 from producers.publisher import CeleryPublisher, Publisher
 from subswitch.audit import EventArchive
+from subswitch.clock import utcnow
 from subswitch.contract import AnyCommand, TimeBounds
 from subswitch.errors import ConfigurationError, StoreError
 from subswitch.settings import Settings
@@ -29,10 +30,6 @@ from subswitch.status import CommandStatus, StatusReader, open_store, record_acc
 from subswitch.urls import BROKER_VARIABLE, STORE_VARIABLE, resolve_store_url
 
 logger = logging.getLogger(__name__)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def store_for(settings: Settings) -> redis.Redis | None:
@@ -71,7 +68,7 @@ class CommandProducer:
         publisher: Publisher,
         default_source: str = DEFAULT_SOURCE,
         time_bounds: TimeBounds | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         store: redis.Redis | None = None,
         archive: EventArchive | None = None,
         signer: Signer | None = None,

@@ -19,13 +19,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 from pydantic import ValidationError
 
 from producers.errors import InvalidCommandError
 from producers.producer import CommandProducer
+from subswitch.clock import utcnow
 from subswitch.contract import (
     COMMAND_ADAPTER,
     AnyCommand,
@@ -69,10 +70,6 @@ class Retried:
     command: AnyCommand
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Retrier:
     """Retries commands through ``producer``, which must have the store.
 
@@ -88,7 +85,7 @@ class Retrier:
         source: str,
         fresh: bool = False,
         not_after: datetime | str | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._producer = producer
         self._source = source

@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from subswitch.clock import utcnow
 from subswitch.errors import InvalidInput
 from subswitch.text import UNSAFE_CHARACTERS, first_unsafe, safe_line
 
@@ -108,10 +109,6 @@ def _new_command_id() -> str:
     return str(uuid.uuid4())
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -122,7 +119,7 @@ class _CommandBase(_Frozen):
     org_id: OrgId
     subscription_id: Int64Id
     active: StrictBool
-    issued_at: AwareDatetime = Field(default_factory=_now)
+    issued_at: AwareDatetime = Field(default_factory=utcnow)
     not_after: AwareDatetime | None = None
     priority: Lane = Lane.NORMAL
     source: Source

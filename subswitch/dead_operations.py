@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import redis
 
 from subswitch import keys
+from subswitch.clock import utcnow
 from subswitch.contract import InvalidCommand, TimeBounds
 from subswitch.deadletters import (
     COMMAND_ID_HEADER,
@@ -89,10 +90,6 @@ class Replay:
         return self.refused is None
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class DeadLetterOperator:
     """Lists, replays and purges the letters of one dead-letter queue."""
 
@@ -101,7 +98,7 @@ class DeadLetterOperator:
         *,
         queue: DeadLetterQueue,
         bounds: TimeBounds | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._queue = queue
         self._bounds = bounds

@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from subswitch import keys
+from subswitch.clock import utcnow
 from subswitch.contract import (
     AnyCommand,
     ChangeBlockStatus,
@@ -191,10 +192,6 @@ def _log_decision(decision: Decision) -> None:
         logger.info("command back in %.2fs: %s", decision.delay_s, decision.reason)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Executor:
     """Turns one delivery of a command into at most one upstream write and a decision."""
 
@@ -212,7 +209,7 @@ class Executor:
         retention_s: float,
         traffic: Traffic | None = None,
         authority: Authority | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Recorder = NULL_RECORDER,
     ) -> None:

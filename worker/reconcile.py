@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from subswitch import keys
 from subswitch.audit import EventArchive
+from subswitch.clock import utcnow
 from subswitch.contract import (
     COMMAND_ADAPTER,
     ORG_ID_PATTERN,
@@ -290,10 +291,6 @@ def repair_command(intent: Intent, *, now: datetime) -> AnyCommand:
         raise InvalidInput(reason) from None
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Reconciler:
     """Compares targets with the upstream and, if asked, enqueues repairs."""
 
@@ -306,7 +303,7 @@ class Reconciler:
         enqueue: Callable[[AnyCommand], None] | None = None,
         watermark: Callable[[Target], str | None] | None = None,
         in_flight: Callable[[Target], str | None] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._intents = intents

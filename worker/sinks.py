@@ -12,22 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
 
 from subswitch.broker import BROKER_FAILURES, DEAD_LETTER, EVENTS, dead_letter_queue
+from subswitch.clock import utcnow
 from subswitch.contract import DEAD_LETTER_QUEUE, EVENT_CONTENT_TYPE
 from subswitch.deadletters import DEAD_AT_HEADER, REASON_HEADER
 from subswitch.errors import PublishError
 from subswitch.text import safe_line
 
 _RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2}
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class KombuEventSink:
@@ -61,7 +58,7 @@ class KombuDeadLetters:
     """Keeps rejected messages in the durable ``subswitch.dead`` queue."""
 
     def __init__(
-        self, *, app: Celery, queue_type: str, clock: Callable[[], datetime] = _utcnow
+        self, *, app: Celery, queue_type: str, clock: Callable[[], datetime] = utcnow
     ) -> None:
         self._app = app
         self._queue = dead_letter_queue(broker_url=app.conf.broker_url, queue_type=queue_type)

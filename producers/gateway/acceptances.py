@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 import redis
 
 from subswitch import keys
+from subswitch.clock import utcnow
 from subswitch.contract import AnyCommand
 from subswitch.errors import StoreError
 from subswitch.status import Acceptance, record_acceptances
@@ -29,10 +30,6 @@ return 0
 """
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class RedisAcceptances:
     """Acceptance records in the store (``subswitch.keys.acceptance``)."""
 
@@ -41,7 +38,7 @@ class RedisAcceptances:
         *,
         client: redis.Redis,
         retention_s: int,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._client = client
         self._retention_s = retention_s

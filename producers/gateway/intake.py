@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from producers.gateway.errors import (
     NotAccepted,
 )
 from producers.gateway.models import BlockCommandIn, ServiceCommandIn
+from subswitch.clock import utcnow
 from subswitch.contract import (
     AnyCommand,
     ChangeBlockStatus,
@@ -73,10 +74,6 @@ class Caller:
     producer: str
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -97,7 +94,7 @@ class Intake:
         gateway: str,
         time_bounds: TimeBounds,
         chunk_size: int,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._publisher = publisher
         self._acceptances = acceptances

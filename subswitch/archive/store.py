@@ -34,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from subswitch.archive.schema import VERSION_TABLE, events
 from subswitch.archive.url import shown, sqlite_path
+from subswitch.clock import utcnow
 from subswitch.contract import EventError, Outcome, ResultEvent, Target
 from subswitch.errors import ArchiveError
 from subswitch.redact import scrub
@@ -195,10 +196,6 @@ def _target_of(event: ResultEvent) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class SqlArchive:
     """Result events in a relational database; implements
     :class:`~subswitch.audit.EventArchive`.
@@ -206,14 +203,14 @@ class SqlArchive:
     Every database error leaves as :class:`~subswitch.errors.ArchiveError`.
     """
 
-    def __init__(self, *, engine: Engine, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, *, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = clock
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     @classmethod
     def open(
-        cls, url: URL, *, create: bool = False, clock: Callable[[], datetime] = _utcnow
+        cls, url: URL, *, create: bool = False, clock: Callable[[], datetime] = utcnow
     ) -> SqlArchive:
         """An archive on ``url`` (from :func:`subswitch.archive.url.archive_url`).
         Connects to nothing yet. A SQLite file is used in WAL mode and, with ``create``

@@ -1,0 +1,10 @@
+"""The wall clock every default ``clock=`` argument reads: now, in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
