@@ -7,15 +7,17 @@ small interfaces, so it runs the same under Celery and in unit tests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from subswitch import keys
 from subswitch.clock import utcnow
@@ -32,6 +34,7 @@ from subswitch.contract import (
     rejected_message_event,
     result_event,
 )
+from subswitch.errors import UnavailableError
 from subswitch.logs import add_log_context, log_context
 from subswitch.policy import Refusal
 from subswitch.signing import detach_signature
@@ -40,17 +43,20 @@ from worker.metrics import NULL_RECORDER, Recorder
 from worker.policy import RetryPolicy
 from worker.store import (
     AlreadyApplied,
+    BatchStore,
+    BeginRequest,
+    BeginResult,
     Busy,
     Claim,
     Conflict,
     Finished,
+    FinishRequest,
     Go,
     Lost,
     OutOfBounds,
     OutOfTime,
     OutOfTimeReason,
     Settling,
-    Store,
     Superseded,
     Unresolved,
 )
@@ -63,6 +69,7 @@ from worker.upstream.errors import (
 )
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class Upstream(Protocol):
@@ -98,6 +105,45 @@ class Upstream(Protocol):
     ) -> int: ...
 
 
+class PendingWrite(Protocol):
+    """A write on its way to the upstream."""
+
+    def result(self) -> int:
+        """Its 2xx status; raises the write's :class:`UpstreamError`."""
+        ...
+
+
+@runtime_checkable
+class ConcurrentUpstream(Upstream, Protocol):
+    """An :class:`Upstream` whose writes can also be started now and answered later,
+    many at once (``MasStackClient`` has them): a bulk chunk's writes go out together."""
+
+    def start_change_service_status(
+        self,
+        org_id: str,
+        subscription_id: int,
+        service_id: int,
+        *,
+        active: bool,
+        idempotency_key: str,
+        request_id: str | None = None,
+        deadline: float | None = None,
+    ) -> PendingWrite: ...
+
+    def start_change_block_status(
+        self,
+        org_id: str,
+        subscription_id: int,
+        block_id: int,
+        *,
+        active: bool,
+        reason: str | None = None,
+        idempotency_key: str,
+        request_id: str | None = None,
+        deadline: float | None = None,
+    ) -> PendingWrite: ...
+
+
 class Traffic(Protocol):
     """What stands between the executor and the upstream (``worker.traffic.TrafficControl``)."""
 
@@ -119,6 +165,18 @@ class EventSink(Protocol):
 
     def publish(self, event: bytes, *, routing_key: str, event_id: str) -> None:
         """Publish one event body; return only once the broker has it."""
+
+    def publish_many(self, events: Sequence[OutgoingEvent]) -> None:
+        """Publish events in order; return only once the broker has every one."""
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    """One event for :meth:`EventSink.publish_many`."""
+
+    body: bytes
+    routing_key: str
+    event_id: str
 
 
 class Authority(Protocol):
@@ -198,7 +256,7 @@ class Executor:
     def __init__(
         self,
         *,
-        store: Store,
+        store: BatchStore,
         upstream: Upstream,
         events: EventSink,
         dead_letters: DeadLetterSink,
@@ -250,6 +308,60 @@ class Executor:
         anything touches its records: a refused one never occupies its command id.
         ``vouched_by`` is who signed the chunk the command came in (:meth:`chunk_signer`).
         """
+        prepared = self._prepare(payload, token, message_id, vouched_by)
+        if not isinstance(prepared, AnyCommand):
+            return prepared
+        decision = self._handle_command(prepared, token)
+        if isinstance(decision, RetryLater):
+            self._metrics.retry(decision.cause.value)
+        return decision
+
+    def handle_chunk(
+        self,
+        payloads: Sequence[Any],
+        *,
+        vouched_by: str | None = None,
+        out_of_time: Callable[[], bool] = lambda: False,
+    ) -> list[ChunkResult]:
+        """Handle a bulk chunk's commands together; a result per payload, in order.
+
+        Each command is decided exactly as :meth:`handle` decides it, and commands on
+        one target go one after the other, in the chunk's order: the chunk runs in
+        waves, the first command of every target in the first, the second in the
+        next, and so on. A wave makes one store round trip for all its begins, sends
+        its writes at once (through the upstream's ``start_*`` writes when it has
+        them), one round trip for its finishes, publishes its events together and
+        marks them published in one more. Before each wave after the first,
+        ``out_of_time()`` may end the chunk: what was not started is ``None``.
+
+        A command that raised (a bug) has its exception as its result; an
+        :class:`UnavailableError` (store or broker away) is raised: no command's own.
+        """
+        results: list[ChunkResult] = [None] * len(payloads)
+        jobs: list[tuple[int, _Job]] = []
+        for index, payload in enumerate(payloads):
+            token = uuid.uuid4().hex
+            prepared = _guarded(self._prepare, payload, token, None, vouched_by)
+            if isinstance(prepared, AnyCommand):
+                jobs.append((index, _Job(prepared, prepared.fingerprint(), token)))
+            else:
+                results[index] = prepared
+        for number, wave in enumerate(_waves(jobs)):
+            if number and out_of_time():
+                break
+            # The chunk's very first command always runs: every delivery makes progress.
+            wave_results = self._run_wave([job for _, job in wave], out_of_time, first=not number)
+            for (index, _), result in zip(wave, wave_results, strict=True):
+                results[index] = result
+        for result in results:
+            if isinstance(result, RetryLater):
+                self._metrics.retry(result.cause.value)
+        return results
+
+    def _prepare(
+        self, payload: Any, token: str, message_id: str | None, vouched_by: str | None
+    ) -> AnyCommand | Decision:
+        """The command in ``payload`` if it may run; else what became of the message."""
         fields, signature = detach_signature(payload)
         try:
             command = parse_command(fields)
@@ -264,10 +376,7 @@ class Executor:
             refusal = self._authority.check(command, signature, vouched_by=vouched_by)
             if refusal is not None:
                 return self._refuse(command, refusal, _as_bytes(payload), token)
-        decision = self._handle_command(command, token)
-        if isinstance(decision, RetryLater):
-            self._metrics.retry(decision.cause.value)
-        return decision
+        return command
 
     def chunk_signer(self, payloads: list[Any], header: object) -> str | None:
         """Who signed this bulk chunk, when a policy is in force and the chunk's signature
@@ -330,28 +439,45 @@ class Executor:
         return decision
 
     def _decide(self, command: AnyCommand, token: str) -> Decision:
-        fingerprint = command.fingerprint()
-        now = self._clock()
-        expired = command.not_after is not None and now > command.not_after
+        job = _Job(command, command.fingerprint(), token)
+        request = self._begin_request(job, self._clock())
         step = self._store.begin(
             command,
-            fingerprint=fingerprint,
+            fingerprint=request.fingerprint,
             token=token,
+            lease_ms=request.lease_ms,
+            max_attempts=request.max_attempts,
+            expired=request.expired,
+            settle_ms=request.settle_ms,
+            out_of_bounds=request.out_of_bounds,
+        )
+        if isinstance(step, Go):
+            return self._attempt(job, step.attempt)
+        return self._after_begin(job, step)
+
+    def _begin_request(self, job: _Job, now: datetime) -> BeginRequest:
+        command = job.command
+        return BeginRequest(
+            command=command,
+            fingerprint=job.fingerprint,
+            token=job.token,
             lease_ms=self._lease_ms,
             max_attempts=self._policy.max_attempts,
-            expired=expired,
+            expired=command.not_after is not None and now > command.not_after,
             settle_ms=self._settle_ms,
             out_of_bounds=self._bounds_error(command, now) is not None,
         )
-        job = _Job(command, fingerprint, token)
-        if isinstance(step, Go):
-            return self._attempt(job, step.attempt)
+
+    def _after_begin(self, job: _Job, step: BeginResult) -> Decision:
+        """What a begin that gave no attempt (anything but :class:`Go`) decides."""
         if isinstance(step, Busy | Settling | Unresolved):
-            return self._wait(command, step)
+            return self._wait(job.command, step)
         if isinstance(step, Finished):
-            return self._publish(step, keys.command(command.command_id))
+            return self._publish(step, keys.command(job.command.command_id))
         if isinstance(step, Conflict):
             return self._reject_conflict(job)
+        if isinstance(step, Go):  # never passed here: the caller makes the attempt
+            raise TypeError("a Go step is an attempt to make, not an end")
         return self._close(job, step)
 
     def _wait(self, command: AnyCommand, step: Busy | Settling | Unresolved) -> RetryLater:
@@ -413,11 +539,7 @@ class Executor:
         deadline = self._monotonic() + self._attempt_s
         wait = self._traffic.admit(command.lane)
         if wait is not None:
-            delay = min(wait, self._policy.max_delay_s)
-            self._store.give_back(
-                command.command_id, command.target, token=job.token, retry_ms=int(delay * 1000)
-            )
-            return RetryLater(delay, "waiting for upstream budget", RetryCause.TRAFFIC)
+            return self._give_back(job, wait)
         try:
             status = self._timed_send(command, deadline)
         except UpstreamError as exc:
@@ -427,6 +549,15 @@ class Executor:
             raise
         self._traffic.after_request(failed=False)
         return self._finish(job, Outcome.APPLIED, attempt, None, status, applied=True)
+
+    def _give_back(self, job: _Job, wait_s: float) -> RetryLater:
+        """No upstream budget for this attempt now: the target goes back, unsent."""
+        command = job.command
+        delay = min(wait_s, self._policy.max_delay_s)
+        self._store.give_back(
+            command.command_id, command.target, token=job.token, retry_ms=int(delay * 1000)
+        )
+        return RetryLater(delay, "waiting for upstream budget", RetryCause.TRAFFIC)
 
     def _after_error(self, job: _Job, attempt: int, exc: UpstreamError) -> Decision:
         if isinstance(exc, TransientError):
@@ -505,6 +636,39 @@ class Executor:
         applied: bool = False,
         settle_ms: int = 0,
     ) -> Decision:
+        ending = self._ending(
+            job, outcome, attempts, error, upstream_status, applied=applied, settle_ms=settle_ms
+        )
+        request = ending.request
+        finished = self._store.finish(
+            request.command,
+            fingerprint=request.fingerprint,
+            token=request.token,
+            event=request.event,
+            applied=request.applied,
+            upstream_status=request.upstream_status,
+            settle_ms=request.settle_ms,
+        )
+        decision, outgoing = self._claimed(ending, finished)
+        if outgoing is not None:
+            self._events.publish(
+                outgoing.body, routing_key=outgoing.routing_key, event_id=outgoing.event_id
+            )
+            self._store.mark_published(ending.key)
+        return decision
+
+    def _ending(
+        self,
+        job: _Job,
+        outcome: Outcome,
+        attempts: int,
+        error: EventError | None,
+        upstream_status: int | None = None,
+        *,
+        applied: bool = False,
+        settle_ms: int = 0,
+    ) -> _Ending:
+        """The terminal event of ``job`` and the store call that keeps it."""
         event = result_event(
             job.command,
             outcome=outcome,
@@ -514,8 +678,8 @@ class Executor:
             error=error,
         )
         body = event.to_json()
-        finished = self._store.finish(
-            job.command,
+        request = FinishRequest(
+            command=job.command,
             fingerprint=job.fingerprint,
             token=job.token,
             event=body,
@@ -523,40 +687,196 @@ class Executor:
             upstream_status=upstream_status,
             settle_ms=settle_ms,
         )
+        return _Ending(keys.command(job.command.command_id), event, request)
+
+    def _claimed(
+        self, ending: _Ending, finished: Finished | Lost
+    ) -> tuple[Decision, OutgoingEvent | None]:
+        """The decision after the store kept (or refused) ``ending``, and the event
+        this delivery must publish, if any."""
         if isinstance(finished, Lost):
             # The lease ran out under this delivery: a new one decides, under a new lock.
-            logger.warning("%s: lease lost before finishing", job.command.command_id)
-            return RetryLater(self._policy.busy_delay(), "lease lost", RetryCause.LEASE_LOST)
-        return self._publish(finished, keys.command(job.command.command_id), (event, body))
+            logger.warning("%s: lease lost before finishing", ending.request.command.command_id)
+            lost = RetryLater(self._policy.busy_delay(), "lease lost", RetryCause.LEASE_LOST)
+            return lost, None
+        return self._claim(finished, (ending.event, ending.request.event))
 
     def _publish(
         self, finished: Finished, key: str, built: tuple[ResultEvent, bytes] | None = None
     ) -> Decision:
-        # The event just built (and its body) is usually the one stored: spare parsing it.
-        if built is not None and finished.event == built[1]:
-            event = built[0]
-        else:
-            event = ResultEvent.model_validate_json(finished.event)
-        if finished.claim is Claim.BUSY:
-            return RetryLater(
-                self._policy.busy_delay(), "event being published elsewhere", RetryCause.PUBLISHING
-            )
-        if built is not None and finished.event == built[1]:
-            self._metrics.command_finished(event)  # decided by this delivery: counted once
-        if finished.claim is Claim.PUBLISH:
+        decision, outgoing = self._claim(finished, built)
+        if outgoing is not None:
             self._events.publish(
-                finished.event, routing_key=event.outcome.routing_key, event_id=event.id
+                outgoing.body, routing_key=outgoing.routing_key, event_id=outgoing.event_id
             )
             self._store.mark_published(key)
-        return Ack(event.outcome)
+        return decision
+
+    def _claim(
+        self, finished: Finished, built: tuple[ResultEvent, bytes] | None
+    ) -> tuple[Decision, OutgoingEvent | None]:
+        """What a finished record means for this delivery, and the event it publishes."""
+        # The event just built (and its body) is usually the one stored: spare parsing it.
+        ours = built is not None and finished.event == built[1]
+        event = (
+            built[0]
+            if built is not None and ours
+            else ResultEvent.model_validate_json(finished.event)
+        )
+        if finished.claim is Claim.BUSY:
+            busy = RetryLater(
+                self._policy.busy_delay(), "event being published elsewhere", RetryCause.PUBLISHING
+            )
+            return busy, None
+        if ours:
+            self._metrics.command_finished(event)  # decided by this delivery: counted once
+        outgoing = None
+        if finished.claim is Claim.PUBLISH:
+            outgoing = OutgoingEvent(finished.event, event.outcome.routing_key, event.id)
+        return Ack(event.outcome), outgoing
+
+    # --- a bulk chunk's wave ------------------------------------------------------
+
+    def _run_wave(
+        self, jobs: list[_Job], out_of_time: Callable[[], bool], *, first: bool
+    ) -> list[ChunkResult]:
+        """Decide a wave of a chunk (commands on distinct targets) together. Writes not
+        started when ``out_of_time()`` hand their targets back and end as ``None``."""
+        now = self._clock()
+        steps = self._store.begin_many([self._begin_request(job, now) for job in jobs])
+        # Every lock was taken by then: each attempt is over inside its lease.
+        deadline = self._monotonic() + self._attempt_s
+        started: list[ChunkResult | _InFlight] = []
+        for job, step in zip(jobs, steps, strict=True):
+            with self._context(job):
+                if not isinstance(step, Go):
+                    started.append(_guarded(self._after_begin, job, step))
+                elif (started or not first) and out_of_time():
+                    started.append(_guarded(self._unstarted, job))
+                else:
+                    started.append(_guarded(self._start, job, step.attempt, deadline))
+        landed: list[ChunkResult | _Ending] = []
+        for result in started:
+            if isinstance(result, _InFlight):
+                with self._context(result.job):
+                    landed.append(_guarded(self._land, result))
+            else:
+                landed.append(result)
+        results = self._finish_wave(landed)
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, Ack | RetryLater):
+                with self._context(job):
+                    _log_decision(result)
+        return results
+
+    def _context(self, job: _Job) -> contextlib.AbstractContextManager[None]:
+        command = job.command
+        return log_context(
+            command_id=command.command_id,
+            correlation_id=command.correlation_id,
+            lane=command.lane.value,
+            target=command.target.subject,
+        )
+
+    def _unstarted(self, job: _Job) -> None:
+        """The chunk ran out of time before this attempt: the target goes back, the
+        attempt uncounted, and the command goes on in the chunk's rest."""
+        command = job.command
+        self._store.give_back(command.command_id, command.target, token=job.token)
+
+    def _start(self, job: _Job, attempt: int, deadline: float) -> _InFlight | Decision:
+        """Send the attempt's write, answered later; or give the target back."""
+        add_log_context(attempt=attempt)
+        if self._monotonic() >= deadline - LEASE_MARGIN_S:
+            # The wave waited for its turns so long that this attempt would have no
+            # time left: it goes back unsent (a slow rate limit or a slow upstream).
+            return self._give_back(job, 0.0)
+        wait = self._traffic.admit(job.command.lane)
+        if wait is not None:
+            return self._give_back(job, wait)
+        self._metrics.inflight(1)
+        started = self._monotonic()
+        try:
+            pending: PendingWrite = self._start_send(job.command, deadline)
+        except UpstreamError as exc:
+            pending = _Refused(exc)
+        except BaseException:
+            self._metrics.inflight(-1)
+            self._traffic.abandon()  # no answer to count; never keep a probe leased
+            raise
+        return _InFlight(job, attempt, pending, started)
+
+    def _land(self, flight: _InFlight) -> _Ending | Decision:
+        """The answer to a started write: the command's end, or its retry."""
+        job, attempt = flight.job, flight.attempt
+        status = "error"
+        try:
+            answered = flight.pending.result()
+            status = str(answered)
+        except UpstreamError as exc:
+            status = _status_label(exc)
+            if isinstance(exc, TransientError):
+                self._traffic.after_request(failed=exc.status != 429)
+                return self._after_transient(job, attempt, exc)
+            self._traffic.after_request(failed=False)  # the upstream answered
+            return self._ending(job, Outcome.FAILED, attempt, _event_error(exc), exc.status)
+        except BaseException:
+            self._traffic.abandon()
+            raise
+        finally:
+            self._metrics.inflight(-1)
+            elapsed = self._monotonic() - flight.started
+            operation = _operation(job.command)
+            self._metrics.upstream_request(operation=operation, status=status, seconds=elapsed)
+        self._traffic.after_request(failed=False)
+        return self._ending(job, Outcome.APPLIED, attempt, None, answered, applied=True)
+
+    def _finish_wave(self, landed: list[ChunkResult | _Ending]) -> list[ChunkResult]:
+        """Keep the wave's endings in one round trip, publish their events together,
+        mark them published in one more."""
+        endings = [result for result in landed if isinstance(result, _Ending)]
+        finished = iter(self._store.finish_many([ending.request for ending in endings]))
+        results: list[ChunkResult] = []
+        outgoing: list[tuple[_Ending, OutgoingEvent]] = []
+        for result in landed:
+            if not isinstance(result, _Ending):
+                results.append(result)
+                continue
+            decision, event = self._claimed(result, next(finished))
+            results.append(decision)
+            if event is not None:
+                outgoing.append((result, event))
+        if outgoing:
+            self._events.publish_many([event for _, event in outgoing])
+            self._store.mark_published_many([ending.key for ending, _ in outgoing])
+        return results
+
+    def _start_send(self, command: AnyCommand, deadline: float) -> PendingWrite:
+        upstream = self._upstream
+        if not isinstance(upstream, ConcurrentUpstream):
+            return _Answered(self._send(command, deadline))
+        if isinstance(command, ChangeBlockStatus):
+            return upstream.start_change_block_status(
+                command.org_id,
+                command.subscription_id,
+                command.block_id,
+                active=command.active,
+                reason=command.reason,
+                idempotency_key=command.command_id,
+                deadline=deadline,
+            )
+        return upstream.start_change_service_status(
+            command.org_id,
+            command.subscription_id,
+            command.service_id,
+            active=command.active,
+            idempotency_key=command.command_id,
+            deadline=deadline,
+        )
 
     def _timed_send(self, command: AnyCommand, deadline: float) -> int:
         """:meth:`_send`, reported to the metrics (status, duration, in flight)."""
-        operation = (
-            "change_block_status"
-            if isinstance(command, ChangeBlockStatus)
-            else "change_service_status"
-        )
+        operation = _operation(command)
         started = self._monotonic()
         status = "error"
         self._metrics.inflight(1)
@@ -598,6 +918,83 @@ class _Job:
     command: AnyCommand
     fingerprint: str
     token: str
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """A command's terminal event, built, and the store call that keeps it."""
+
+    key: str
+    event: ResultEvent
+    request: FinishRequest
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """An attempt whose write was started; ``started`` is when (monotonic)."""
+
+    job: _Job
+    attempt: int
+    pending: PendingWrite
+    started: float
+
+
+class _Answered:
+    """A write made synchronously already: its status."""
+
+    def __init__(self, status: int) -> None:
+        self._status = status
+
+    def result(self) -> int:
+        return self._status
+
+
+class _Refused:
+    """A write that could not even be started (its inputs were refused)."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        self._error = error
+
+    def result(self) -> int:
+        raise self._error
+
+
+#: What became of one command of a chunk: its decision, the exception it raised (a
+#: bug), or ``None`` when the chunk ran out of time before it was started.
+ChunkResult = Decision | Exception | None
+
+
+def _waves(jobs: list[tuple[int, _Job]]) -> list[list[tuple[int, _Job]]]:
+    """The chunk's commands in waves: the n-th command of each target in wave n."""
+    waves: list[list[tuple[int, _Job]]] = []
+    seen: dict[str, int] = {}
+    for item in jobs:
+        subject = item[1].command.target.subject
+        number = seen.get(subject, 0)
+        seen[subject] = number + 1
+        if number == len(waves):
+            waves.append([])
+        waves[number].append(item)
+    return waves
+
+
+def _guarded(action: Callable[..., _T], *args: Any) -> _T | Exception:
+    """``action(*args)``, or the exception it raised: one command's trouble stays its
+    own. The store or broker away (:class:`UnavailableError`) is everyone's: raised."""
+    try:
+        return action(*args)
+    except UnavailableError:
+        raise
+    except Exception as exc:
+        logger.exception("a command of a chunk failed")
+        return exc
+
+
+def _operation(command: AnyCommand) -> str:
+    """The metrics' name of the write ``command`` makes."""
+    if isinstance(command, ChangeBlockStatus):
+        return "change_block_status"
+    return "change_service_status"
 
 
 def _status_label(exc: UpstreamError) -> str:

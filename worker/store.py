@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import redis
+from redis.commands.core import Script as RedisScript
 
 from subswitch import keys
 from subswitch.contract import AnyCommand, Target
@@ -237,6 +238,20 @@ return {claim(KEYS[1], ARGV[1], tonumber(ARGV[4])), redis.call('HGET', KEYS[1], 
 
 Script = Callable[[Sequence[str], Sequence[Any]], Any]
 
+#: One script run of a batch: the script, its KEYS and its ARGV.
+ScriptCall = tuple["RegisteredScript", Sequence[str], Sequence[Any]]
+
+
+class RegisteredScript:
+    """A Lua script known to one :class:`LuaScripts`; call it as ``(keys, args)``."""
+
+    def __init__(self, runner: LuaScripts, script: RedisScript) -> None:
+        self._runner = runner
+        self.script = script
+
+    def __call__(self, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._runner.run(self, keys_, args)
+
 
 class LuaScripts:
     """The one runner of the worker's Lua scripts on a Redis server.
@@ -252,18 +267,44 @@ class LuaScripts:
     def __repr__(self) -> str:
         return "LuaScripts()"
 
-    def register(self, source: str) -> Script:
+    def register(self, source: str) -> RegisteredScript:
         """A callable ``(keys, args) -> reply`` running ``source`` atomically (EVALSHA)."""
-        script = self._redis.register_script(source)
+        return RegisteredScript(self, self._redis.register_script(source))
 
-        def run(keys_: Sequence[str], args: Sequence[Any]) -> Any:
-            try:
-                return script(keys=list(keys_), args=list(args))
-            except redis.RedisError as exc:
-                self._metrics.store_error()
-                raise StoreError(f"store unavailable: {exc}") from exc
+    def run(self, script: RegisteredScript, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one registered script; Redis errors become :class:`StoreError`."""
+        try:
+            return script.script(keys=list(keys_), args=list(args))
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
 
-        return run
+    def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run many scripts in one round trip (a pipeline, not a transaction: each
+        script is atomic on its own, as when run alone); their replies in order.
+
+        A script the server does not know yet (its cache was flushed) never ran: it is
+        loaded and only those runs are made again, one by one.
+        """
+        if not calls:
+            return []
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for script, keys_, args in calls:
+                    pipe.evalsha(script.script.sha, len(keys_), *keys_, *args)
+                replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        for index, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                script, keys_, args = calls[index]
+                replies[index] = self.run(script, keys_, args)
+            elif isinstance(reply, redis.RedisError):
+                raise self._unavailable(reply)
+        return replies
+
+    def _unavailable(self, exc: redis.RedisError) -> StoreError:
+        self._metrics.store_error()
+        return StoreError(f"store unavailable: {exc}")
 
     def ping(self) -> bool:
         """Whether the server answers."""
@@ -392,6 +433,33 @@ BeginResult = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class BeginRequest:
+    """One command's :meth:`Store.begin`, for :meth:`BatchStore.begin_many`."""
+
+    command: AnyCommand
+    fingerprint: str
+    token: str
+    lease_ms: int
+    max_attempts: int
+    expired: bool
+    settle_ms: int = 0
+    out_of_bounds: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinishRequest:
+    """One command's :meth:`Store.finish`, for :meth:`BatchStore.finish_many`."""
+
+    command: AnyCommand
+    fingerprint: str
+    token: str
+    event: bytes
+    applied: bool
+    upstream_status: int | None = None
+    settle_ms: int = 0
+
+
 class Store(Protocol):
     """What the executor needs of the shared store (:class:`RedisStore` is the real one).
 
@@ -454,6 +522,23 @@ class Store(Protocol):
 
     def mark_published(self, key: str) -> None:
         """The event of the record at ``key`` reached the broker."""
+        ...
+
+
+class BatchStore(Store, Protocol):
+    """A :class:`Store` that also takes many commands' calls in one round trip (the
+    bulk lane's chunks). Each call is atomic on its own, exactly as when made alone."""
+
+    def begin_many(self, requests: Sequence[BeginRequest]) -> list[BeginResult]:
+        """:meth:`Store.begin` of each request, in order."""
+        ...
+
+    def finish_many(self, requests: Sequence[FinishRequest]) -> list[Finished | Lost]:
+        """:meth:`Store.finish` of each request, in order."""
+        ...
+
+    def mark_published_many(self, keys_: Sequence[str]) -> None:
+        """:meth:`Store.mark_published` of each key."""
         ...
 
 
@@ -528,20 +613,39 @@ class RedisStore:
         ``out_of_bounds``: ``issued_at`` lies outside the acceptance window; such a
         command is refused (:class:`OutOfBounds`) unless an attempt was made before.
         """
+        request = BeginRequest(
+            command=command,
+            fingerprint=fingerprint,
+            token=token,
+            lease_ms=lease_ms,
+            max_attempts=max_attempts,
+            expired=expired,
+            settle_ms=settle_ms,
+            out_of_bounds=out_of_bounds,
+        )
+        return _parse_begin(self._begin(*self._begin_call(request)))
+
+    def begin_many(self, requests: Sequence[BeginRequest]) -> list[BeginResult]:
+        """:meth:`begin` of each request, all in one round trip."""
+        calls = [(self._begin, *self._begin_call(request)) for request in requests]
+        return [_parse_begin(reply) for reply in self._scripts.run_many(calls)]
+
+    def _begin_call(self, request: BeginRequest) -> tuple[list[str], list[Any]]:
+        command = request.command
         args = [
-            fingerprint,
-            token,
-            lease_ms,
-            max_attempts,
+            request.fingerprint,
+            request.token,
+            request.lease_ms,
+            request.max_attempts,
             self._retention_s,
             command.order_key[0],
             command.command_id,
-            int(expired),
+            int(request.expired),
             self._claim_ms,
-            settle_ms,
-            int(out_of_bounds),
+            request.settle_ms,
+            int(request.out_of_bounds),
         ]
-        return _parse_begin(self._begin(_keys(command.command_id, command.target), args))
+        return _keys(command.command_id, command.target), args
 
     def release(
         self,
@@ -592,23 +696,38 @@ class RedisStore:
         delivery that lost the target gets :class:`Lost` and changed nothing but the
         watermark.
         """
+        request = FinishRequest(
+            command=command,
+            fingerprint=fingerprint,
+            token=token,
+            event=event,
+            applied=applied,
+            upstream_status=upstream_status,
+            settle_ms=settle_ms,
+        )
+        return _parse_finish(self._finish(*self._finish_call(request)))
+
+    def finish_many(self, requests: Sequence[FinishRequest]) -> list[Finished | Lost]:
+        """:meth:`finish` of each request, all in one round trip."""
+        calls = [(self._finish, *self._finish_call(request)) for request in requests]
+        return [_parse_finish(reply) for reply in self._scripts.run_many(calls)]
+
+    def _finish_call(self, request: FinishRequest) -> tuple[list[str], list[Any]]:
+        command, status = request.command, request.upstream_status
         args = [
-            token,
-            fingerprint,
-            event,
-            int(applied),
+            request.token,
+            request.fingerprint,
+            request.event,
+            int(request.applied),
             command.order_key[0],
             command.command_id,
             self._retention_s,
             self._target_retention_s,
             self._claim_ms,
-            "" if upstream_status is None else upstream_status,
-            settle_ms,
+            "" if status is None else status,
+            request.settle_ms,
         ]
-        reply = self._finish(_keys(command.command_id, command.target), args)
-        if _text(reply[0]) == "lost":
-            return Lost()
-        return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
+        return _keys(command.command_id, command.target), args
 
     def record(
         self, key: str, *, token: str, event: bytes, command_id: str | None = None
@@ -622,6 +741,10 @@ class RedisStore:
     def mark_published(self, key: str) -> None:
         """The event of the record at ``key`` reached the broker."""
         self._published([key], [])
+
+    def mark_published_many(self, keys_: Sequence[str]) -> None:
+        """:meth:`mark_published` of each key, in one round trip."""
+        self._scripts.run_many([(self._published, [key], []) for key in keys_])
 
     def ping(self) -> bool:
         """Whether the store answers."""
@@ -675,6 +798,12 @@ _BEGIN_REPLIES: Final[dict[str, Callable[[list[Any]], BeginResult]]] = {
     "expired": lambda reply: _out_of_time("expired", reply),
     "exhausted": lambda reply: _out_of_time("exhausted", reply),
 }
+
+
+def _parse_finish(reply: list[Any]) -> Finished | Lost:
+    if _text(reply[0]) == "lost":
+        return Lost()
+    return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
 
 def _parse_begin(reply: list[Any]) -> BeginResult:

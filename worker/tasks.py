@@ -19,7 +19,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from subswitch.contract import APPLY_BATCH_TASK, APPLY_TASK, Lane, Outcome, readable_command_id
-from subswitch.errors import TransientError, UnavailableError
+from subswitch.errors import TransientError
 from subswitch.signing import CHUNK_SIGNATURE_HEADER
 from worker.deliveries import Delivery, DeliveryCounter
 from worker.executor import Executor, RetryLater
@@ -207,36 +207,38 @@ def apply_chunk(
     clock: Callable[[], float] = time.monotonic,
     vouched_by: str | None = None,
 ) -> int:
-    """Run ``commands`` in order within ``budget_s``; returns how many were finished.
+    """Run ``commands`` together (:meth:`Executor.handle_chunk`) within ``budget_s``;
+    returns how many were finished.
 
     A command that must wait (retry, busy target) or that raised leaves as a single
     message (a raising one after a backoff, then retried like any ``subswitch.apply``);
-    the others go on. Once the budget is spent, what is left leaves as one chunk. An
-    :class:`UnavailableError` (store or broker away) is raised: no command's own fault.
-    ``vouched_by``: who signed the chunk (its signature verified), under a policy.
+    the others go on. Once the budget is spent, what was not started leaves as one
+    chunk. An :class:`UnavailableError` (store or broker away) is raised: no command's
+    own fault. ``vouched_by``: who signed the chunk (its signature verified), under a
+    policy.
     """
     deadline = clock() + budget_s
+    results = executor.handle_chunk(
+        commands, vouched_by=vouched_by, out_of_time=lambda: clock() >= deadline
+    )
     finished = 0
-    for index, command in enumerate(commands):
-        if index and clock() >= deadline:
-            logger.info(
-                "chunk out of time: %d commands go on in a new chunk", len(commands) - index
-            )
-            bulk.send_rest(commands[index:])
-            break
-        try:
-            decision = executor.handle(command, token=uuid.uuid4().hex, vouched_by=vouched_by)
-        except UnavailableError:
-            raise  # the store or broker is every command's: retry the chunk whole, later
-        except Exception:
+    for command, result in zip(commands, results, strict=True):
+        if isinstance(result, RetryLater):
+            bulk.send_alone(command, result.delay_s)
+        elif isinstance(result, Exception):
             delay = _trouble_delay(0)
-            logger.exception("a command of a chunk failed; it goes on alone in %.1fs", delay)
+            logger.warning(
+                "a command of a chunk failed (%s); it goes on alone in %.1fs",
+                type(result).__name__,
+                delay,
+            )
             bulk.send_alone(command, delay)
-            continue
-        if isinstance(decision, RetryLater):
-            bulk.send_alone(command, decision.delay_s)
-        else:
+        elif result is not None:
             finished += 1
+    left = [command for command, result in zip(commands, results, strict=True) if result is None]
+    if left:
+        logger.info("chunk out of time: %d commands go on in a new chunk", len(left))
+        bulk.send_rest(left)
     return finished
 
 

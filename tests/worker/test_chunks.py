@@ -132,7 +132,7 @@ def test_the_store_failing_retries_the_chunk_as_a_whole(
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise StoreError("store unavailable: connection refused")
 
-    monkeypatch.setattr(harness.store, "begin", unreachable)
+    monkeypatch.setattr(harness.store, "begin_many", unreachable)
     commands, lane = _chunk(block, 3), RecordingBulkLane()
     # When the chunk runs
     # Then the error reaches the task (which retries the whole chunk), nothing is split off

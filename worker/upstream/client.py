@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self, TypeVar
@@ -24,6 +25,13 @@ import pydantic
 from subswitch.errors import ConfigurationError
 from worker.upstream import _validation as check
 from worker.upstream.auth import TokenProvider
+from worker.upstream.concurrent import (
+    Answer,
+    ConcurrentSender,
+    Exchange,
+    TransportFactory,
+    default_transport,
+)
 from worker.upstream.deadline import bounded_by, capped_timeout, deadline_transport
 from worker.upstream.errors import (
     MalformedResponseError,
@@ -72,11 +80,45 @@ class _Call:
         return f"{self.method} {self.path}"
 
 
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    headers: httpx.Headers
-    body: bytes
+class PendingWrite:
+    """A write on its way (:meth:`MasStackClient.start_change_service_status` and
+    ``start_change_block_status``); :meth:`result` waits for its answer."""
+
+    def __init__(
+        self,
+        client: MasStackClient,
+        call: _Call,
+        token: str | None,
+        answer: Future[Answer],
+        deadline: float | None,
+    ) -> None:
+        self._client = client
+        self._call = call
+        self._token = token
+        self._answer = answer
+        self._deadline = deadline
+
+    def result(self) -> int:
+        """The 2xx status (201), as the synchronous write returns it.
+
+        Raises:
+            UpstreamError: as the synchronous write does, for the same failures.
+        """
+        call = self._call
+        with map_transport_errors(call.operation, write=call.write):
+            answer = self._answer.result()
+        with bounded_by(self._deadline):
+            return self._client._conclude(call, self._token, answer, self._deadline).status
+
+
+class _Finished(PendingWrite):
+    """A write made synchronously already (a client without a sender)."""
+
+    def __init__(self, status: int) -> None:
+        self._status = status
+
+    def result(self) -> int:
+        return self._status
 
 
 class MasStackClient:
@@ -90,7 +132,10 @@ class MasStackClient:
     ``time.monotonic()`` instant) is over by then, whatever the server does: every
     network operation of the call, token fetches included, is bounded by it
     (:mod:`worker.upstream.deadline`). Proxy and TLS settings are not taken from
-    the environment.
+    the environment. With ``concurrent`` (or an ``async_transport``, tests), the
+    ``start_*`` writes go out at once through a
+    :class:`~worker.upstream.concurrent.ConcurrentSender` and are answered later;
+    without, they are made synchronously.
     """
 
     def __init__(
@@ -103,6 +148,8 @@ class MasStackClient:
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 100,
         clock: Callable[[], float] = time.time,
+        concurrent: bool = False,
+        async_transport: TransportFactory | None = None,
     ) -> None:
         base = _checked_base_url(base_url)
         if auth_roles is not None and not _VISIBLE_ASCII.fullmatch(auth_roles):
@@ -122,6 +169,16 @@ class MasStackClient:
             follow_redirects=False,  # a redirect could carry the token to another host
             trust_env=False,
         )
+        self._sender = (
+            ConcurrentSender(
+                base_url=base,
+                timeout=timeout,
+                headers={"User-Agent": USER_AGENT},
+                transport=async_transport or default_transport,
+            )
+            if concurrent or async_transport is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"MasStackClient(base_url={safe_url(self._http.base_url)!r})"
@@ -140,6 +197,8 @@ class MasStackClient:
     def close(self) -> None:
         """Close the connection pool and anything the client was given to own."""
         self._http.close()
+        if self._sender is not None:
+            self._sender.close()
         for closer in self._closers:
             closer()
         self._closers.clear()
@@ -194,6 +253,41 @@ class MasStackClient:
         body = BlockStatus(active=check.active(active), reason=check.reason(reason))
         return self._write(path, body, idempotency_key, request_id, deadline)
 
+    def start_change_service_status(
+        self,
+        org_id: str,
+        subscription_id: int,
+        service_id: int,
+        *,
+        active: bool,
+        idempotency_key: str,
+        request_id: str | None = None,
+        deadline: float | None = None,
+    ) -> PendingWrite:
+        """:meth:`change_service_status`, answered later: many can be in flight at once."""
+        service = check.int64_id("service_id", service_id)
+        path = f"{_subscription_path(org_id, subscription_id)}/services/{service:d}"
+        body = ServiceStatus(active=check.active(active))
+        return self._start_write(path, body, idempotency_key, request_id, deadline)
+
+    def start_change_block_status(
+        self,
+        org_id: str,
+        subscription_id: int,
+        block_id: int,
+        *,
+        active: bool,
+        reason: str | None = None,
+        idempotency_key: str,
+        request_id: str | None = None,
+        deadline: float | None = None,
+    ) -> PendingWrite:
+        """:meth:`change_block_status`, answered later: many can be in flight at once."""
+        block = check.block_id(block_id)
+        path = f"{_subscription_path(org_id, subscription_id)}/blocks/{block:d}"
+        body = BlockStatus(active=check.active(active), reason=check.reason(reason))
+        return self._start_write(path, body, idempotency_key, request_id, deadline)
+
     def _close_also(self, closer: Callable[[], None]) -> None:
         """Call ``closer`` on :meth:`close` (the factory hands over its token client)."""
         self._closers.append(closer)
@@ -217,21 +311,45 @@ class MasStackClient:
         request_id: str | None,
         deadline: float | None,
     ) -> int:
-        call = _Call(
-            "PATCH",
-            path,
-            _new_request_id()
-            if request_id is None
-            else check.header_token("request_id", request_id),
-            body=body.model_dump_json().encode(),
-            idempotency_key=check.header_token("idempotency_key", idempotency_key),
-        )
+        call = _write_call(path, body, idempotency_key, request_id)
         with bounded_by(deadline):
             return self._execute(call, deadline).status
 
-    def _execute(self, call: _Call, deadline: float | None = None) -> _Answer:
+    def _start_write(
+        self,
+        path: str,
+        body: pydantic.BaseModel,
+        idempotency_key: str,
+        request_id: str | None,
+        deadline: float | None,
+    ) -> PendingWrite:
+        call = _write_call(path, body, idempotency_key, request_id)
+        if self._sender is None:
+            with bounded_by(deadline):
+                return _Finished(self._execute(call, deadline).status)
+        with bounded_by(deadline):
+            token = self._auth.token()
+        exchange = Exchange(
+            call.method,
+            call.path,
+            self._headers(call, token),
+            call.body,
+            write=True,
+            body_limit=ERROR_BODY_LIMIT,
+        )
+        timeout = capped_timeout(self._timeout, deadline)
+        answer = self._sender.submit(exchange, timeout=timeout, deadline=deadline)
+        return PendingWrite(self, call, token, answer, deadline)
+
+    def _execute(self, call: _Call, deadline: float | None = None) -> Answer:
         token = self._auth.token()
-        answer = self._exchange(call, token, deadline)
+        return self._conclude(call, token, self._exchange(call, token, deadline), deadline)
+
+    def _conclude(
+        self, call: _Call, token: str | None, answer: Answer, deadline: float | None
+    ) -> Answer:
+        """``answer`` if it is a success, after one token refresh on a 401; else the
+        mapped error is raised."""
         note = ""
         if answer.status == 401:
             answer, note = self._after_401(call, token, answer, deadline)
@@ -248,8 +366,8 @@ class MasStackClient:
         )
 
     def _after_401(
-        self, call: _Call, token: str | None, answer: _Answer, deadline: float | None
-    ) -> tuple[_Answer, str]:
+        self, call: _Call, token: str | None, answer: Answer, deadline: float | None
+    ) -> tuple[Answer, str]:
         """Repeat ``call`` once with a fresh token; return the answer and a note for errors."""
         if token is None:
             return answer, "no bearer token is configured"
@@ -260,7 +378,7 @@ class MasStackClient:
         logger.info("access token refused; repeating %s once with a fresh one", call.operation)
         return self._exchange(call, fresh, deadline), "refused again after one token refresh"
 
-    def _exchange(self, call: _Call, token: str | None, deadline: float | None) -> _Answer:
+    def _exchange(self, call: _Call, token: str | None, deadline: float | None) -> Answer:
         if deadline is not None and time.monotonic() >= deadline:
             raise UpstreamTimeout(f"{call.operation}: the attempt's deadline passed before sending")
         request = self._http.build_request(
@@ -280,7 +398,7 @@ class MasStackClient:
         logger.debug(
             "%s -> %d (X-Request-ID %s)", call.operation, response.status_code, call.request_id
         )
-        return _Answer(response.status_code, response.headers, body)
+        return Answer(response.status_code, response.headers, body)
 
     def _headers(self, call: _Call, token: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "X-Request-ID": call.request_id}
@@ -293,6 +411,18 @@ class MasStackClient:
         if call.idempotency_key is not None:
             headers["Idempotency-Key"] = call.idempotency_key
         return headers
+
+
+def _write_call(
+    path: str, body: pydantic.BaseModel, idempotency_key: str, request_id: str | None
+) -> _Call:
+    return _Call(
+        "PATCH",
+        path,
+        _new_request_id() if request_id is None else check.header_token("request_id", request_id),
+        body=body.model_dump_json().encode(),
+        idempotency_key=check.header_token("idempotency_key", idempotency_key),
+    )
 
 
 def _checked_base_url(base_url: str) -> httpx.URL:

@@ -33,8 +33,10 @@ def from_settings(
     """A client for ``settings.upstream_url`` with the configured auth and timeouts.
 
     Token requests (service-account auth) go through their own small HTTP client,
-    closed with the returned client. ``transport`` replaces both clients' transport
-    (tests). Raises :class:`~worker.upstream.errors.ConfigurationError` on bad settings.
+    closed with the returned client. The bulk lane's writes go through the client's
+    concurrent sender (``start_*``); ``transport`` replaces both clients' transport
+    (tests), and then the ``start_*`` writes are made synchronously through it.
+    Raises :class:`~worker.upstream.errors.ConfigurationError` on bad settings.
     """
     timeout = timeout_from_settings(settings)
     token_http = httpx.Client(
@@ -50,6 +52,7 @@ def from_settings(
             timeout=timeout,
             auth_roles=settings.auth_roles,
             transport=transport,
+            concurrent=transport is None,
         )
     except BaseException:
         token_http.close()
