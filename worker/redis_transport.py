@@ -14,7 +14,9 @@ message without taking it), then claims again. The other lists (further queues, 
 priorities) are looked at on every claim, at the latest ``brpop_timeout`` seconds
 (1 s) after they fill, so an idle worker picks up a bulk command after a second at
 most, and one of its first queue at once. Everything else (publishing, acks, rejects,
-the visibility-timeout restore) is kombu's own.
+the visibility-timeout restore) is kombu's own, but for one saving: a publish batch
+(``Producer.batch``, the bulk lane's events) reads an exchange's bindings once, not
+once per message.
 
 Only the worker's Celery app uses this transport (:class:`ReliableAMQP`); producers
 only ``LPUSH`` and keep kombu's.
@@ -28,6 +30,7 @@ from typing import Any, Final
 
 from celery.app.amqp import AMQP
 from kombu import Connection
+from kombu.connection import ConnectionPool, PooledConnection
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -37,6 +40,7 @@ _KombuChannel: Any = kombu_redis.Channel
 _KombuTransport: Any = kombu_redis.Transport
 _KombuSentinelChannel: Any = kombu_redis.SentinelChannel
 _KombuSentinelTransport: Any = kombu_redis.SentinelTransport
+_KombuPublishBatch: Any = kombu_redis.PublishBatch  # type: ignore[attr-defined]
 
 # KEYS: unacked hash, unacked index, then the lists in the order to try; ARGV: now.
 # The message is recorded before it is popped: a script stopped by an error (a full
@@ -63,8 +67,31 @@ return false
 """
 
 
+class _RoutedOnce(_KombuPublishBatch):  # type: ignore[misc]
+    """kombu's publish batch (its messages' LPUSHes in one pipeline) that also reads
+    each exchange's bindings once per batch instead of once per message: a batch is
+    delivered as if published at the instant of its first lookup."""
+
+    def __init__(self, channel: Channel, max_size: int) -> None:
+        super().__init__(channel, max_size)
+        self.tables: dict[str, Any] = {}
+
+    def publish(self, message: Any, **kwargs: Any) -> Any:
+        self.channel._routing = self.tables
+        try:
+            return super().publish(message, **kwargs)
+        finally:
+            self.channel._routing = None
+
+
 class Channel(_KombuChannel):  # type: ignore[misc]
-    """A Redis channel whose messages are unacked before they leave the server."""
+    """A Redis channel whose messages are unacked before they leave the server, and
+    whose publish batches look each exchange's bindings up once."""
+
+    #: The bindings read by the publish batch routing a message right now, if any.
+    _routing: dict[str, Any] | None = None
+    #: The client of :meth:`_create_client`.
+    _sync_client: Any = None
 
     #: Whether the command in flight on the consuming connection is the blocking wait.
     _waiting = False
@@ -84,6 +111,31 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         if no_ack:
             self._no_ack_queues.add(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """kombu's client for one command, made once per channel and pool: kombu makes
+        a new ``redis.Redis`` for every publish, ack and lookup, and building one
+        (its table of reply callbacks) costs more CPU than the command it sends."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        cached = self._sync_client
+        if cached is None or cached.connection_pool is not pool:
+            cached = self._sync_client = super()._create_client()
+        return cached
+
+    def create_publish_batch(self, max_size: int) -> _RoutedOnce:
+        """kombu's publish batch, routing each exchange's messages by one lookup."""
+        return _RoutedOnce(self, max_size)
+
+    def get_table(self, exchange: str) -> Any:
+        """An exchange's bindings (``SMEMBERS``), read once per publish batch."""
+        tables = self._routing
+        if tables is None:
+            return super().get_table(exchange)
+        if exchange not in tables:
+            tables[exchange] = super().get_table(exchange)
+        return tables[exchange]
 
     def _claim_keys(self, queues: list[str]) -> list[str]:
         lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
@@ -162,12 +214,28 @@ class ReliableConnection(Connection):
     """A kombu connection that uses :class:`Transport` (:class:`SentinelTransport`)
     where kombu would use its Redis (Redis Sentinel) transport: the URL is parsed as
     kombu does (TLS for ``rediss://``, the socket of ``redis+socket://``), and shown
-    as kombu does; only the class differs."""
+    as kombu does; only the class differs. So do the connections of its pool (the
+    app's producers: result events, retries)."""
 
     def get_transport_cls(self) -> Any:
         """The reliable transport for kombu's Redis transports, else kombu's choice."""
         transport_cls = super().get_transport_cls()
         return _RELIABLE.get(transport_cls, transport_cls)
+
+    def Pool(self, limit: int | None = None, **kwargs: Any) -> ConnectionPool:
+        """kombu's connection pool, of connections on this transport."""
+        return _ReliablePool(self, limit=limit, **kwargs)
+
+
+class _PooledReliable(PooledConnection, ReliableConnection):  # type: ignore[misc]
+    """A connection of the app's pool: kombu's pooled connection, on this transport."""
+
+
+class _ReliablePool(ConnectionPool):
+    """kombu's connection pool; kombu's own makes its connections on kombu's transport."""
+
+    def new(self) -> Any:
+        return _PooledReliable(self, **dict(self.connection._info(resolve=False)))
 
 
 class ReliableAMQP(AMQP):

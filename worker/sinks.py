@@ -9,11 +9,12 @@ broker's and its client libraries' errors are mapped here, once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 
@@ -43,7 +44,8 @@ class KombuEventSink:
         self._publish_all([OutgoingEvent(event, routing_key, event_id)], f"event {event_id}")
 
     def publish_many(self, events: Sequence[OutgoingEvent]) -> None:
-        """Publish each event as :meth:`publish` does, in order, through one producer.
+        """Publish each event as :meth:`publish` does, in order, through one producer
+        (on Redis in one round trip, the exchange's bindings read once).
 
         Raises:
             PublishError: the broker did not take one of them (those before it were).
@@ -51,7 +53,11 @@ class KombuEventSink:
         self._publish_all(events, f"{len(events)} events")
 
     def _publish_all(self, events: Sequence[OutgoingEvent], what: str) -> None:
-        with _mapped(what), self._app.producer_pool.acquire(block=True) as producer:
+        with (
+            _mapped(what),
+            self._app.producer_pool.acquire(block=True) as producer,
+            _batch(producer) if len(events) > 1 else contextlib.nullcontext(),
+        ):
             for event in events:
                 producer.publish(
                     event.body,
@@ -103,6 +109,12 @@ class KombuDeadLetters:
                 retry=True,
                 retry_policy=_RETRY_POLICY,
             )
+
+
+def _batch(producer: Any) -> AbstractContextManager[Any]:
+    """kombu's publish batch (5.7; not in its type stubs): on Redis the messages go in
+    one pipeline, on AMQP one by one, each confirmed."""
+    return cast(AbstractContextManager[Any], producer.batch())
 
 
 @contextmanager

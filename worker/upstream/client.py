@@ -28,9 +28,9 @@ from worker.upstream.auth import TokenProvider
 from worker.upstream.concurrent import (
     Answer,
     ConcurrentSender,
+    ConnectorFactory,
     Exchange,
-    TransportFactory,
-    default_transport,
+    default_connector,
 )
 from worker.upstream.deadline import bounded_by, capped_timeout, deadline_transport
 from worker.upstream.errors import (
@@ -104,11 +104,9 @@ class PendingWrite:
         Raises:
             UpstreamError: as the synchronous write does, for the same failures.
         """
-        call = self._call
-        with map_transport_errors(call.operation, write=call.write):
-            answer = self._answer.result()
+        answer = self._answer.result()  # its errors were mapped where they arose
         with bounded_by(self._deadline):
-            return self._client._conclude(call, self._token, answer, self._deadline).status
+            return self._client._conclude(self._call, self._token, answer, self._deadline).status
 
 
 class _Finished(PendingWrite):
@@ -132,7 +130,7 @@ class MasStackClient:
     ``time.monotonic()`` instant) is over by then, whatever the server does: every
     network operation of the call, token fetches included, is bounded by it
     (:mod:`worker.upstream.deadline`). Proxy and TLS settings are not taken from
-    the environment. With ``concurrent`` (or an ``async_transport``, tests), the
+    the environment. With ``concurrent`` (or a ``connector``, tests), the
     ``start_*`` writes go out at once through a
     :class:`~worker.upstream.concurrent.ConcurrentSender` and are answered later;
     without, they are made synchronously.
@@ -149,7 +147,7 @@ class MasStackClient:
         max_connections: int = 100,
         clock: Callable[[], float] = time.time,
         concurrent: bool = False,
-        async_transport: TransportFactory | None = None,
+        connector: ConnectorFactory | None = None,
     ) -> None:
         base = _checked_base_url(base_url)
         if auth_roles is not None and not _VISIBLE_ASCII.fullmatch(auth_roles):
@@ -174,9 +172,9 @@ class MasStackClient:
                 base_url=base,
                 timeout=timeout,
                 headers={"User-Agent": USER_AGENT},
-                transport=async_transport or default_transport,
+                connector=connector or default_connector,
             )
-            if concurrent or async_transport is not None
+            if concurrent or connector is not None
             else None
         )
 

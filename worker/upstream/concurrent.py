@@ -2,45 +2,53 @@
 
 A chunk of a hundred commands made one request after the other waits a hundred
 round trips; made from a hundred threads it pays for those threads and the GIL.
-:class:`ConcurrentSender` runs a few ``httpx.AsyncClient`` of a few connections each
-on one event loop, in a thread of its own, and takes requests from any thread
-(:meth:`ConcurrentSender.submit` returns a future). Several small clients, not one
-big one: one async client whose pool holds fifty connections or more costs several
-times the CPU per request of sixteen clients of five (measured on the target
-machine; see ``bench/README.md``).
+:class:`ConcurrentSender` keeps one event loop in a thread of its own, with one
+pooled aiohttp session, and takes requests from any thread
+(:meth:`ConcurrentSender.submit` returns a future).
+
+Why aiohttp here and httpx everywhere else: on the 2-core target machine, a request
+made this way cost 0.32 ms of CPU through aiohttp and 1.5-2.1 ms through
+``httpx.AsyncClient`` (one client of 80 connections, or sixteen of five), which
+alone would have spent the bulk lane's whole budget (``bench/README.md``).
 
 Only the exchange happens here: building the request (validated inputs, headers,
-the token) and reading the answer (401 refresh, error mapping) stay with
+the token) and reading the answer (401 refresh, error statuses) stay with
 :class:`worker.upstream.client.MasStackClient`, which uses this sender for its
-``start_*`` writes. Every request is bounded by its deadline (a ``time.monotonic()``
-instant; the loop's clock is the same).
+``start_*`` writes. aiohttp's errors are mapped here, once, into the same
+:mod:`worker.upstream.errors` the synchronous client raises, with the same
+``maybe_applied`` rule: a write may have been applied unless it surely never left.
+Every request is bounded by its deadline (a ``time.monotonic()`` instant; the
+loop's clock is the same).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
 
+import aiohttp
 import httpx
 
-from worker.upstream.errors import UpstreamTimeout
+from worker.upstream.errors import (
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamPermanentError,
+    UpstreamTimeout,
+    one_line,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Clients and connections per client of a sender (see the module doc).
-DEFAULT_CLIENTS: Final = 16
-DEFAULT_CONNECTIONS: Final = 5
+#: Requests in flight at once per process (and connections kept to the upstream).
+DEFAULT_IN_FLIGHT: Final = 80
 _CLOSE_TIMEOUT_S: Final = 5.0
-
-TransportFactory = Callable[[int], httpx.AsyncBaseTransport]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class Exchange:
     #: Error bodies (and a write's) are read up to this size.
     body_limit: int
 
+    @property
+    def operation(self) -> str:
+        return f"{self.method} {self.path}"
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -66,19 +78,23 @@ class Answer:
     body: bytes
 
 
-def default_transport(connections: int) -> httpx.AsyncBaseTransport:
-    """httpx's pooled async transport: ``connections`` kept alive, nothing from the
-    environment (no proxies, the default TLS context)."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+#: Makes the connector of a process's session (tests give one of their own).
+ConnectorFactory = Callable[[int], aiohttp.BaseConnector]
+
+
+def default_connector(in_flight: int) -> aiohttp.BaseConnector:
+    """A pooled connector of ``in_flight`` connections, trusting what the synchronous
+    client trusts (httpx's TLS context, nothing from the environment)."""
+    context: ssl.SSLContext = httpx.create_ssl_context(trust_env=False)
+    return aiohttp.TCPConnector(limit=in_flight, ssl=context, ttl_dns_cache=60)
 
 
 class ConcurrentSender:
     """Requests from any thread, made concurrently on one event loop thread.
 
     The loop starts on first use in each process (a forked child starts its own), and
-    at most ``clients * connections`` requests are in flight at once; the others wait
-    their turn inside their deadline.
+    at most ``in_flight`` requests are on their way at once; the others wait their
+    turn inside their deadline.
     """
 
     def __init__(
@@ -87,34 +103,32 @@ class ConcurrentSender:
         base_url: httpx.URL,
         timeout: httpx.Timeout,
         headers: dict[str, str],
-        clients: int = DEFAULT_CLIENTS,
-        connections: int = DEFAULT_CONNECTIONS,
-        transport: TransportFactory = default_transport,
+        in_flight: int = DEFAULT_IN_FLIGHT,
+        connector: ConnectorFactory = default_connector,
     ) -> None:
-        if clients < 1 or connections < 1:
-            raise ValueError("a sender needs at least one client of one connection")
-        self._base_url = base_url
+        if in_flight < 1:
+            raise ValueError("a sender needs room for at least one request in flight")
+        self._base = str(base_url).rstrip("/") + "/"
         self._timeout = timeout
         self._headers = headers
-        self._sizes = (clients, connections)
-        self._transport = transport
+        self._in_flight = in_flight
+        self._connector = connector
         self._lock = threading.Lock()
         self._loop: _Loop | None = None
 
     def __repr__(self) -> str:
-        clients, connections = self._sizes
-        return f"ConcurrentSender(clients={clients}, connections={connections})"
+        return f"ConcurrentSender(in_flight={self._in_flight})"
 
     def submit(
         self, exchange: Exchange, *, timeout: httpx.Timeout, deadline: float | None
     ) -> Future[Answer]:
         """Start ``exchange``; the future holds its :class:`Answer`, or raises the
-        ``httpx.HTTPError`` it met, or :class:`UpstreamTimeout` when ``deadline`` passed
-        before it could be sent."""
-        return self._running().submit(exchange, timeout, deadline)
+        :class:`UpstreamError` it met (:class:`UpstreamTimeout` when ``deadline``
+        passed)."""
+        return self._running().submit(exchange, _client_timeout(timeout), deadline)
 
     def close(self) -> None:
-        """Close the clients and stop the loop (waiting up to a few seconds)."""
+        """Close the session and stop the loop (waiting up to a few seconds)."""
         with self._lock:
             loop, self._loop = self._loop, None
         if loop is not None and loop.pid == os.getpid():
@@ -123,46 +137,47 @@ class ConcurrentSender:
     def _running(self) -> _Loop:
         with self._lock:
             if self._loop is None or self._loop.pid != os.getpid():
-                clients, connections = self._sizes
-                made = [self._client(connections) for _ in range(clients)]
-                self._loop = _Loop(made, connections)
+                self._loop = _Loop(self._session, self._base, self._in_flight)
             return self._loop
 
-    def _client(self, connections: int) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self._base_url,
-            timeout=self._timeout,
+    async def _session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=self._connector(self._in_flight),
             headers=self._headers,
-            transport=self._transport(connections),
-            follow_redirects=False,  # a redirect could carry the token to another host
+            timeout=_client_timeout(self._timeout),
             trust_env=False,
         )
 
 
 class _Loop:
-    """The event loop thread of one process, with its clients."""
+    """The event loop thread of one process, with its session."""
 
-    def __init__(self, clients: list[httpx.AsyncClient], connections: int) -> None:
+    def __init__(
+        self,
+        session: Callable[[], Coroutine[Any, Any, aiohttp.ClientSession]],
+        base: str,
+        in_flight: int,
+    ) -> None:
         self.pid = os.getpid()
-        self._clients = clients
-        self._turns = itertools.cycle(range(len(clients)))
+        self._base = base
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="upstream-sender", daemon=True
         )
         self._thread.start()
-        self._slots = [asyncio.Semaphore(connections) for _ in clients]
+        # aiohttp wants its session made inside the loop that runs it.
+        self._session: aiohttp.ClientSession = self._call(session())
+        self._slots = asyncio.Semaphore(in_flight)
 
     def submit(
-        self, exchange: Exchange, timeout: httpx.Timeout, deadline: float | None
+        self, exchange: Exchange, timeout: aiohttp.ClientTimeout, deadline: float | None
     ) -> Future[Answer]:
-        turn = next(self._turns)  # itertools.cycle is thread-safe enough: any turn will do
-        coroutine = self._exchange(turn, exchange, timeout, deadline)
+        coroutine = self._exchange(exchange, timeout, deadline)
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def close(self) -> None:
         try:
-            self._call(_close_all(self._clients), timeout=_CLOSE_TIMEOUT_S)
+            self._call(self._session.close(), timeout=_CLOSE_TIMEOUT_S)
         except Exception:  # closing is best effort: the process is on its way out
             logger.warning("the upstream sender did not close cleanly", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -172,67 +187,96 @@ class _Loop:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _exchange(
-        self, turn: int, exchange: Exchange, timeout: httpx.Timeout, deadline: float | None
+        self, exchange: Exchange, timeout: aiohttp.ClientTimeout, deadline: float | None
     ) -> Answer:
-        slot = self._slots[turn]
         try:
             async with asyncio.timeout_at(deadline):
-                await slot.acquire()
+                await self._slots.acquire()
         except TimeoutError:
             raise UpstreamTimeout(
-                f"{exchange.method} {exchange.path}: the attempt's deadline passed before sending"
+                f"{exchange.operation}: the attempt's deadline passed before sending"
             ) from None
         try:
             async with asyncio.timeout_at(deadline):
-                return await _send(self._clients[turn], exchange, timeout)
+                return await self._send(exchange, timeout)
         except TimeoutError:
-            # httpx's own timeouts were capped by the deadline, so this one is the
-            # whole call's: the request may have reached the upstream.
-            raise httpx.ReadTimeout("the attempt's deadline passed") from None
+            # The whole call's deadline: the request may have reached the upstream.
+            raise UpstreamTimeout(
+                f"{exchange.operation} failed: the attempt's deadline passed",
+                maybe_applied=exchange.write,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise transport_error(exc, exchange) from exc
         finally:
-            slot.release()
+            self._slots.release()
+
+    async def _send(self, exchange: Exchange, timeout: aiohttp.ClientTimeout) -> Answer:
+        async with self._session.request(
+            exchange.method,
+            self._base + exchange.path,
+            data=exchange.content,
+            headers=exchange.headers,
+            timeout=timeout,
+            allow_redirects=False,  # a redirect could carry the token to another host
+        ) as response:
+            body = await _read_body(response, exchange)
+            headers = httpx.Headers(list(response.headers.items()))
+            return Answer(response.status, headers, body)
 
 
-async def _close_all(clients: list[httpx.AsyncClient]) -> None:
-    for client in clients:
-        await client.aclose()
+def transport_error(exc: aiohttp.ClientError, exchange: Exchange) -> UpstreamError:
+    """The :class:`UpstreamError` that stands for aiohttp's ``exc`` (as
+    :func:`worker.upstream.errors.transport_error` does for httpx's)."""
+    kind, operation, write = type(exc).__name__, exchange.operation, exchange.write
+    detail = one_line(str(exc), 200) or "no detail"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(f"{operation} failed: {kind}: {detail}", maybe_applied=False)
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # a read timed out: it was sent
+        return UpstreamTimeout(f"{operation} failed: {kind}: {detail}", maybe_applied=write)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # never connected: never sent
+        return UpstreamConnectionError(f"{operation} failed: {kind}: {detail}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return UpstreamPermanentError(f"{operation}: the request could not be sent ({kind})")
+    # Disconnected mid-answer, a broken answer, anything else: assume the worst for
+    # writes and let the worker retry (the upstream's idempotency key covers it).
+    return UpstreamConnectionError(f"{operation} failed: {kind}: {detail}", maybe_applied=write)
 
 
-async def _send(client: httpx.AsyncClient, exchange: Exchange, timeout: httpx.Timeout) -> Answer:
-    request = client.build_request(
-        exchange.method,
-        exchange.path,
-        content=exchange.content,
-        headers=exchange.headers,
-        timeout=timeout,
-    )
-    response = await client.send(request, stream=True)
-    try:
-        body = await _read_body(response, exchange)
-    finally:
-        with contextlib.suppress(httpx.HTTPError):
-            await response.aclose()
-    return Answer(response.status_code, response.headers, body)
-
-
-async def _read_body(response: httpx.Response, exchange: Exchange) -> bytes:
-    if not response.is_success:
+async def _read_body(response: aiohttp.ClientResponse, exchange: Exchange) -> bytes:
+    if not 200 <= response.status < 300:
         return await _read_capped(response, exchange.body_limit)
     if not exchange.write:
-        return await response.aread()
+        return await response.read()
     # Trouble while draining an applied write's ignored body must not turn it into an
     # error; draining lets the connection be reused.
-    with contextlib.suppress(httpx.HTTPError):
+    try:
         await _read_capped(response, exchange.body_limit)
+    except aiohttp.ClientError as exc:
+        logger.debug(
+            "%s: ignoring %s after %d", exchange.operation, type(exc).__name__, response.status
+        )
     return b""
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
         chunks.append(chunk)
         size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
+    return b"".join(chunks)
+
+
+def _client_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
+    """httpx's per-operation timeouts as aiohttp's (no total: the deadline is that)."""
+    pool, connect = timeout.pool, timeout.connect
+    return aiohttp.ClientTimeout(
+        total=None,
+        # aiohttp's connect includes the wait for a free connection: httpx's pool timeout.
+        connect=None if pool is None or connect is None else pool + connect,
+        sock_connect=connect,
+        sock_read=timeout.read,
+    )
