@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -144,3 +145,137 @@ def test_the_store_failing_retries_the_chunk_as_a_whole(
 def test_the_chunk_budget_is_a_quarter_of_the_redelivery_window() -> None:
     # Then a chunk stops starting commands after 75 s of a 300 s window
     assert chunk_budget_s(300) == 75.0
+
+
+def _dump(command: ChangeBlockStatus) -> dict[str, Any]:
+    return command.model_dump(mode="json")
+
+
+def test_two_commands_on_one_target_in_a_chunk_go_in_order(
+    harness: Harness, block: Callable[..., ChangeBlockStatus]
+) -> None:
+    # Given a chunk whose first and third commands share a target, the third the newer
+    at = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+    older = block(command_id="same-1", active=True, issued_at=at, priority="bulk")
+    other = block(command_id="other", subscription_id=8, priority="bulk")
+    newer = block(command_id="same-2", active=False, issued_at=at + timedelta(seconds=1))
+    lane = RecordingBulkLane()
+    # When the chunk runs
+    finished = apply_chunk(
+        harness.executor, [_dump(older), _dump(other), _dump(newer)], budget_s=60.0, bulk=lane
+    )
+    # Then both commands on the target were applied, the older one first, and the newest
+    # write is the last one the upstream got
+    assert finished == 3
+    writes = [write["key"] for write in harness.upstream.writes]
+    assert writes.index("same-1") < writes.index("same-2")
+    assert harness.upstream.writes[-1]["active"] is False
+    assert [e.outcome for e in harness.events_of("same-2")] == [Outcome.APPLIED]
+
+
+def test_an_older_command_after_a_newer_one_in_a_chunk_is_superseded(
+    harness: Harness, block: Callable[..., ChangeBlockStatus]
+) -> None:
+    # Given a chunk with a newer command on a target ahead of an older one on it
+    at = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+    newer = block(command_id="new", active=False, issued_at=at + timedelta(seconds=1))
+    older = block(command_id="old", active=True, issued_at=at)
+    lane = RecordingBulkLane()
+    # When the chunk runs
+    apply_chunk(harness.executor, [_dump(newer), _dump(older)], budget_s=60.0, bulk=lane)
+    # Then only the newer one reached the upstream; the older one never overtakes it
+    assert [write["key"] for write in harness.upstream.writes] == ["new"]
+    assert [e.outcome for e in harness.events_of("old")] == [Outcome.SUPERSEDED]
+    assert lane.alone == []
+
+
+@dataclass
+class CallCounts:
+    """How often each batched store and sink call was made, and with how many items."""
+
+    calls: dict[str, list[int]] = field(default_factory=dict)
+
+    def spy(self, owner: Any, name: str) -> None:
+        real = getattr(owner, name)
+
+        def counted(items: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls.setdefault(name, []).append(len(items))
+            return real(items, *args, **kwargs)
+
+        setattr(owner, name, counted)
+
+
+def test_a_chunk_makes_one_store_round_trip_per_step_and_one_publish(
+    harness: Harness, block: Callable[..., ChangeBlockStatus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a chunk of ten commands on ten targets, and the store's single calls refused
+    counts = CallCounts()
+    for name in ("begin_many", "finish_many", "mark_published_many"):
+        counts.spy(harness.store, name)
+    counts.spy(harness.events, "publish_many")
+    for single in ("begin", "finish", "mark_published"):
+        monkeypatch.setattr(harness.store, single, _refused(single))
+    commands, lane = _chunk(block, 10), RecordingBulkLane()
+    # When it runs
+    finished = apply_chunk(harness.executor, commands, budget_s=60.0, bulk=lane)
+    # Then each step went to the store once for all ten, and the events out together
+    assert finished == 10
+    assert counts.calls == {
+        "begin_many": [10],
+        "finish_many": [10],
+        "publish_many": [10],
+        "mark_published_many": [10],
+    }
+    assert len(harness.events.published) == 10
+
+
+def _refused(name: str) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"store.{name} was called for a command of a chunk")
+
+    return refuse
+
+
+@dataclass
+class StartedWrites:
+    """A concurrent upstream that logs when each write starts and when it is answered."""
+
+    log: list[str] = field(default_factory=list)
+
+    def change_block_status(self, *args: Any, **kwargs: Any) -> int:
+        raise AssertionError("a chunk's write was made synchronously")
+
+    def change_service_status(self, *args: Any, **kwargs: Any) -> int:
+        raise AssertionError("a chunk's write was made synchronously")
+
+    def start_change_block_status(self, *args: Any, idempotency_key: str, **kwargs: Any) -> Any:
+        self.log.append(f"start {idempotency_key}")
+        return _Answer(self.log, idempotency_key)
+
+    def start_change_service_status(self, *args: Any, idempotency_key: str, **kwargs: Any) -> Any:
+        return self.start_change_block_status(idempotency_key=idempotency_key)
+
+
+@dataclass
+class _Answer:
+    log: list[str]
+    key: str
+
+    def result(self) -> int:
+        self.log.append(f"answer {self.key}")
+        return 201
+
+
+def test_a_chunks_writes_are_all_started_before_any_answer_is_awaited(
+    harness: Harness, block: Callable[..., ChangeBlockStatus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an upstream whose writes can be started now and answered later
+    upstream = StartedWrites()
+    monkeypatch.setattr(harness.executor, "_upstream", upstream)
+    commands, lane = _chunk(block, 4), RecordingBulkLane()
+    # When a chunk of four runs
+    finished = apply_chunk(harness.executor, commands, budget_s=60.0, bulk=lane)
+    # Then the four writes were in flight together, and each was applied
+    assert finished == 4
+    assert [entry.split()[0] for entry in upstream.log] == ["start"] * 4 + ["answer"] * 4
+    assert all(harness.events_of(f"bulk-{n:03d}")[0].outcome == Outcome.APPLIED for n in (1, 4))
