@@ -58,12 +58,12 @@ class KombuEventSink:
             self._app.producer_pool.acquire(block=True) as producer,
             _batch(producer) if len(events) > 1 else contextlib.nullcontext(),
         ):
-            for event in events:
+            for index, event in enumerate(events):
                 producer.publish(
                     event.body,
                     exchange=EVENTS,
                     routing_key=event.routing_key,
-                    declare=[EVENTS],
+                    declare=[] if index else [EVENTS],  # once is enough for them all
                     content_type=EVENT_CONTENT_TYPE,
                     content_encoding="utf-8",
                     delivery_mode=2,
