@@ -117,15 +117,25 @@ class DeliveryCounter:
             names.append(keys.deliveries(delivery.tag))
         return int(self._begin(names, [self._ttl_s, int(bool(delivery.redelivered))]))
 
+    @staticmethod
+    def end_keys(delivery: Delivery, *, done: bool) -> list[str]:
+        """What :meth:`end` deletes: the keys a delivery that did not die leaves behind.
+
+        A delivery that publishes its event deletes them with its published mark
+        instead (``Store.mark_published(..., ended=...)``), in the same round trip.
+        """
+        names = [keys.deliveries(delivery.tag)] if delivery.tag else []
+        if done and delivery.task_id is not None:
+            names.append(keys.task_deaths(delivery.task_id))
+        return names
+
     def end(self, delivery: Delivery, *, done: bool) -> None:
         """This delivery finished (acked, retried or requeued): it did not die.
 
         ``done`` means its task reached its end (not merely retried), which ends the
         run of deaths.
         """
-        names = [keys.deliveries(delivery.tag)] if delivery.tag else []
-        if done and delivery.task_id is not None:
-            names.append(keys.task_deaths(delivery.task_id))
+        names = self.end_keys(delivery, done=done)
         if not names:
             return
         try:

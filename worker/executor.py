@@ -145,9 +145,14 @@ class DeadLetterSink(Protocol):
 
 @dataclass(frozen=True)
 class Ack:
-    """This delivery is done with; acknowledge the message."""
+    """This delivery is done with; acknowledge the message.
+
+    ``ended``: the keys the delivery leaves behind (``handle(ended=...)``) went with
+    its published mark; its end needs no store call of its own.
+    """
 
     outcome: Outcome
+    ended: bool = False
 
 
 class RetryCause(StrEnum):
@@ -240,6 +245,7 @@ class Executor:
         token: str,
         message_id: str | None = None,
         vouched_by: str | None = None,
+        ended: Sequence[str] = (),
     ) -> Decision:
         """Handle one delivery; ``token`` is unique to this delivery.
 
@@ -249,8 +255,12 @@ class Executor:
         With a policy in force (``authority``) the command is verified first, before
         anything touches its records: a refused one never occupies its command id.
         ``vouched_by`` is who signed the chunk the command came in (:meth:`chunk_signer`).
+        ``ended``: keys to delete once this delivery is done (its delivery count); a
+        delivery that publishes its event deletes them with its published mark and
+        says so (``Ack.ended``).
         """
         fields, signature = detach_signature(payload)
+        ended = tuple(ended)
         try:
             command = parse_command(fields)
         except InvalidCommand as exc:
@@ -259,12 +269,13 @@ class Executor:
                 reason=str(exc),
                 command_id=exc.command_id or readable_command_id(message_id),
                 token=token,
+                ended=ended,
             )
         if self._authority is not None:
             refusal = self._authority.check(command, signature, vouched_by=vouched_by)
             if refusal is not None:
-                return self._refuse(command, refusal, _as_bytes(payload), token)
-        decision = self._handle_command(command, token)
+                return self._refuse(command, refusal, _as_bytes(payload), token, ended)
+        decision = self._handle_command(command, token, ended)
         if isinstance(decision, RetryLater):
             self._metrics.retry(decision.cause.value)
         return decision
@@ -283,7 +294,14 @@ class Executor:
                 return None
         return self._authority.chunk_signer(commands, header)
 
-    def _refuse(self, command: AnyCommand, refusal: Refusal, raw: bytes, token: str) -> Decision:
+    def _refuse(
+        self,
+        command: AnyCommand,
+        refusal: Refusal,
+        raw: bytes,
+        token: str,
+        ended: tuple[str, ...],
+    ) -> Decision:
         """Dead-letter a command the policy refuses and report it ``rejected``, leaving
         its command id free: the event is kept under a key of the message's own, and its
         id comes from the message's bytes (a forged copy of a command does not share
@@ -301,12 +319,20 @@ class Executor:
             fingerprint=hashlib.sha256(b"policy\n" + raw).hexdigest(),
         )
         key, body = keys.rejected(event.id), event.to_json()
-        return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
+        finished = self._store.record(key, token=token, event=body)
+        return self._publish(finished, key, (event, body), ended)
 
     def reject_message(
-        self, raw: bytes, *, reason: str, command_id: str | None, token: str
+        self,
+        raw: bytes,
+        *,
+        reason: str,
+        command_id: str | None,
+        token: str,
+        ended: Sequence[str] = (),
     ) -> Decision:
-        """Dead-letter a message that is no valid command and report it ``rejected``."""
+        """Dead-letter a message that is no valid command and report it ``rejected``
+        (``ended`` as :meth:`handle`'s)."""
         reason = safe_line(reason)  # it quotes the message: one bounded line
         logger.warning("rejected message (command_id=%s): %s", command_id, reason)
         self._dead_letters.dead_letter(raw, reason=reason, headers={"command_id": command_id})
@@ -315,9 +341,11 @@ class Executor:
         )
         key, body = keys.rejected(event.id), event.to_json()
         finished = self._store.record(key, token=token, event=body, command_id=command_id)
-        return self._publish(finished, key, (event, body))
+        return self._publish(finished, key, (event, body), tuple(ended))
 
-    def _handle_command(self, command: AnyCommand, token: str) -> Decision:
+    def _handle_command(
+        self, command: AnyCommand, token: str, ended: tuple[str, ...] = ()
+    ) -> Decision:
         # Every line logged while this command is handled carries its fields.
         with log_context(
             command_id=command.command_id,
@@ -325,11 +353,11 @@ class Executor:
             lane=command.lane.value,
             target=command.target.subject,
         ):
-            decision = self._decide(command, token)
+            decision = self._decide(command, token, ended)
             _log_decision(decision)
         return decision
 
-    def _decide(self, command: AnyCommand, token: str) -> Decision:
+    def _decide(self, command: AnyCommand, token: str, ended: tuple[str, ...]) -> Decision:
         fingerprint = command.fingerprint()
         now = self._clock()
         expired = command.not_after is not None and now > command.not_after
@@ -343,13 +371,13 @@ class Executor:
             settle_ms=self._settle_ms,
             out_of_bounds=self._bounds_error(command, now) is not None,
         )
-        job = _Job(command, fingerprint, token)
+        job = _Job(command, fingerprint, token, ended)
         if isinstance(step, Go):
             return self._attempt(job, step.attempt)
         if isinstance(step, Busy | Settling | Unresolved):
             return self._wait(command, step)
         if isinstance(step, Finished):
-            return self._publish(step, keys.command(command.command_id))
+            return self._publish(step, keys.command(command.command_id), ended=ended)
         if isinstance(step, Conflict):
             return self._reject_conflict(job)
         return self._close(job, step)
@@ -492,7 +520,7 @@ class Executor:
         )
         key, body = keys.conflict(command_id, job.fingerprint), event.to_json()
         finished = self._store.record(key, token=job.token, event=body, command_id=command_id)
-        return self._publish(finished, key, (event, body))
+        return self._publish(finished, key, (event, body), job.ended)
 
     def _finish(
         self,
@@ -527,10 +555,16 @@ class Executor:
             # The lease ran out under this delivery: a new one decides, under a new lock.
             logger.warning("%s: lease lost before finishing", job.command.command_id)
             return RetryLater(self._policy.busy_delay(), "lease lost", RetryCause.LEASE_LOST)
-        return self._publish(finished, keys.command(job.command.command_id), (event, body))
+        return self._publish(
+            finished, keys.command(job.command.command_id), (event, body), job.ended
+        )
 
     def _publish(
-        self, finished: Finished, key: str, built: tuple[ResultEvent, bytes] | None = None
+        self,
+        finished: Finished,
+        key: str,
+        built: tuple[ResultEvent, bytes] | None = None,
+        ended: tuple[str, ...] = (),
     ) -> Decision:
         # The event just built (and its body) is usually the one stored: spare parsing it.
         if built is not None and finished.event == built[1]:
@@ -547,7 +581,8 @@ class Executor:
             self._events.publish(
                 finished.event, routing_key=event.outcome.routing_key, event_id=event.id
             )
-            self._store.mark_published(key)
+            self._store.mark_published(key, ended=ended)
+            return Ack(event.outcome, ended=bool(ended))
         return Ack(event.outcome)
 
     def _timed_send(self, command: AnyCommand, deadline: float) -> int:
@@ -598,6 +633,8 @@ class _Job:
     command: AnyCommand
     fingerprint: str
     token: str
+    #: What the delivery leaves behind, deleted with its published mark.
+    ended: tuple[str, ...] = ()
 
 
 def _status_label(exc: UpstreamError) -> str:

@@ -67,8 +67,11 @@ end
 # retention_s, issued_us, command_id, expired (0/1), claim_ms, settle_ms,
 # out_of_bounds (0/1: issued_at outside the acceptance window; refused unless sent before).
 # A held lock means busy, whatever else is true: only the delivery holding the target
-# may decide anything about a command on it. Every other answer takes the lock and
-# writes this delivery's token into the record, which fences every later script.
+# may decide anything about a command on it. Every other answer but 'unresolved' takes
+# the lock and writes this delivery's token into the record, which fences every later
+# script; 'unresolved' records the command (fingerprint, token, attempts) and leaves
+# the target free. The decision comes first, so the record and the lock are written
+# once each.
 _BEGIN_LUA: Final = (
     _CLAIM_LUA
     + """
@@ -83,27 +86,32 @@ if lock then
   if lock == 'settling' or ttl <= tonumber(ARGV[10]) then return {'settling', ttl} end
   return {'busy'}
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 local attempts = tonumber(rec[3] or '0')
-redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
 -- The record now says where the command is: its producer's acceptance has served.
 redis.call('DEL', KEYS[5])
-local w = redis.call('HMGET', KEYS[3], 'us', 'id', 'status')
-if w[2] == ARGV[7] then return {'applied', attempts, w[3] or ''} end
-if ARGV[11] == '1' and attempts == 0 then return {'out_of_bounds'} end
-if ARGV[8] == '1' then return {'expired', attempts, rec[5] or ''} end
-if attempts >= tonumber(ARGV[4]) then return {'exhausted', attempts, rec[5] or ''} end
-if w[1] then
-  local w_us, us = tonumber(w[1]), tonumber(ARGV[6])
-  if w_us > us or (w_us == us and w[2] >= ARGV[7]) then return {'superseded', attempts} end
+local function keep(answer, hold)
+  if hold then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return answer
 end
-local us, pending = tonumber(ARGV[6]), redis.call('HGETALL', KEYS[4])
+local w = redis.call('HMGET', KEYS[3], 'us', 'id', 'status')
+if w[2] == ARGV[7] then return keep({'applied', attempts, w[3] or ''}, true) end
+if ARGV[11] == '1' and attempts == 0 then return keep({'out_of_bounds'}, true) end
+if ARGV[8] == '1' then return keep({'expired', attempts, rec[5] or ''}, true) end
+if attempts >= tonumber(ARGV[4]) then return keep({'exhausted', attempts, rec[5] or ''}, true) end
+local us = tonumber(ARGV[6])
+if w[1] then
+  local w_us = tonumber(w[1])
+  if w_us > us or (w_us == us and w[2] >= ARGV[7]) then
+    return keep({'superseded', attempts}, true)
+  end
+end
+local pending = redis.call('HGETALL', KEYS[4])
 for i = 1, #pending, 2 do
   local p_id, p_us = pending[i], tonumber(pending[i + 1])
   if p_id ~= ARGV[7] and (p_us > us or (p_us == us and p_id > ARGV[7])) then
-    redis.call('DEL', KEYS[2])
-    return {'unresolved', p_id}
+    return keep({'unresolved', p_id}, false)
   end
 end
 redis.call('HSET', KEYS[4], ARGV[7], ARGV[6])
@@ -111,11 +119,13 @@ redis.call('EXPIRE', KEYS[4], ARGV[5])
 -- 'since': when the attempt went out, for `subswitch status` (in_flight since when).
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1, 'since', now_ms)
-redis.call('HDEL', KEYS[1], 'next_at')
 -- A delivery that dies mid-request leaves a write that may still land: its lock
 -- outlives the attempt by the settle time.
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[10]))
+redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]) + tonumber(ARGV[10]))
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'state', 'sending',
+  'attempts', attempts + 1, 'since', now_ms)
+redis.call('HDEL', KEYS[1], 'next_at')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {'go', attempts + 1}
 """
 )
@@ -203,17 +213,25 @@ if redis.call('HGET', KEYS[1], 'state') == 'done' then
   return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), redis.call('HGET', KEYS[1], 'event')}
 end
 if not mine then return {'lost'} end
-redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'state', 'done', 'event', ARGV[3], 'published', '0')
+-- The record was not done, so nobody has published its event or holds a claim on it:
+-- the claim is this delivery's, written with the record.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'state', 'done', 'event', ARGV[3], 'published', '0',
+  'claim', ARGV[1], 'claim_until', now_ms + tonumber(ARGV[9]))
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 hand_over(KEYS[1], KEYS[2], KEYS[4], ARGV[6], ARGV[11], true)
-return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), ARGV[3]}
+return {'publish', ARGV[3]}
 """
 )
 
-# KEYS: record. The record's event reached the broker; nobody holds a claim any more.
+# KEYS: record, then any keys to delete with it (what the delivery that published leaves
+# behind: its delivery count). The record's event reached the broker; nobody holds a
+# claim any more.
 _PUBLISHED_LUA: Final = """
 redis.call('HSET', KEYS[1], 'published', '1')
 redis.call('HDEL', KEYS[1], 'claim', 'claim_until')
+if #KEYS > 1 then redis.call('DEL', unpack(KEYS, 2)) end
 return 1
 """
 
@@ -236,6 +254,8 @@ return {claim(KEYS[1], ARGV[1], tonumber(ARGV[4])), redis.call('HGET', KEYS[1], 
 
 
 Script = Callable[[Sequence[str], Sequence[Any]], Any]
+#: A script's KEYS and ARGV, as one call (or a pipelined batch) passes them.
+ScriptCall = tuple[list[str], list[Any]]
 
 
 class LuaScripts:
@@ -452,8 +472,9 @@ class Store(Protocol):
         """Keep a standalone terminal event (a rejected message) once, under ``key``."""
         ...
 
-    def mark_published(self, key: str) -> None:
-        """The event of the record at ``key`` reached the broker."""
+    def mark_published(self, key: str, *, ended: Sequence[str] = ()) -> None:
+        """The event of the record at ``key`` reached the broker; the keys ``ended``
+        (what the delivery leaves behind) go in the same call."""
         ...
 
 
@@ -528,6 +549,31 @@ class RedisStore:
         ``out_of_bounds``: ``issued_at`` lies outside the acceptance window; such a
         command is refused (:class:`OutOfBounds`) unless an attempt was made before.
         """
+        call = self._begin_call(
+            command,
+            fingerprint=fingerprint,
+            token=token,
+            lease_ms=lease_ms,
+            max_attempts=max_attempts,
+            expired=expired,
+            settle_ms=settle_ms,
+            out_of_bounds=out_of_bounds,
+        )
+        return parse_begin(self._begin(*call))
+
+    def _begin_call(
+        self,
+        command: AnyCommand,
+        *,
+        fingerprint: str,
+        token: str,
+        lease_ms: int,
+        max_attempts: int,
+        expired: bool,
+        settle_ms: int,
+        out_of_bounds: bool,
+    ) -> ScriptCall:
+        """KEYS and ARGV of the begin script (its reply: :func:`parse_begin`)."""
         args = [
             fingerprint,
             token,
@@ -541,7 +587,7 @@ class RedisStore:
             settle_ms,
             int(out_of_bounds),
         ]
-        return _parse_begin(self._begin(_keys(command.command_id, command.target), args))
+        return _keys(command.command_id, command.target), args
 
     def release(
         self,
@@ -592,6 +638,29 @@ class RedisStore:
         delivery that lost the target gets :class:`Lost` and changed nothing but the
         watermark.
         """
+        call = self._finish_call(
+            command,
+            fingerprint=fingerprint,
+            token=token,
+            event=event,
+            applied=applied,
+            upstream_status=upstream_status,
+            settle_ms=settle_ms,
+        )
+        return parse_finish(self._finish(*call))
+
+    def _finish_call(
+        self,
+        command: AnyCommand,
+        *,
+        fingerprint: str,
+        token: str,
+        event: bytes,
+        applied: bool,
+        upstream_status: int | None,
+        settle_ms: int,
+    ) -> ScriptCall:
+        """KEYS and ARGV of the finish script (its reply: :func:`parse_finish`)."""
         args = [
             token,
             fingerprint,
@@ -605,10 +674,7 @@ class RedisStore:
             "" if upstream_status is None else upstream_status,
             settle_ms,
         ]
-        reply = self._finish(_keys(command.command_id, command.target), args)
-        if _text(reply[0]) == "lost":
-            return Lost()
-        return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
+        return _keys(command.command_id, command.target), args
 
     def record(
         self, key: str, *, token: str, event: bytes, command_id: str | None = None
@@ -619,9 +685,11 @@ class RedisStore:
         reply = self._record(keys_, [token, event, self._retention_s, self._claim_ms])
         return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
-    def mark_published(self, key: str) -> None:
-        """The event of the record at ``key`` reached the broker."""
-        self._published([key], [])
+    def mark_published(self, key: str, *, ended: Sequence[str] = ()) -> None:
+        """The event of the record at ``key`` reached the broker; the keys ``ended``
+        are deleted in the same round trip (the delivery's count, see
+        :meth:`worker.deliveries.DeliveryCounter.end_keys`)."""
+        self._published(*_published_call(key, ended))
 
     def ping(self) -> bool:
         """Whether the store answers."""
@@ -630,6 +698,18 @@ class RedisStore:
     def close(self) -> None:
         """Close the store's connections."""
         self._scripts.close()
+
+
+def _published_call(key: str, ended: Sequence[str]) -> ScriptCall:
+    """KEYS and ARGV of the published script (it replies 1)."""
+    return [key, *ended], []
+
+
+def parse_finish(reply: list[Any]) -> Finished | Lost:
+    """What the finish script's reply means."""
+    if _text(reply[0]) == "lost":
+        return Lost()
+    return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
 
 def _keys(command_id: str, target: Target) -> list[str]:
@@ -677,7 +757,8 @@ _BEGIN_REPLIES: Final[dict[str, Callable[[list[Any]], BeginResult]]] = {
 }
 
 
-def _parse_begin(reply: list[Any]) -> BeginResult:
+def parse_begin(reply: list[Any]) -> BeginResult:
+    """What the begin script's reply means."""
     kind = _text(reply[0])
     parse = _BEGIN_REPLIES.get(kind)
     if parse is None:
