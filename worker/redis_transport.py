@@ -35,6 +35,7 @@ from typing import Any, Final
 
 from celery.app.amqp import AMQP
 from kombu import Connection
+from kombu.connection import ConnectionPool, PooledConnection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
@@ -45,6 +46,7 @@ _KombuChannel: Any = kombu_redis.Channel
 _KombuTransport: Any = kombu_redis.Transport
 _KombuSentinelChannel: Any = kombu_redis.SentinelChannel
 _KombuSentinelTransport: Any = kombu_redis.SentinelTransport
+_KombuPooledConnection: Any = PooledConnection
 
 # KEYS: unacked hash, unacked index, then the lists in the order to try; ARGV: now.
 # Replies the list, the item and 1 if the item was recorded as unacked (else 0).
@@ -217,12 +219,37 @@ class ReliableConnection(Connection):
     """A kombu connection that uses :class:`Transport` (:class:`SentinelTransport`)
     where kombu would use its Redis (Redis Sentinel) transport: the URL is parsed as
     kombu does (TLS for ``rediss://``, the socket of ``redis+socket://``), and shown
-    as kombu does; only the class differs."""
+    as kombu does; only the class differs. So do the connections of its pool (the
+    app's producers: events and dead letters are published through them)."""
 
     def get_transport_cls(self) -> Any:
         """The reliable transport for kombu's Redis transports, else kombu's choice."""
-        transport_cls = super().get_transport_cls()
-        return _RELIABLE.get(transport_cls, transport_cls)
+        return _reliable(super().get_transport_cls())
+
+    def Pool(self, limit: int | None = None, **kwargs: Any) -> ReliableConnectionPool:
+        """kombu's pool of connections, each of them like this one."""
+        return ReliableConnectionPool(self, limit=limit, **kwargs)
+
+
+class ReliablePooledConnection(_KombuPooledConnection):  # type: ignore[misc]
+    """A connection of :class:`ReliableConnectionPool`: kombu's, with the reliable
+    transport (as :class:`ReliableConnection`)."""
+
+    def get_transport_cls(self) -> Any:
+        """The reliable transport for kombu's Redis transports, else kombu's choice."""
+        return _reliable(super().get_transport_cls())
+
+
+class ReliableConnectionPool(ConnectionPool):
+    """kombu's connection pool, of :class:`ReliablePooledConnection` s."""
+
+    def new(self) -> Connection:
+        """A new connection, configured as the pool's own."""
+        return ReliablePooledConnection(self, **dict(self.connection._info(resolve=False)))
+
+
+def _reliable(transport_cls: Any) -> Any:
+    return _RELIABLE.get(transport_cls, transport_cls)
 
 
 class ReliableAMQP(AMQP):
