@@ -4,7 +4,10 @@ A message whose delivery kills the worker process (a crash, an OOM kill) comes b
 and kills the next one. RabbitMQ flags such a message redelivered (and quorum queues
 count its returns, up to ``x-delivery-limit``); on Redis nobody does, so
 :class:`DeliveryCounter` counts in the store: +1 when a delivery starts, deleted when
-it finishes, so only the deliveries that died are left counted. A task whose
+it finishes, so only the deliveries that died are left counted. The count begins in a
+round trip of its own, before the message is parsed or its signature verified (a
+message that kills its worker there is counted too); a delivery that publishes its
+event ends it with its published mark, in the same call (``Store.mark_published``). A task whose
 deliveries died ``SUBSWITCH_DELIVERY_LIMIT`` times in a row is dead-lettered with its
 reason and a ``rejected`` event, no later than one delivery before RabbitMQ's own
 ``x-delivery-limit`` would dead-letter the message without either.
