@@ -7,6 +7,7 @@ is measured on its own. Every command has its own target unless a scenario says 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -168,6 +169,9 @@ def _send_baseline(spec: LoadSpec) -> tuple[float, int, str]:
     """``task.apply_async`` per command, as a team's producer does."""
     from bench.baseline import BARE_TASK, DEFAULT_TASK  # noqa: PLC0415
 
+    # The baseline apps read their broker at import, from the workers' variable: this
+    # process must send where the run's workers consume (BENCH_REDIS_URL), not to db 11.
+    os.environ["BENCH_BROKER_URL"] = BROKER_URL
     if spec.kind == "bare":
         from bench.baseline.bare_threads import app  # noqa: PLC0415
 

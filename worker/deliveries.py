@@ -4,7 +4,10 @@ A message whose delivery kills the worker process (a crash, an OOM kill) comes b
 and kills the next one. RabbitMQ flags such a message redelivered (and quorum queues
 count its returns, up to ``x-delivery-limit``); on Redis nobody does, so
 :class:`DeliveryCounter` counts in the store: +1 when a delivery starts, deleted when
-it finishes, so only the deliveries that died are left counted. A task whose
+it finishes, so only the deliveries that died are left counted. The count begins in a
+round trip of its own, before the message is parsed or its signature verified (a
+message that kills its worker there is counted too); a delivery that publishes its
+event ends it with its published mark, in the same call (``Store.mark_published``). A task whose
 deliveries died ``SUBSWITCH_DELIVERY_LIMIT`` times in a row is dead-lettered with its
 reason and a ``rejected`` event, no later than one delivery before RabbitMQ's own
 ``x-delivery-limit`` would dead-letter the message without either.
@@ -117,15 +120,25 @@ class DeliveryCounter:
             names.append(keys.deliveries(delivery.tag))
         return int(self._begin(names, [self._ttl_s, int(bool(delivery.redelivered))]))
 
+    @staticmethod
+    def end_keys(delivery: Delivery, *, done: bool) -> list[str]:
+        """What :meth:`end` deletes: the keys a delivery that did not die leaves behind.
+
+        A delivery that publishes its event deletes them with its published mark
+        instead (``Store.mark_published(..., ended=...)``), in the same round trip.
+        """
+        names = [keys.deliveries(delivery.tag)] if delivery.tag else []
+        if done and delivery.task_id is not None:
+            names.append(keys.task_deaths(delivery.task_id))
+        return names
+
     def end(self, delivery: Delivery, *, done: bool) -> None:
         """This delivery finished (acked, retried or requeued): it did not die.
 
         ``done`` means its task reached its end (not merely retried), which ends the
         run of deaths.
         """
-        names = [keys.deliveries(delivery.tag)] if delivery.tag else []
-        if done and delivery.task_id is not None:
-            names.append(keys.task_deaths(delivery.task_id))
+        names = self.end_keys(delivery, done=done)
         if not names:
             return
         try:

@@ -203,9 +203,14 @@ class DeadLetterSink(Protocol):
 
 @dataclass(frozen=True)
 class Ack:
-    """This delivery is done with; acknowledge the message."""
+    """This delivery is done with; acknowledge the message.
+
+    ``ended``: the keys the delivery leaves behind (``handle(ended=...)``) went with
+    its published mark; its end needs no store call of its own.
+    """
 
     outcome: Outcome
+    ended: bool = False
 
 
 class RetryCause(StrEnum):
@@ -298,6 +303,7 @@ class Executor:
         token: str,
         message_id: str | None = None,
         vouched_by: str | None = None,
+        ended: Sequence[str] = (),
     ) -> Decision:
         """Handle one delivery; ``token`` is unique to this delivery.
 
@@ -307,11 +313,15 @@ class Executor:
         With a policy in force (``authority``) the command is verified first, before
         anything touches its records: a refused one never occupies its command id.
         ``vouched_by`` is who signed the chunk the command came in (:meth:`chunk_signer`).
+        ``ended``: keys to delete once this delivery is done (its delivery count); a
+        delivery that publishes its event deletes them with its published mark and
+        says so (``Ack.ended``).
         """
-        prepared = self._prepare(payload, token, message_id, vouched_by)
+        ended = tuple(ended)
+        prepared = self._prepare(payload, token, message_id, vouched_by, ended)
         if not isinstance(prepared, AnyCommand):
             return prepared
-        decision = self._handle_command(prepared, token)
+        decision = self._handle_command(prepared, token, ended)
         if isinstance(decision, RetryLater):
             self._metrics.retry(decision.cause.value)
         return decision
@@ -341,7 +351,7 @@ class Executor:
         jobs: list[tuple[int, _Job]] = []
         for index, payload in enumerate(payloads):
             token = uuid.uuid4().hex
-            prepared = _guarded(self._prepare, payload, token, None, vouched_by)
+            prepared = _guarded(self._prepare, payload, token, None, vouched_by, ())
             if isinstance(prepared, AnyCommand):
                 jobs.append((index, _Job(prepared, prepared.fingerprint(), token)))
             else:
@@ -359,7 +369,12 @@ class Executor:
         return results
 
     def _prepare(
-        self, payload: Any, token: str, message_id: str | None, vouched_by: str | None
+        self,
+        payload: Any,
+        token: str,
+        message_id: str | None,
+        vouched_by: str | None,
+        ended: tuple[str, ...],
     ) -> AnyCommand | Decision:
         """The command in ``payload`` if it may run; else what became of the message."""
         fields, signature = detach_signature(payload)
@@ -371,11 +386,12 @@ class Executor:
                 reason=str(exc),
                 command_id=exc.command_id or readable_command_id(message_id),
                 token=token,
+                ended=ended,
             )
         if self._authority is not None:
             refusal = self._authority.check(command, signature, vouched_by=vouched_by)
             if refusal is not None:
-                return self._refuse(command, refusal, _as_bytes(payload), token)
+                return self._refuse(command, refusal, _as_bytes(payload), token, ended)
         return command
 
     def chunk_signer(self, payloads: list[Any], header: object) -> str | None:
@@ -392,7 +408,14 @@ class Executor:
                 return None
         return self._authority.chunk_signer(commands, header)
 
-    def _refuse(self, command: AnyCommand, refusal: Refusal, raw: bytes, token: str) -> Decision:
+    def _refuse(
+        self,
+        command: AnyCommand,
+        refusal: Refusal,
+        raw: bytes,
+        token: str,
+        ended: tuple[str, ...],
+    ) -> Decision:
         """Dead-letter a command the policy refuses and report it ``rejected``, leaving
         its command id free: the event is kept under a key of the message's own, and its
         id comes from the message's bytes (a forged copy of a command does not share
@@ -410,12 +433,20 @@ class Executor:
             fingerprint=hashlib.sha256(b"policy\n" + raw).hexdigest(),
         )
         key, body = keys.rejected(event.id), event.to_json()
-        return self._publish(self._store.record(key, token=token, event=body), key, (event, body))
+        finished = self._store.record(key, token=token, event=body)
+        return self._publish(finished, key, (event, body), ended)
 
     def reject_message(
-        self, raw: bytes, *, reason: str, command_id: str | None, token: str
+        self,
+        raw: bytes,
+        *,
+        reason: str,
+        command_id: str | None,
+        token: str,
+        ended: Sequence[str] = (),
     ) -> Decision:
-        """Dead-letter a message that is no valid command and report it ``rejected``."""
+        """Dead-letter a message that is no valid command and report it ``rejected``
+        (``ended`` as :meth:`handle`'s)."""
         reason = safe_line(reason)  # it quotes the message: one bounded line
         logger.warning("rejected message (command_id=%s): %s", command_id, reason)
         self._dead_letters.dead_letter(raw, reason=reason, headers={"command_id": command_id})
@@ -424,9 +455,11 @@ class Executor:
         )
         key, body = keys.rejected(event.id), event.to_json()
         finished = self._store.record(key, token=token, event=body, command_id=command_id)
-        return self._publish(finished, key, (event, body))
+        return self._publish(finished, key, (event, body), tuple(ended))
 
-    def _handle_command(self, command: AnyCommand, token: str) -> Decision:
+    def _handle_command(
+        self, command: AnyCommand, token: str, ended: tuple[str, ...] = ()
+    ) -> Decision:
         # Every line logged while this command is handled carries its fields.
         with log_context(
             command_id=command.command_id,
@@ -434,12 +467,12 @@ class Executor:
             lane=command.lane.value,
             target=command.target.subject,
         ):
-            decision = self._decide(command, token)
+            decision = self._decide(command, token, ended)
             _log_decision(decision)
         return decision
 
-    def _decide(self, command: AnyCommand, token: str) -> Decision:
-        job = _Job(command, command.fingerprint(), token)
+    def _decide(self, command: AnyCommand, token: str, ended: tuple[str, ...]) -> Decision:
+        job = _Job(command, command.fingerprint(), token, ended)
         request = self._begin_request(job, self._clock())
         step = self._store.begin(
             command,
@@ -473,7 +506,7 @@ class Executor:
         if isinstance(step, Busy | Settling | Unresolved):
             return self._wait(job.command, step)
         if isinstance(step, Finished):
-            return self._publish(step, keys.command(job.command.command_id))
+            return self._publish(step, keys.command(job.command.command_id), ended=job.ended)
         if isinstance(step, Conflict):
             return self._reject_conflict(job)
         if isinstance(step, Go):  # never passed here: the caller makes the attempt
@@ -623,7 +656,7 @@ class Executor:
         )
         key, body = keys.conflict(command_id, job.fingerprint), event.to_json()
         finished = self._store.record(key, token=job.token, event=body, command_id=command_id)
-        return self._publish(finished, key, (event, body))
+        return self._publish(finished, key, (event, body), job.ended)
 
     def _finish(
         self,
@@ -650,12 +683,7 @@ class Executor:
             settle_ms=request.settle_ms,
         )
         decision, outgoing = self._claimed(ending, finished)
-        if outgoing is not None:
-            self._events.publish(
-                outgoing.body, routing_key=outgoing.routing_key, event_id=outgoing.event_id
-            )
-            self._store.mark_published(ending.key)
-        return decision
+        return self._send_event(decision, outgoing, ending.key, job.ended)
 
     def _ending(
         self,
@@ -702,14 +730,28 @@ class Executor:
         return self._claim(finished, (ending.event, ending.request.event))
 
     def _publish(
-        self, finished: Finished, key: str, built: tuple[ResultEvent, bytes] | None = None
+        self,
+        finished: Finished,
+        key: str,
+        built: tuple[ResultEvent, bytes] | None = None,
+        ended: tuple[str, ...] = (),
     ) -> Decision:
         decision, outgoing = self._claim(finished, built)
-        if outgoing is not None:
-            self._events.publish(
-                outgoing.body, routing_key=outgoing.routing_key, event_id=outgoing.event_id
-            )
-            self._store.mark_published(key)
+        return self._send_event(decision, outgoing, key, ended)
+
+    def _send_event(
+        self, decision: Decision, outgoing: OutgoingEvent | None, key: str, ended: tuple[str, ...]
+    ) -> Decision:
+        """Publish the event this delivery claimed, if any, and mark it published (with
+        ``ended``, the delivery's leftovers, deleted in the same call)."""
+        if outgoing is None:
+            return decision
+        self._events.publish(
+            outgoing.body, routing_key=outgoing.routing_key, event_id=outgoing.event_id
+        )
+        self._store.mark_published(key, ended=ended)
+        if ended and isinstance(decision, Ack):
+            return Ack(decision.outcome, ended=True)
         return decision
 
     def _claim(
@@ -918,6 +960,8 @@ class _Job:
     command: AnyCommand
     fingerprint: str
     token: str
+    #: What the delivery leaves behind, deleted with its published mark.
+    ended: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ the visibility-timeout restore) is kombu's own, but for one saving: a publish ba
 (``Producer.batch``, the bulk lane's events) reads an exchange's bindings once, not
 once per message.
 
+Two of kombu's costs are spared on the way, the guarantees unchanged: a message the
+claim recorded as unacked is not recorded a second time (kombu's ``QoS.append`` would
+JSON-encode it again and write the same hash field and index entry in one more
+transaction), and the synchronous client (publishing, acks) is one per channel and
+pool instead of a new ``redis.Redis`` per call (building one costs about as much as a
+round trip).
+
 Only the worker's Celery app uses this transport (:class:`ReliableAMQP`); producers
 only ``LPUSH`` and keep kombu's.
 """
@@ -32,6 +39,7 @@ from celery.app.amqp import AMQP
 from kombu import Connection
 from kombu.connection import ConnectionPool, PooledConnection
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
@@ -41,8 +49,10 @@ _KombuTransport: Any = kombu_redis.Transport
 _KombuSentinelChannel: Any = kombu_redis.SentinelChannel
 _KombuSentinelTransport: Any = kombu_redis.SentinelTransport
 _KombuPublishBatch: Any = kombu_redis.PublishBatch  # type: ignore[attr-defined]
+_KombuPooledConnection: Any = PooledConnection
 
 # KEYS: unacked hash, unacked index, then the lists in the order to try; ARGV: now.
+# Replies the list, the item and 1 if the item was recorded as unacked (else 0).
 # The message is recorded before it is popped: a script stopped by an error (a full
 # server refuses ZADD/HSET) leaves it in its list, never half-moved. The record is the
 # raw item spliced in, not re-encoded, so the message comes back byte for byte; an
@@ -54,13 +64,15 @@ for i = 3, #KEYS do
     local ok, m = pcall(cjson.decode, item)
     local p = ok and type(m) == 'table' and m.properties
     local info = type(p) == 'table' and p.delivery_info
+    local recorded = 0
     if type(info) == 'table' and type(p.delivery_tag) == 'string' then
       redis.call('ZADD', KEYS[2], ARGV[1], p.delivery_tag)
       redis.call('HSET', KEYS[1], p.delivery_tag, '[' .. item .. ','
         .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
+      recorded = 1
     end
     redis.call('RPOP', KEYS[i])
-    return {KEYS[i], item}
+    return {KEYS[i], item, recorded}
   end
 end
 return false
@@ -84,14 +96,33 @@ class _RoutedOnce(_KombuPublishBatch):  # type: ignore[misc]
             self.channel._routing = None
 
 
+_KombuQoS: Any = kombu_redis.QoS
+_VirtualQoS: Any = kombu_virtual.QoS
+
+
+class QoS(_KombuQoS):  # type: ignore[misc]
+    """kombu's Redis QoS, which leaves a message the claim recorded as it is."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Track ``message`` as unacked; record it in Redis unless the claim did."""
+        recorded: set[str] | None = getattr(self.channel, "_recorded", None)
+        if recorded is not None and delivery_tag in recorded:
+            recorded.discard(delivery_tag)
+            # The virtual QoS's bookkeeping only: the hash field and the index entry
+            # kombu would write are there already, from the claim's own script.
+            _VirtualQoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+
 class Channel(_KombuChannel):  # type: ignore[misc]
     """A Redis channel whose messages are unacked before they leave the server, and
     whose publish batches look each exchange's bindings up once."""
 
     #: The bindings read by the publish batch routing a message right now, if any.
     _routing: dict[str, Any] | None = None
-    #: The client of :meth:`_create_client`.
-    _sync_client: Any = None
+
+    QoS = QoS
 
     #: Whether the command in flight on the consuming connection is the blocking wait.
     _waiting = False
@@ -101,8 +132,22 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     _plain = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before kombu's set-up, which may already consume.
+        self._recorded: set[str] = set()
+        self._sync_client: Any = None
         super().__init__(*args, **kwargs)
         self._no_ack_queues: set[str] = set()
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """kombu's client; the synchronous one kept while its pool lasts (a
+        ``redis.Redis`` may be shared: each command borrows a pooled connection)."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self._sync_client
+        if client is None or client.connection_pool is not pool:
+            client = self._sync_client = super()._create_client()
+        return client
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         """kombu's; a queue consumed without acks is never recorded as unacked (nobody
@@ -111,18 +156,6 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         if no_ack:
             self._no_ack_queues.add(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        """kombu's client for one command, made once per channel and pool: kombu makes
-        a new ``redis.Redis`` for every publish, ack and lookup, and building one
-        (its table of reply callbacks) costs more CPU than the command it sends."""
-        if asynchronous:
-            return super()._create_client(asynchronous=True)
-        pool = self.pool
-        cached = self._sync_client
-        if cached is None or cached.connection_pool is not pool:
-            cached = self._sync_client = super()._create_client()
-        return cached
 
     def create_publish_batch(self, max_size: int) -> _RoutedOnce:
         """kombu's publish batch, routing each exchange's messages by one lookup."""
@@ -179,11 +212,20 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _deliver_claimed(self, reply: list[bytes]) -> bool:
-        key, item = reply
+    def _deliver_claimed(self, reply: list[Any]) -> bool:
+        key, item, recorded = reply
         queue = bytes_to_str(key).rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(queue)
-        self.connection._deliver(loads(bytes_to_str(item)), queue)
+        message = loads(bytes_to_str(item))
+        tag = message["properties"]["delivery_tag"] if int(recorded) else None
+        if tag is not None:
+            self._recorded.add(tag)
+        try:
+            self.connection._deliver(message, queue)
+        finally:
+            # Appended by now, or never to be: nothing is left waiting for the tag.
+            if tag is not None:
+                self._recorded.discard(tag)
         return True
 
 
@@ -215,27 +257,36 @@ class ReliableConnection(Connection):
     where kombu would use its Redis (Redis Sentinel) transport: the URL is parsed as
     kombu does (TLS for ``rediss://``, the socket of ``redis+socket://``), and shown
     as kombu does; only the class differs. So do the connections of its pool (the
-    app's producers: result events, retries)."""
+    app's producers: events and dead letters are published through them)."""
 
     def get_transport_cls(self) -> Any:
         """The reliable transport for kombu's Redis transports, else kombu's choice."""
-        transport_cls = super().get_transport_cls()
-        return _RELIABLE.get(transport_cls, transport_cls)
+        return _reliable(super().get_transport_cls())
 
-    def Pool(self, limit: int | None = None, **kwargs: Any) -> ConnectionPool:
-        """kombu's connection pool, of connections on this transport."""
-        return _ReliablePool(self, limit=limit, **kwargs)
-
-
-class _PooledReliable(PooledConnection, ReliableConnection):  # type: ignore[misc]
-    """A connection of the app's pool: kombu's pooled connection, on this transport."""
+    def Pool(self, limit: int | None = None, **kwargs: Any) -> ReliableConnectionPool:
+        """kombu's pool of connections, each of them like this one."""
+        return ReliableConnectionPool(self, limit=limit, **kwargs)
 
 
-class _ReliablePool(ConnectionPool):
-    """kombu's connection pool; kombu's own makes its connections on kombu's transport."""
+class ReliablePooledConnection(_KombuPooledConnection):  # type: ignore[misc]
+    """A connection of :class:`ReliableConnectionPool`: kombu's, with the reliable
+    transport (as :class:`ReliableConnection`)."""
 
-    def new(self) -> Any:
-        return _PooledReliable(self, **dict(self.connection._info(resolve=False)))
+    def get_transport_cls(self) -> Any:
+        """The reliable transport for kombu's Redis transports, else kombu's choice."""
+        return _reliable(super().get_transport_cls())
+
+
+class ReliableConnectionPool(ConnectionPool):
+    """kombu's connection pool, of :class:`ReliablePooledConnection` s."""
+
+    def new(self) -> Connection:
+        """A new connection, configured as the pool's own."""
+        return ReliablePooledConnection(self, **dict(self.connection._info(resolve=False)))
+
+
+def _reliable(transport_cls: Any) -> Any:
+    return _RELIABLE.get(transport_cls, transport_cls)
 
 
 class ReliableAMQP(AMQP):

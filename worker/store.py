@@ -68,8 +68,11 @@ end
 # retention_s, issued_us, command_id, expired (0/1), claim_ms, settle_ms,
 # out_of_bounds (0/1: issued_at outside the acceptance window; refused unless sent before).
 # A held lock means busy, whatever else is true: only the delivery holding the target
-# may decide anything about a command on it. Every other answer takes the lock and
-# writes this delivery's token into the record, which fences every later script.
+# may decide anything about a command on it. Every other answer but 'unresolved' takes
+# the lock and writes this delivery's token into the record, which fences every later
+# script; 'unresolved' records the command (fingerprint, token, attempts) and leaves
+# the target free. The decision comes first, so the record and the lock are written
+# once each.
 _BEGIN_LUA: Final = (
     _CLAIM_LUA
     + """
@@ -84,27 +87,32 @@ if lock then
   if lock == 'settling' or ttl <= tonumber(ARGV[10]) then return {'settling', ttl} end
   return {'busy'}
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 local attempts = tonumber(rec[3] or '0')
-redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
 -- The record now says where the command is: its producer's acceptance has served.
 redis.call('DEL', KEYS[5])
-local w = redis.call('HMGET', KEYS[3], 'us', 'id', 'status')
-if w[2] == ARGV[7] then return {'applied', attempts, w[3] or ''} end
-if ARGV[11] == '1' and attempts == 0 then return {'out_of_bounds'} end
-if ARGV[8] == '1' then return {'expired', attempts, rec[5] or ''} end
-if attempts >= tonumber(ARGV[4]) then return {'exhausted', attempts, rec[5] or ''} end
-if w[1] then
-  local w_us, us = tonumber(w[1]), tonumber(ARGV[6])
-  if w_us > us or (w_us == us and w[2] >= ARGV[7]) then return {'superseded', attempts} end
+local function keep(answer, hold)
+  if hold then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'attempts', attempts)
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return answer
 end
-local us, pending = tonumber(ARGV[6]), redis.call('HGETALL', KEYS[4])
+local w = redis.call('HMGET', KEYS[3], 'us', 'id', 'status')
+if w[2] == ARGV[7] then return keep({'applied', attempts, w[3] or ''}, true) end
+if ARGV[11] == '1' and attempts == 0 then return keep({'out_of_bounds'}, true) end
+if ARGV[8] == '1' then return keep({'expired', attempts, rec[5] or ''}, true) end
+if attempts >= tonumber(ARGV[4]) then return keep({'exhausted', attempts, rec[5] or ''}, true) end
+local us = tonumber(ARGV[6])
+if w[1] then
+  local w_us = tonumber(w[1])
+  if w_us > us or (w_us == us and w[2] >= ARGV[7]) then
+    return keep({'superseded', attempts}, true)
+  end
+end
+local pending = redis.call('HGETALL', KEYS[4])
 for i = 1, #pending, 2 do
   local p_id, p_us = pending[i], tonumber(pending[i + 1])
   if p_id ~= ARGV[7] and (p_us > us or (p_us == us and p_id > ARGV[7])) then
-    redis.call('DEL', KEYS[2])
-    return {'unresolved', p_id}
+    return keep({'unresolved', p_id}, false)
   end
 end
 redis.call('HSET', KEYS[4], ARGV[7], ARGV[6])
@@ -112,11 +120,13 @@ redis.call('EXPIRE', KEYS[4], ARGV[5])
 -- 'since': when the attempt went out, for `subswitch status` (in_flight since when).
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1, 'since', now_ms)
-redis.call('HDEL', KEYS[1], 'next_at')
 -- A delivery that dies mid-request leaves a write that may still land: its lock
 -- outlives the attempt by the settle time.
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[10]))
+redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]) + tonumber(ARGV[10]))
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2], 'state', 'sending',
+  'attempts', attempts + 1, 'since', now_ms)
+redis.call('HDEL', KEYS[1], 'next_at')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {'go', attempts + 1}
 """
 )
@@ -204,17 +214,25 @@ if redis.call('HGET', KEYS[1], 'state') == 'done' then
   return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), redis.call('HGET', KEYS[1], 'event')}
 end
 if not mine then return {'lost'} end
-redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'state', 'done', 'event', ARGV[3], 'published', '0')
+-- The record was not done, so nobody has published its event or holds a claim on it:
+-- the claim is this delivery's, written with the record.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'state', 'done', 'event', ARGV[3], 'published', '0',
+  'claim', ARGV[1], 'claim_until', now_ms + tonumber(ARGV[9]))
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 hand_over(KEYS[1], KEYS[2], KEYS[4], ARGV[6], ARGV[11], true)
-return {claim(KEYS[1], ARGV[1], tonumber(ARGV[9])), ARGV[3]}
+return {'publish', ARGV[3]}
 """
 )
 
-# KEYS: record. The record's event reached the broker; nobody holds a claim any more.
+# KEYS: record, then any keys to delete with it (what the delivery that published leaves
+# behind: its delivery count). The record's event reached the broker; nobody holds a
+# claim any more.
 _PUBLISHED_LUA: Final = """
 redis.call('HSET', KEYS[1], 'published', '1')
 redis.call('HDEL', KEYS[1], 'claim', 'claim_until')
+if #KEYS > 1 then redis.call('DEL', unpack(KEYS, 2)) end
 return 1
 """
 
@@ -520,8 +538,9 @@ class Store(Protocol):
         """Keep a standalone terminal event (a rejected message) once, under ``key``."""
         ...
 
-    def mark_published(self, key: str) -> None:
-        """The event of the record at ``key`` reached the broker."""
+    def mark_published(self, key: str, *, ended: Sequence[str] = ()) -> None:
+        """The event of the record at ``key`` reached the broker; the keys ``ended``
+        (what the delivery leaves behind) go in the same call."""
         ...
 
 
@@ -738,9 +757,11 @@ class RedisStore:
         reply = self._record(keys_, [token, event, self._retention_s, self._claim_ms])
         return Finished(claim=Claim(_text(reply[0])), event=_bytes(reply[1]))
 
-    def mark_published(self, key: str) -> None:
-        """The event of the record at ``key`` reached the broker."""
-        self._published([key], [])
+    def mark_published(self, key: str, *, ended: Sequence[str] = ()) -> None:
+        """The event of the record at ``key`` reached the broker; the keys ``ended``
+        are deleted in the same round trip (the delivery's count, see
+        :meth:`worker.deliveries.DeliveryCounter.end_keys`)."""
+        self._published(*_published_call(key, ended))
 
     def mark_published_many(self, keys_: Sequence[str]) -> None:
         """:meth:`mark_published` of each key, in one round trip."""
@@ -753,6 +774,11 @@ class RedisStore:
     def close(self) -> None:
         """Close the store's connections."""
         self._scripts.close()
+
+
+def _published_call(key: str, ended: Sequence[str]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the published script (it replies 1)."""
+    return [key, *ended], []
 
 
 def _keys(command_id: str, target: Target) -> list[str]:

@@ -111,7 +111,13 @@ def run_apply(
                 token=token,
             )
         else:
-            decision = executor().handle(args[0], token=token, message_id=task.request.id)
+            decision = executor().handle(
+                args[0],
+                token=token,
+                message_id=task.request.id,
+                # Its end, done, goes with the published mark: no round trip of its own.
+                ended=counter.end_keys(delivery, done=True),
+            )
     except TransientError as exc:
         _end(counter, delivery, done=False)
         delay = _trouble_delay(task.request.retries)
@@ -122,9 +128,11 @@ def run_apply(
         delay = _trouble_delay(task.request.retries)
         logger.exception("delivery failed unexpectedly, retrying in %.1fs", delay)
         retry_later(task, delay)
-    _end(counter, delivery, done=not isinstance(decision, RetryLater))
     if isinstance(decision, RetryLater):
+        _end(counter, delivery, done=False)
         retry_later(task, decision.delay_s)
+    if not decision.ended:
+        _end(counter, delivery, done=True)
     return decision.outcome.value
 
 

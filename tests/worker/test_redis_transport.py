@@ -20,6 +20,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
+from tests.redis_commands import recorded
 from worker.redis_transport import ReliableAMQP, ReliableConnection, Transport
 
 pytestmark = pytest.mark.integration
@@ -163,3 +164,73 @@ def test_the_workers_app_connects_through_the_reliable_transport() -> None:
     app = Celery("t", set_as_current=False, amqp=ReliableAMQP.PATH)
     app.conf.broker_url = "redis+socket:///tmp/r.sock"
     assert app.connection_for_read().get_transport_cls() is Transport
+
+
+def test_a_delivered_message_is_recorded_as_unacked_once_by_the_claim(url: str) -> None:
+    # Given a message, and a consumer of its queue that acks what it receives
+    _publish(url, {"command_id": "c-3"})
+    received: list[Any] = []
+    with _connection(url) as connection, connection.channel() as channel:
+        consumer = Consumer(channel, queues=[QUEUE], accept=["json"])
+        consumer.register_callback(lambda body, message: (received.append(body), message.ack()))
+        consumer.consume()
+        # When it receives the message and acks it
+        with recorded(url) as seen:
+            connection.drain_events(timeout=_DEADLINE_S)
+        # Then the claim's script recorded it, nothing wrote that record again, and the
+        # ack removed it (one transaction: the ack's)
+        assert received == [{"command_id": "c-3"}]
+        names = seen.names()
+        assert (names["ZADD"], names["HSET"], names["MULTI"], names["ZREM"]) == (1, 1, 1, 1)
+        assert channel.client.hlen(channel.unacked_key) == 0
+
+
+def _receive_and_die(url: str) -> None:
+    """Child: consume ``QUEUE`` and die in the callback, the message received unacked."""
+    connection = _connection(url)
+    with connection.channel() as channel:
+        consumer = Consumer(channel, queues=[QUEUE], accept=["json"])
+        consumer.register_callback(lambda *_: os._exit(_DIED))
+        consumer.consume()
+        while True:
+            connection.drain_events(timeout=_DEADLINE_S)
+
+
+def test_a_consumer_killed_with_a_received_message_unacked_loses_nothing(url: str) -> None:
+    # Given a consumer that dies once a message reached its callback, before the ack
+    body = {"command_id": "c-4"}
+    _publish(url, body)
+    child = multiprocessing.get_context("spawn").Process(target=_receive_and_die, args=(url,))
+    child.start()
+    try:
+        # When it dies
+        child.join(_DEADLINE_S)
+        assert child.exitcode == _DIED
+    finally:
+        child.kill()
+    # Then the claim's record of it is enough: the restore brings the message back
+    found: list[dict[str, Any] | None] = []
+    _wait_until(lambda: found.append(_restored(url)) or found[-1] is not None, "restored")
+    assert found[-1] == body
+
+
+def test_a_channel_keeps_one_synchronous_client_while_its_pool_lasts(url: str) -> None:
+    # Given a channel of the reliable transport
+    with _connection(url) as connection, connection.channel() as channel:
+        # When it needs a client for two publishes or acks
+        first, second = channel._create_client(), channel._create_client()
+        # Then both are one, on the channel's pool; a new pool gets a client of its own
+        assert first is second and first.connection_pool is channel.pool
+        channel._pool = None
+        assert channel._create_client().connection_pool is channel.pool is not first.connection_pool
+
+
+def test_the_workers_pooled_connections_use_the_reliable_transport(url: str) -> None:
+    # Given the worker's app on Redis
+    app = Celery("t", set_as_current=False, amqp=ReliableAMQP.PATH)
+    app.conf.broker_url = url
+    # When it publishes through its producer pool (events, dead letters)
+    with app.producer_pool.acquire(block=True) as producer:
+        # Then the pooled connection's transport is the worker's
+        assert producer.connection.get_transport_cls() is Transport
+    app.close()
