@@ -52,7 +52,9 @@ _SECRETS_IN_TEXT: Final = re.compile(
 
 
 #: What every match of ``_SECRETS_IN_TEXT`` contains (any case of "bearer").
-_SECRET_HINTS: Final = ("://", "?", "&", "earer", "EARER")
+#: What a line holds if it may hold a secret; one C-level scan (a loop of ``in`` tests
+#: cost a per-command log line more than formatting it).
+_SECRET_HINTS: Final = re.compile(r"://|\?|&|earer|EARER")
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -67,7 +69,7 @@ def redact_text(text: str) -> str:
     The last line of defence of log output: a line should not carry a secret in the
     first place (messages use :func:`redact_url`), this catches one that slipped in.
     """
-    # A substring test is ~100x cheaper than the pattern: most lines have none of these.
-    if not any(hint in text for hint in _SECRET_HINTS):
+    # A hint scan is ~100x cheaper than the pattern: most lines have none of these.
+    if _SECRET_HINTS.search(text) is None:
         return text
     return _SECRETS_IN_TEXT.sub(_mask, text)
