@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -167,3 +169,66 @@ def start(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path)
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads in play at that point
         )
     return Child(name, process, log_path)
+
+
+def niceness(pid: int) -> int | None:
+    """The process's nice value (/proc/PID/stat), None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[16]) if fields is not None else None
+
+
+def lanes_of(pid: int) -> str | None:
+    """The ``--lanes`` value on the process's command line, if it has one."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for flag, value in itertools.pairwise(argv):
+        if flag == b"--lanes":
+            return value.decode(errors="replace")
+    return None
+
+
+@dataclass
+class RoleCpu:
+    """CPU of each process of some worker trees over an interval, grouped by role:
+    ``supervisor`` (a process with children) or ``<lanes> worker``; with niceness."""
+
+    roots: list[int]
+    roles: dict[int, str] = field(default_factory=dict)
+    nice: dict[int, int | None] = field(default_factory=dict)
+    before: dict[int, float] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Find the processes, their roles and niceness; snapshot their CPU."""
+        for root in self.roots:
+            below = descendants(root)
+            for pid in [root, *below]:
+                supervisor = pid == root and bool(below)
+                lanes = lanes_of(pid) or "default lanes"
+                self.roles[pid] = "supervisor" if supervisor else f"{lanes} worker"
+                self.nice[pid] = niceness(pid)
+                self.before[pid] = cpu_seconds(pid, reaped_children=False)
+
+    def stop(self) -> None:
+        """CPU of each process since :meth:`start`."""
+        self.seconds = {
+            pid: cpu_seconds(pid, reaped_children=False) - before
+            for pid, before in self.before.items()
+        }
+
+    def as_json(self, wall_s: float) -> dict[str, dict[str, Any]]:
+        """Per role: processes, CPU seconds, share of the two cores, niceness."""
+        out: dict[str, dict[str, Any]] = {}
+        for role in dict.fromkeys(self.roles.values()):
+            pids = [pid for pid, of in self.roles.items() if of == role]
+            cpu_s = sum(self.seconds.get(pid, 0.0) for pid in pids)
+            nice = sorted({str(self.nice[pid]) for pid in pids})
+            out[role] = {
+                "count": len(pids),
+                "cpu_s": round(cpu_s, 3),
+                "share_of_2_cores": round(cpu_s / max(wall_s, 1e-9) / 2, 3),
+                "niceness": "/".join(nice),
+            }
+        return out
