@@ -10,8 +10,10 @@ s through the SDK, until the backlog has drained (or the window ends) and at lea
 ``urgent_min_probes`` were sent. Latency = this process (whose event reader runs
 throughout) receiving the command's result event - the moment its send began. The
 same again with ``urgent_chunked_commands`` in chunks of ``chunk_size``
-(``CeleryPublisher.publish_batch``), a second row. The CPU of every worker process
-and its niceness are recorded over the probing.
+(``CeleryPublisher.publish_batch``), a second row. Over the probing, every worker
+process's CPU, niceness and time spent waiting for a CPU (run queue, /proc schedstat)
+are recorded, and Redis's, the simulator's and this process's; each probe's time is
+split at its PATCH's arrival at the simulator and at the worker's ``completed_at``.
 
 Baseline: the default task, a backlog of ``baseline_urgent_bulk_commands`` single
 messages on the ``celery`` queue, urgent commands on an ``urgent`` queue that the same
@@ -57,10 +59,11 @@ def run(ctx: Context) -> ScenarioResult:
         else None
     )
     theirs = run_default(ctx)
-    rows = [_row(ours, theirs, "single bulk messages")]
+    rows = [_row("urgent latency", ours, theirs, "single bulk messages")]
     notes = [_note(ours, "single bulk messages")]
     if chunked is not None:
-        rows.append(_row(chunked, theirs, f"bulk commands in chunks of {sizes.chunk_size}"))
+        backlog = f"bulk commands in chunks of {sizes.chunk_size}"
+        rows.append(_row("urgent (chunked)", chunked, theirs, backlog))
         notes.append(_note(chunked, "chunked"))
     notes.append(
         f"baseline: {theirs['bulk_commands']:,} bulk tasks queued, 1 x default prefork worker "
@@ -71,11 +74,11 @@ def run(ctx: Context) -> ScenarioResult:
     return ScenarioResult(rows, raw, notes)
 
 
-def _row(ours: Json, theirs: Json, backlog: str) -> Row:
+def _row(label: str, ours: Json, theirs: Json, backlog: str) -> Row:
     p99 = ours["latency_ms"]["p99"]
     enough = ours["probes"] >= ours["min_probes"]
     return Row(
-        "urgent latency",
+        label,
         f"urgent p99, send to result event, while {ours['bulk_commands']:,} {backlog} drain "
         f"(ms, {ours['probes']} probes)",
         _latency_text(ours),
@@ -89,23 +92,36 @@ def _note(ours: Json, what: str) -> str:
     drained = (
         f"in {fmt(ours['drain_s'], 1)} s ({fmt(ours['bulk_per_s'])}/s)"
         if ours["drained"]
-        else "NOT within the window"
+        else f"NOT within the {fmt(ours['drain_s'])} s window ({ours['bulk_done']:,} done)"
     )
     return (
         f"subswitch, {what}: {ours['bulk_commands']:,} bulk commands ({ours['bulk_messages']:,} "
         f"messages) drained by {ours['workers']} x `subswitch worker -c 64` (default lanes) "
         f"{drained}; {ours['probes']} urgent probes ({ours['probes_during_drain']} sent while "
-        f"the backlog drained); p99 to the event's own `completed_at` (worker clock, before "
-        f"the publish): {fmt(ours['latency_to_completed_at_ms']['p99'])} ms; CPU split while "
-        f"probing (share of 2 cores): {throughput.split_text(ours)}; worker processes (CPU "
-        f"share of 2 cores, niceness): {_roles_text(ours['processes'])}; niceness of the "
-        f"others: {ours['niceness']}."
+        f"the backlog drained); p50/p99 from the send to {_stages_text(ours['stages_ms'])}; "
+        f"CPU split while "
+        f"probing (share of 2 cores): {throughput.split_text(ours)}; per process (CPU share "
+        f"of 2 cores, niceness, run-queue wait per CPU second): "
+        f"{_roles_text(ours['processes'])}."
+    )
+
+
+def _stages_text(stages: Json) -> str:
+    names = {
+        "to_upstream": "the PATCH at the simulator",
+        "to_completed_at": "the worker's `completed_at`",
+        "to_event": "the event here",
+    }
+    return ", ".join(
+        f"{names[key]} {fmt(stages[key]['p50'])}/{fmt(stages[key]['p99'])} ms" for key in names
     )
 
 
 def _roles_text(roles: Json) -> str:
     return ", ".join(
-        f"{role} x{r['count']} {r['share_of_2_cores']:.0%} (nice {r['niceness']})"
+        f"{role}{' x' + str(r['count']) if r['count'] > 1 else ''} "
+        f"{r['share_of_2_cores']:.0%} (nice {r['niceness']}, waited "
+        f"{fmt(r['wait_per_cpu_s'], 2)} s per CPU s)"
         for role, r in roles.items()
     )
 
@@ -163,8 +179,11 @@ def run_subswitch(ctx: Context, kind: Kind, bulk: int) -> Json:
         probe = _probe(ctx, stream, fleet, Prober(send, sizes.urgent_probes_per_s), bulk)
         rss = fleet.peak_rss_mb()
     stats = latencies(probe.prober.sent, probe.seen.received)
+    arrivals = _upstream_arrivals(ctx)
     return {
         "latency_to_completed_at_ms": latencies(probe.prober.sent, probe.seen.completed),
+        "stages_ms": _stages(probe, arrivals),
+        "slowest_probes": _slowest(probe, arrivals),
         "workers": sizes.bulk_workers,
         "bulk_commands": bulk,
         "bulk_messages": load.messages,
@@ -182,7 +201,6 @@ def run_subswitch(ctx: Context, kind: Kind, bulk: int) -> Json:
         "worker_peak_rss_mb": rss,
         "cpu": probe.cpu,
         "processes": probe.roles.as_json(probe.cpu["wall_s"]),
-        "niceness": _other_niceness(ctx),
     }
 
 
@@ -205,7 +223,11 @@ def _probe(
     sizes = ctx.sizes
     seen = Seen()
     split = harness.cpu_split(ctx, fleet)
-    roles = procs.RoleCpu([child.pid for child in fleet.children])
+    named = {"redis": ctx.redis_pid, "simulator": ctx.sim.pid, "bench": os.getpid()}
+    roles = procs.RoleCpu(
+        [child.pid for child in fleet.children],
+        {name: pid for name, pid in named.items() if pid is not None},
+    )
     split.start()
     roles.start()
     started = time.time()
@@ -231,9 +253,46 @@ def _probe(
     return _Probed(prober, seen, drained, drain_s, during_drain, cpu, roles)
 
 
-def _other_niceness(ctx: Context) -> dict[str, int | None]:
-    pids = {"bench": os.getpid(), "simulator": ctx.sim.pid, "redis": ctx.redis_pid}
-    return {name: procs.niceness(pid) if pid else None for name, pid in pids.items()}
+def _upstream_arrivals(ctx: Context) -> dict[str, float]:
+    """When each urgent probe's PATCH reached the simulator (its write log)."""
+    writes = ctx.sim.admin.writes()["writes"]
+    return {
+        str(w["idempotency_key"]): float(w["time"])
+        for w in writes
+        if str(w.get("idempotency_key") or "").startswith("urg-")
+    }
+
+
+def _stages(probe: _Probed, arrivals: dict[str, float]) -> Json:
+    """Where a probe's time goes: send to its PATCH at the simulator (the broker queue,
+    the worker's pick-up and store), to the worker's ``completed_at`` (the upstream's
+    20 ms, the result recorded), to its event here (publish and this reader)."""
+    sent = probe.prober.sent
+    return {
+        "to_upstream": latencies(sent, arrivals),
+        "to_completed_at": latencies(sent, probe.seen.completed),
+        "to_event": latencies(sent, probe.seen.received),
+    }
+
+
+def _slowest(probe: _Probed, arrivals: dict[str, float], count: int = 10) -> list[Json]:
+    """The slowest probes (send to event), each with its stages in ms."""
+    sent, seen = probe.prober.sent, probe.seen
+
+    def ms(done: dict[str, float], key: str) -> float | None:
+        return round((done[key] - sent[key]) * 1000, 1) if key in done else None
+
+    ranked = sorted(sent, key=lambda key: -(seen.received.get(key, float("inf")) - sent[key]))
+    return [
+        {
+            "command_id": key,
+            "sent_offset_s": round(sent[key] - min(sent.values()), 2),
+            "to_upstream_ms": ms(arrivals, key),
+            "to_completed_at_ms": ms(seen.completed, key),
+            "to_event_ms": ms(seen.received, key),
+        }
+        for key in ranked[:count]
+    ]
 
 
 def _urgent_seen(seen: Seen) -> int:
