@@ -18,7 +18,7 @@ RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each scenario does; the full sizes aim at 10-15 minutes in all."""
+    """How much work each scenario does; the full sizes aim at 15-20 minutes in all."""
 
     throughput_commands: int = 15_000
     throughput_workers: int = 2
@@ -26,13 +26,17 @@ class Sizes:
     scaleout_commands: int = 5_000
     baseline_commands: int = 2_000
     cpu_commands: int = 6_000
-    bulk_commands: int = 30_000
+    ceiling_commands: int = 30_000
+    bulk_commands: int = 100_000
     bulk_workers: int = 2
+    bulk_timeout_s: float = 420.0
     chunk_size: int = 100
-    urgent_bulk_commands: int = 50_000
+    urgent_bulk_commands: int = 20_000
+    urgent_chunked_commands: int = 20_000
     urgent_probes_per_s: float = 10.0
+    urgent_min_probes: int = 20
     urgent_window_s: float = 90.0
-    baseline_urgent_bulk_commands: int = 50_000
+    baseline_urgent_bulk_commands: int = 20_000
     baseline_urgent_window_s: float = 30.0
     rate_limit: int = 200
     rate_limit_workers: int = 4
@@ -51,10 +55,13 @@ QUICK: Final = Sizes(
     scaleout_commands=400,
     baseline_commands=200,
     cpu_commands=600,
-    bulk_commands=2_000,
+    ceiling_commands=2_000,
+    bulk_commands=3_000,
     bulk_workers=1,
-    urgent_bulk_commands=2_000,
-    urgent_window_s=8.0,
+    bulk_timeout_s=90.0,
+    urgent_bulk_commands=800,
+    urgent_chunked_commands=600,
+    urgent_window_s=12.0,
     urgent_probes_per_s=5.0,
     baseline_urgent_bulk_commands=1_000,
     baseline_urgent_window_s=5.0,

@@ -244,24 +244,26 @@ class CpuSplit:
 
 def cpu_split(ctx: Context, workers: Fleet) -> CpuSplit:
     """A CPU split over workers, simulator, Redis and this process."""
-    readers: dict[str, Callable[[], float]] = {
-        "workers": workers.cpu_seconds,
-        "bench (events, probes)": time.process_time,
-    }
+    return CpuSplit({"workers": workers.cpu_seconds, **party_readers(ctx)})
+
+
+def party_readers(ctx: Context) -> dict[str, Callable[[], float]]:
+    """CPU readers of the parties every scenario has: this process, simulator, Redis."""
+    readers: dict[str, Callable[[], float]] = {"bench (events, probes)": time.process_time}
     if ctx.sim.pid is not None:
         pid = ctx.sim.pid
         readers["simulator"] = lambda: procs.cpu_seconds(pid)
     if ctx.redis_pid is not None:
         redis_pid = ctx.redis_pid
         readers["redis"] = lambda: procs.cpu_seconds(redis_pid)
-    return CpuSplit(readers)
+    return readers
 
 
 # --- watching the simulator ---------------------------------------------------------
 
 
 def wait_for_writes(
-    sim: SimulatorHandle, count: int, *, timeout: float, poll_s: float = 0.25
+    sim: SimulatorHandle, count: int, *, timeout: float, poll_s: float = 0.1
 ) -> float | None:
     """Wall time (``time.time()``) when ``count`` writes were answered, or None on timeout."""
     deadline = time.monotonic() + timeout

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -167,3 +169,95 @@ def start(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path)
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads in play at that point
         )
     return Child(name, process, log_path)
+
+
+def run_queue_wait_seconds(pid: int) -> float:
+    """Time the process's threads have spent runnable but waiting for a CPU
+    (/proc/PID/task/*/schedstat, second field); 0 if gone or not available."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def niceness(pid: int) -> int | None:
+    """The process's nice value (/proc/PID/stat), None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[16]) if fields is not None else None
+
+
+def lanes_of(pid: int) -> str | None:
+    """The ``--lanes`` value on the process's command line, if it has one."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for flag, value in itertools.pairwise(argv):
+        if flag == b"--lanes":
+            return value.decode(errors="replace")
+    return None
+
+
+@dataclass
+class RoleCpu:
+    """CPU of each process of some worker trees (and of ``named`` single processes) over
+    an interval, grouped by role: ``supervisor`` (a process with children), ``<lanes>
+    worker``, or the name given; with niceness and the time spent waiting for a CPU
+    (the run queue), which shows whether a process got the CPU when it wanted it."""
+
+    roots: list[int]
+    named: dict[str, int] = field(default_factory=dict)
+    roles: dict[int, str] = field(default_factory=dict)
+    nice: dict[int, int | None] = field(default_factory=dict)
+    before: dict[int, tuple[float, float]] = field(default_factory=dict)
+    seconds: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Find the processes, their roles and niceness; snapshot their CPU and waits."""
+        for root in self.roots:
+            below = descendants(root)
+            for pid in [root, *below]:
+                supervisor = pid == root and bool(below)
+                lanes = lanes_of(pid) or "default lanes"
+                self.roles[pid] = "supervisor" if supervisor else f"{lanes} worker"
+        for name, pid in self.named.items():
+            self.roles[pid] = name
+        for pid in self.roles:
+            self.nice[pid] = niceness(pid)
+            self.before[pid] = _cpu_and_wait(pid)
+
+    def stop(self) -> None:
+        """CPU and run-queue wait of each process since :meth:`start`."""
+        for pid, (cpu, wait) in self.before.items():
+            cpu_now, wait_now = _cpu_and_wait(pid)
+            self.seconds[pid] = (cpu_now - cpu, wait_now - wait)
+
+    def as_json(self, wall_s: float) -> dict[str, dict[str, Any]]:
+        """Per role: processes, CPU seconds, share of the two cores, run-queue wait
+        seconds and their ratio to CPU seconds, niceness."""
+        out: dict[str, dict[str, Any]] = {}
+        for role in dict.fromkeys(self.roles.values()):
+            pids = [pid for pid, of in self.roles.items() if of == role]
+            cpu_s = sum(self.seconds.get(pid, (0.0, 0.0))[0] for pid in pids)
+            wait_s = sum(self.seconds.get(pid, (0.0, 0.0))[1] for pid in pids)
+            nice = sorted({str(self.nice[pid]) for pid in pids})
+            out[role] = {
+                "count": len(pids),
+                "cpu_s": round(cpu_s, 3),
+                "share_of_2_cores": round(cpu_s / max(wall_s, 1e-9) / 2, 3),
+                "run_queue_wait_s": round(wait_s, 3),
+                "wait_per_cpu_s": round(wait_s / cpu_s, 2) if cpu_s > 0 else None,
+                "niceness": "/".join(nice),
+            }
+        return out
+
+
+def _cpu_and_wait(pid: int) -> tuple[float, float]:
+    return cpu_seconds(pid, reaped_children=False), run_queue_wait_seconds(pid)

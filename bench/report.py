@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.config import BROKER_URL
 from bench.procs import REPO
 
 Json = dict[str, Any]
@@ -86,7 +87,8 @@ def markdown(results: dict[str, ScenarioResult], meta: Json) -> str:
         f"{', '.join(str(x) for x in meta['machine']['loadavg_at_start'])}.",
         "Everything (workers, producer, simulator, Redis, this benchmark) shares the two "
         "cores: figures are end to end on one small machine, not per-component ceilings.",
-        "Simulator latency 20 ms per write unless stated; Redis db 11 as broker and store, "
+        "Simulator latency 20 ms per write unless stated; Redis db "
+        f"{BROKER_URL.rsplit('/', 1)[-1]} as broker and store, "
         "flushed before each scenario; workers at log level INFO (their default).",
         "",
         "| scenario | measure | subswitch | baseline | target | met? |",

@@ -44,8 +44,14 @@ def headers(command: dict[str, Any]) -> dict[str, str]:
 
 
 def broker_url() -> str:
-    """The broker of the run (Redis db 11 by default)."""
-    return os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/11")
+    """The broker of the run: ``BENCH_BROKER_URL`` (set for baseline workers), else the
+    suite's own ``BENCH_REDIS_URL`` (the benchmark and its producer process, which
+    import the baseline apps too), else Redis db 11."""
+    return (
+        os.environ.get("BENCH_BROKER_URL")
+        or os.environ.get("BENCH_REDIS_URL")
+        or "redis://127.0.0.1:6379/11"
+    )
 
 
 def upstream_url() -> str:

@@ -11,6 +11,7 @@ from bench.harness import Context
 from bench.report import Row, ScenarioResult, fmt
 from bench.scenarios import (
     bulk,
+    ceiling,
     cpu,
     intake,
     logs,
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput.run,
     "scaleout": scaleout.run,
     "cpu": cpu.run,
+    "ceiling": ceiling.run,
     "bulk": bulk.run,
     "urgent": urgent.run,
     "ratelimit": ratelimit.run,
