@@ -182,6 +182,8 @@ class _Loop:
             logger.warning("the upstream sender did not close cleanly", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(_CLOSE_TIMEOUT_S)
+        if not self._thread.is_alive():  # a stopped loop still holds its selector's files
+            self._loop.close()
 
     def _call(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
