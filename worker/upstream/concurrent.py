@@ -182,6 +182,8 @@ class _Loop:
             logger.warning("the upstream sender did not close cleanly", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(_CLOSE_TIMEOUT_S)
+        if not self._thread.is_alive():  # a stopped loop still holds its selector's files
+            self._loop.close()
 
     def _call(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
@@ -193,20 +195,23 @@ class _Loop:
             async with asyncio.timeout_at(deadline):
                 await self._slots.acquire()
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"{exchange.operation}: the attempt's deadline passed before sending"
-            ) from None
+            raise _not_sent(exchange) from None
         try:
+            # A free slot is taken without yielding, so an expired deadline would
+            # only strike inside the request, which would then count as maybe sent.
+            if deadline is not None and self._loop.time() >= deadline:
+                raise _not_sent(exchange)
             async with asyncio.timeout_at(deadline):
                 return await self._send(exchange, timeout)
+        except aiohttp.ClientError as exc:
+            # First: aiohttp's own timeouts (connect, read) are TimeoutErrors too.
+            raise transport_error(exc, exchange) from exc
         except TimeoutError:
             # The whole call's deadline: the request may have reached the upstream.
             raise UpstreamTimeout(
                 f"{exchange.operation} failed: the attempt's deadline passed",
                 maybe_applied=exchange.write,
             ) from None
-        except aiohttp.ClientError as exc:
-            raise transport_error(exc, exchange) from exc
         finally:
             self._slots.release()
 
@@ -222,6 +227,10 @@ class _Loop:
             body = await _read_body(response, exchange)
             headers = httpx.Headers(list(response.headers.items()))
             return Answer(response.status, headers, body)
+
+
+def _not_sent(exchange: Exchange) -> UpstreamTimeout:
+    return UpstreamTimeout(f"{exchange.operation}: the attempt's deadline passed before sending")
 
 
 def transport_error(exc: aiohttp.ClientError, exchange: Exchange) -> UpstreamError:

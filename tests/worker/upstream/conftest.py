@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import SecretStr
 
 from subswitch.settings import Settings
+from tests.worker.upstream.scripted import ScriptedUpstream
 from worker.upstream import MasStackClient, StaticToken, TokenProvider, timeout_from_settings
 
 BASE_URL = "https://customers.test/v2"
@@ -97,6 +98,14 @@ class ClientFactory:
 @pytest.fixture
 def make_client() -> ClientFactory:
     return ClientFactory()
+
+
+@pytest.fixture
+def upstream() -> Iterator[ScriptedUpstream]:
+    """A loopback server whose answers the test scripts (201 unless told otherwise)."""
+    server = ScriptedUpstream()
+    yield server
+    server.close()
 
 
 @dataclass(frozen=True)
