@@ -77,13 +77,17 @@ def redis_pipeline(
 
 
 def test_a_slow_bulk_chunk_is_never_redelivered_while_it_runs(redis_pipeline: Pipeline) -> None:
-    # Given an upstream taking 1 s per write and a worker whose redelivery window is 8 s
+    # Given an upstream taking 1 s per write and a worker whose redelivery window is 8 s,
+    # and a chunk of 12 commands on one target: they go one after the other (a chunk's
+    # writes on distinct targets go out together), so the chunk takes 12 s
     pipeline = redis_pipeline
     pipeline.simulator.admin.set_faults(latency_ms=1000)
+    issued = datetime.now(UTC)
     commands = [
         block_status_command(
-            org_id="telco", subscription_id=n, block_id=1, active=True, priority="bulk",
-            source="tests", command_id=f"slow-chunk-{n:02d}",
+            org_id="telco", subscription_id=1, block_id=1, active=n % 2 == 1,
+            priority="bulk", source="tests", command_id=f"slow-chunk-{n:02d}",
+            issued_at=issued + timedelta(milliseconds=n),
         )
         for n in range(1, 13)
     ]  # fmt: skip
@@ -92,7 +96,7 @@ def test_a_slow_bulk_chunk_is_never_redelivered_while_it_runs(redis_pipeline: Pi
         broker_url=pipeline.broker_url, visibility_timeout=WINDOW_S, queue_type="quorum"
     )
     with pipeline.worker(lanes="bulk") as worker:
-        # When one chunk of 12 commands (12 s of writes, over the window) is sent
+        # When the chunk (12 s of writes, over the window) is sent
         try:
             publisher.publish_batch(commands)
         finally:
