@@ -228,9 +228,7 @@ class MasStackClient:
         deadline: float | None = None,
     ) -> int:
         """Switch a service on (``active=True``) or off; returns the 2xx status (201)."""
-        service = check.int64_id("service_id", service_id)
-        path = f"{_subscription_path(org_id, subscription_id)}/services/{service:d}"
-        body = ServiceStatus(active=check.active(active))
+        path, body = _service_write(org_id, subscription_id, service_id, active)
         return self._write(path, body, idempotency_key, request_id, deadline)
 
     def change_block_status(
@@ -246,9 +244,7 @@ class MasStackClient:
         deadline: float | None = None,
     ) -> int:
         """Put a block on (``active=True``) or lift it; returns the 2xx status (201)."""
-        block = check.block_id(block_id)
-        path = f"{_subscription_path(org_id, subscription_id)}/blocks/{block:d}"
-        body = BlockStatus(active=check.active(active), reason=check.reason(reason))
+        path, body = _block_write(org_id, subscription_id, block_id, active, reason)
         return self._write(path, body, idempotency_key, request_id, deadline)
 
     def start_change_service_status(
@@ -263,9 +259,7 @@ class MasStackClient:
         deadline: float | None = None,
     ) -> PendingWrite:
         """:meth:`change_service_status`, answered later: many can be in flight at once."""
-        service = check.int64_id("service_id", service_id)
-        path = f"{_subscription_path(org_id, subscription_id)}/services/{service:d}"
-        body = ServiceStatus(active=check.active(active))
+        path, body = _service_write(org_id, subscription_id, service_id, active)
         return self._start_write(path, body, idempotency_key, request_id, deadline)
 
     def start_change_block_status(
@@ -281,9 +275,7 @@ class MasStackClient:
         deadline: float | None = None,
     ) -> PendingWrite:
         """:meth:`change_block_status`, answered later: many can be in flight at once."""
-        block = check.block_id(block_id)
-        path = f"{_subscription_path(org_id, subscription_id)}/blocks/{block:d}"
-        body = BlockStatus(active=check.active(active), reason=check.reason(reason))
+        path, body = _block_write(org_id, subscription_id, block_id, active, reason)
         return self._start_write(path, body, idempotency_key, request_id, deadline)
 
     def _close_also(self, closer: Callable[[], None]) -> None:
@@ -409,6 +401,24 @@ class MasStackClient:
         if call.idempotency_key is not None:
             headers["Idempotency-Key"] = call.idempotency_key
         return headers
+
+
+def _service_write(
+    org_id: str, subscription_id: int, service_id: int, active: bool
+) -> tuple[str, ServiceStatus]:
+    """The checked path and body of a service's change."""
+    service = check.int64_id("service_id", service_id)
+    path = f"{_subscription_path(org_id, subscription_id)}/services/{service:d}"
+    return path, ServiceStatus(active=check.active(active))
+
+
+def _block_write(
+    org_id: str, subscription_id: int, block_id: int, active: bool, reason: str | None
+) -> tuple[str, BlockStatus]:
+    """The checked path and body of a block's change."""
+    block = check.block_id(block_id)
+    path = f"{_subscription_path(org_id, subscription_id)}/blocks/{block:d}"
+    return path, BlockStatus(active=check.active(active), reason=check.reason(reason))
 
 
 def _write_call(
