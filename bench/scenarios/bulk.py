@@ -69,7 +69,8 @@ def run(ctx: Context) -> ScenarioResult:
         ),
     ]
     notes = [
-        f"{ours['workers']} x `subswitch worker -c {BULK_CONCURRENCY} --lanes bulk`; `subswitch batch` "
+        f"{ours['workers']} x `subswitch worker -c {BULK_CONCURRENCY} --lanes bulk`; "
+        "`subswitch batch` "
         f"enqueued {ours['commands']:,} rows ({ours['rows_sharing_a_target']:.0%} of them "
         f"share a target with another row; two rows per subscription, blocks 1 and 2) in "
         f"{fmt(ours['batch_s'], 1)} s (exit {ours['batch_exit']}, "
