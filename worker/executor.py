@@ -460,13 +460,7 @@ class Executor:
     def _handle_command(
         self, command: AnyCommand, token: str, ended: tuple[str, ...] = ()
     ) -> Decision:
-        # Every line logged while this command is handled carries its fields.
-        with log_context(
-            command_id=command.command_id,
-            correlation_id=command.correlation_id,
-            lane=command.lane.value,
-            target=command.target.subject,
-        ):
+        with _context(command):
             decision = self._decide(command, token, ended)
             _log_decision(decision)
         return decision
@@ -790,7 +784,7 @@ class Executor:
         deadline = self._monotonic() + self._attempt_s
         started: list[ChunkResult | _InFlight] = []
         for job, step in zip(jobs, steps, strict=True):
-            with self._context(job):
+            with _context(job.command):
                 if not isinstance(step, Go):
                     started.append(_guarded(self._after_begin, job, step))
                 elif (started or not first) and out_of_time():
@@ -800,25 +794,16 @@ class Executor:
         landed: list[ChunkResult | _Ending] = []
         for result in started:
             if isinstance(result, _InFlight):
-                with self._context(result.job):
+                with _context(result.job.command):
                     landed.append(_guarded(self._land, result))
             else:
                 landed.append(result)
         results = self._finish_wave(landed)
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, Ack | RetryLater):
-                with self._context(job):
+                with _context(job.command):
                     _log_decision(result)
         return results
-
-    def _context(self, job: _Job) -> contextlib.AbstractContextManager[None]:
-        command = job.command
-        return log_context(
-            command_id=command.command_id,
-            correlation_id=command.correlation_id,
-            lane=command.lane.value,
-            target=command.target.subject,
-        )
 
     def _unstarted(self, job: _Job) -> None:
         """The chunk ran out of time before this attempt: the target goes back, the
@@ -1032,6 +1017,16 @@ def _guarded(action: Callable[..., _T], *args: Any) -> _T | Exception:
     except Exception as exc:
         logger.exception("a command of a chunk failed")
         return exc
+
+
+def _context(command: AnyCommand) -> contextlib.AbstractContextManager[None]:
+    """Every line logged inside carries the command's fields."""
+    return log_context(
+        command_id=command.command_id,
+        correlation_id=command.correlation_id,
+        lane=command.lane.value,
+        target=command.target.subject,
+    )
 
 
 def _operation(command: AnyCommand) -> str:
