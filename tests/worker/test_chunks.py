@@ -272,6 +272,7 @@ def test_a_chunks_writes_are_all_started_before_any_answer_is_awaited(
     # Given an upstream whose writes can be started now and answered later
     upstream = StartedWrites()
     monkeypatch.setattr(harness.executor, "_upstream", upstream)
+    monkeypatch.setattr(harness.executor, "_starts", upstream)
     commands, lane = _chunk(block, 4), RecordingBulkLane()
     # When a chunk of four runs
     finished = apply_chunk(harness.executor, commands, budget_s=60.0, bulk=lane)

@@ -109,13 +109,14 @@ class PendingWrite:
             return self._client._conclude(self._call, self._token, answer, self._deadline).status
 
 
-class _Finished(PendingWrite):
-    """A write made synchronously already (a client without a sender)."""
+class AnsweredWrite:
+    """A write made synchronously already (a client without a sender): its status."""
 
     def __init__(self, status: int) -> None:
         self._status = status
 
     def result(self) -> int:
+        """The 2xx status the write got."""
         return self._status
 
 
@@ -257,7 +258,7 @@ class MasStackClient:
         idempotency_key: str,
         request_id: str | None = None,
         deadline: float | None = None,
-    ) -> PendingWrite:
+    ) -> PendingWrite | AnsweredWrite:
         """:meth:`change_service_status`, answered later: many can be in flight at once."""
         path, body = _service_write(org_id, subscription_id, service_id, active)
         return self._start_write(path, body, idempotency_key, request_id, deadline)
@@ -273,7 +274,7 @@ class MasStackClient:
         idempotency_key: str,
         request_id: str | None = None,
         deadline: float | None = None,
-    ) -> PendingWrite:
+    ) -> PendingWrite | AnsweredWrite:
         """:meth:`change_block_status`, answered later: many can be in flight at once."""
         path, body = _block_write(org_id, subscription_id, block_id, active, reason)
         return self._start_write(path, body, idempotency_key, request_id, deadline)
@@ -312,11 +313,11 @@ class MasStackClient:
         idempotency_key: str,
         request_id: str | None,
         deadline: float | None,
-    ) -> PendingWrite:
+    ) -> PendingWrite | AnsweredWrite:
         call = _write_call(path, body, idempotency_key, request_id)
         if self._sender is None:
             with bounded_by(deadline):
-                return _Finished(self._execute(call, deadline).status)
+                return AnsweredWrite(self._execute(call, deadline).status)
         with bounded_by(deadline):
             token = self._auth.token()
         exchange = Exchange(
