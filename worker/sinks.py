@@ -9,7 +9,6 @@ broker's and its client libraries' errors are mapped here, once.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ class KombuEventSink:
         with (
             _mapped(what),
             self._app.producer_pool.acquire(block=True) as producer,
-            _batch(producer) if len(events) > 1 else contextlib.nullcontext(),
+            _batch(producer),
         ):
             for index, event in enumerate(events):
                 producer.publish(

@@ -765,7 +765,7 @@ class RedisStore:
 
     def mark_published_many(self, keys_: Sequence[str]) -> None:
         """:meth:`mark_published` of each key, in one round trip."""
-        self._scripts.run_many([(self._published, [key], []) for key in keys_])
+        self._scripts.run_many([(self._published, *_published_call(key, ())) for key in keys_])
 
     def ping(self) -> bool:
         """Whether the store answers."""

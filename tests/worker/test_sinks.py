@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,9 @@ SECRET_URL = "redis://:s3cret@127.0.0.1:1/0"
 class _RefusingProducer:
     def publish(self, *_: Any, **__: Any) -> None:
         raise OperationalError(f"Error 111 connecting to {SECRET_URL}. Connection refused.")
+
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 class _Pool:
