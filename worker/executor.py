@@ -755,19 +755,15 @@ class Executor:
         self, finished: Finished, built: tuple[ResultEvent, bytes] | None
     ) -> tuple[Decision, OutgoingEvent | None]:
         """What a finished record means for this delivery, and the event it publishes."""
-        # The event just built (and its body) is usually the one stored: spare parsing it.
-        ours = built is not None and finished.event == built[1]
-        event = (
-            built[0]
-            if built is not None and ours
-            else ResultEvent.model_validate_json(finished.event)
-        )
         if finished.claim is Claim.BUSY:
             busy = RetryLater(
                 self._policy.busy_delay(), "event being published elsewhere", RetryCause.PUBLISHING
             )
             return busy, None
-        if ours:
+        # The event just built (and its body) is usually the one stored: spare parsing it.
+        ours = built[0] if built is not None and finished.event == built[1] else None
+        event = ours if ours is not None else ResultEvent.model_validate_json(finished.event)
+        if ours is not None:
             self._metrics.command_finished(event)  # decided by this delivery: counted once
         outgoing = None
         if finished.claim is Claim.PUBLISH:
